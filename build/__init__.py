@@ -1,0 +1,1 @@
+"""SampleIQA build stage."""

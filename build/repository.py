@@ -1,0 +1,89 @@
+"""Assemble a complete Triton model repository for one target.
+
+    cpu       preprocess (python) -> scorer (python + ONNX Runtime)   [the default]
+    gpu-onnx  preprocess (python) -> scorer (onnxruntime_onnx, KIND_GPU)
+    gpu-trt   preprocess (python) -> scorer (tensorrt_plan FP16, KIND_GPU)
+
+The python models' sources are the ones in this checkout's model_repository/. With
+`vendor=True` (the default) the preprocessing package is copied beside preprocess/1/model.py,
+so the repository also runs in a Triton container that has no sampleiqa installed (it still
+needs numpy<2 and opencv-python-headless there: see README "Deploy on a GPU host").
+"""
+
+from __future__ import annotations
+
+import logging
+import shutil
+from pathlib import Path
+
+from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
+
+from .triton_config import RepositorySettings, all_configs, to_pbtxt
+
+log = logging.getLogger(__name__)
+
+SOURCE_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
+PACKAGE_DIR = Path(__file__).resolve().parent.parent / "sampleiqa"
+# What a vendored preprocess model needs from the package: no torch, no clients.
+VENDORED = ("__init__.py", "contracts.py", "preprocessing")
+
+
+def _copy(src: Path, dst: Path) -> None:
+    if src.resolve() == dst.resolve():
+        return
+    dst.parent.mkdir(parents=True, exist_ok=True)
+    if src.is_dir():
+        shutil.copytree(src, dst, dirs_exist_ok=True, ignore=shutil.ignore_patterns("__pycache__", "*.pyc"))
+    else:
+        shutil.copy2(src, dst)
+
+
+def vendor_preprocessing(version_dir: Path) -> None:
+    for name in VENDORED:
+        _copy(PACKAGE_DIR / name, version_dir / "sampleiqa" / name)
+
+
+def write_configs(out: Path, settings: RepositorySettings) -> None:
+    for name, config in all_configs(settings).items():
+        (out / name / "1").mkdir(parents=True, exist_ok=True)
+        (out / name / "config.pbtxt").write_text(to_pbtxt(config))
+
+
+def build_repository(
+    out: str | Path,
+    settings: RepositorySettings,
+    onnx_path: str | Path | None = None,
+    engine_path: str | Path | None = None,
+    vendor: bool = True,
+) -> Path:
+    """Write a servable repository to `out`. The cpu and gpu-onnx targets take `onnx_path`;
+    gpu-trt takes a built `engine_path` (build/tensorrt_engine.py) whose profile sets
+    max_batch_size."""
+    out = Path(out)
+    if settings.target == "gpu-trt":
+        if engine_path is None:
+            raise ValueError("the gpu-trt target needs a TensorRT engine (model.plan)")
+        from .tensorrt_engine import read_engine_profile
+
+        profile = read_engine_profile(engine_path)
+        settings = RepositorySettings(**{**settings.__dict__, "max_batch_size": int(profile["max_batch"]),
+                                         "preferred_batch_sizes": (int(profile["opt_batch"]),)})
+    elif onnx_path is None:
+        raise ValueError(f"the {settings.target} target needs an ONNX scorer")
+
+    write_configs(out, settings)
+    _copy(SOURCE_REPOSITORY / PREPROCESS / "1" / "model.py", out / PREPROCESS / "1" / "model.py")
+    if vendor:
+        vendor_preprocessing(out / PREPROCESS / "1")
+    scorer_dir = out / SCORER / "1"
+    if settings.target == "cpu":
+        _copy(SOURCE_REPOSITORY / SCORER / "1" / "model.py", scorer_dir / "model.py")
+        _copy(Path(onnx_path), scorer_dir / "model.onnx")
+    elif settings.target == "gpu-onnx":
+        _copy(Path(onnx_path), scorer_dir / "model.onnx")
+    else:
+        _copy(Path(engine_path), scorer_dir / "model.plan")
+    (out / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)
+    (out / ENSEMBLE / "1" / ".keep").touch()  # Triton wants a version folder, even an empty one
+    log.info("wrote %s repository to %s", settings.target, out)
+    return out

@@ -1,0 +1,1 @@
+"""SampleIQA clients stage."""

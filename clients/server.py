@@ -1,0 +1,200 @@
+"""The embedded Triton server: the real tritonserver 2.51 binary from the nvidia-pytriton wheel.
+
+Used by `sampleiqa serve`, by `sampleiqa score` when no --url is given, and by the tests.
+It binds loopback by default, logs to a file, waits for the ensemble to be ready, and
+stops its child on exit; the child also gets SIGTERM if this process dies (PR_SET_PDEATHSIG).
+"""
+
+from __future__ import annotations
+
+import ctypes
+import logging
+import os
+import shutil
+import signal
+import site
+import socket
+import subprocess
+import sys
+import sysconfig
+import time
+from pathlib import Path
+
+from sampleiqa.contracts import ENSEMBLE
+
+log = logging.getLogger(__name__)
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_REPOSITORY = REPO_ROOT / "model_repository"
+
+
+class ServerError(RuntimeError):
+    pass
+
+
+def _pytriton_dir() -> Path:
+    import importlib.util
+
+    spec = importlib.util.find_spec("pytriton")
+    if spec is None or not spec.submodule_search_locations:
+        raise ServerError(
+            "the Triton binary comes from the nvidia-pytriton wheel, which is not installed: "
+            "run `pip install --no-deps nvidia-pytriton==0.7.0` (bootstrap.sh does)"
+        )
+    return Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
+
+
+def triton_paths() -> tuple[Path, Path]:
+    """(tritonserver binary, backend directory), with the python stub put in place."""
+    root = _pytriton_dir()
+    binary = root / "bin" / "tritonserver"
+    backends = root / "backends"
+    stub = backends / "python" / "triton_python_backend_stub"
+    if not stub.exists():
+        # The wheel ships stubs per Python version beside the backend; the one matching
+        # this interpreter goes where libtriton_python.so looks, so its RPATH resolves.
+        source = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / stub.name
+        if not source.exists():
+            raise ServerError(f"no Triton python stub for Python {sys.version_info.major}.{sys.version_info.minor}")
+        try:
+            shutil.copy2(source, stub)
+        except OSError as exc:
+            raise ServerError(f"cannot install the python stub into {stub.parent}: {exc}") from None
+    return binary, backends
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _die_with_parent() -> None:
+    libc = ctypes.CDLL("libc.so.6", use_errno=True)
+    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+
+
+def stub_environment() -> dict[str, str]:
+    """Environment for the server: its python stubs embed the system libpython, so they are
+    told where this interpreter's packages are (model.py adds them with site.addsitedir)."""
+    env = dict(os.environ)
+    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
+    env["SAMPLEIQA_SITE_DIRS"] = os.pathsep.join(dict.fromkeys(dirs))
+    env.setdefault("OMP_NUM_THREADS", "1")
+    return env
+
+
+class TritonServer:
+    def __init__(
+        self,
+        repository: str | Path = DEFAULT_REPOSITORY,
+        grpc_port: int | None = None,
+        http_port: int | None = None,
+        metrics_port: int | None = None,
+        host: str = "127.0.0.1",
+        log_file: str | Path | None = None,
+        extra_args: list[str] | tuple[str, ...] = (),
+        exit_timeout_s: int = 10,
+    ):
+        self.repository = Path(repository).resolve()
+        self.host = host
+        self.grpc_port = grpc_port or free_port()
+        self.http_port = http_port
+        self.metrics_port = metrics_port
+        self.log_file = Path(log_file) if log_file else self.repository.parent / ".sampleiqa" / "triton.log"
+        self.extra_args = list(extra_args)
+        self.exit_timeout_s = exit_timeout_s
+        self.process: subprocess.Popen | None = None
+
+    @property
+    def url(self) -> str:
+        return f"{self.host}:{self.grpc_port}"
+
+    def command(self) -> list[str]:
+        binary, backends = triton_paths()
+        args = [
+            str(binary),
+            f"--model-repository={self.repository}",
+            f"--backend-directory={backends}",
+            "--model-control-mode=none",
+            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--exit-timeout-secs={self.exit_timeout_s}",
+            "--strict-readiness=true",
+            "--log-verbose=0",
+        ]
+        if self.http_port:
+            args += ["--allow-http=true", f"--http-address={self.host}", f"--http-port={self.http_port}"]
+        else:
+            args += ["--allow-http=false"]
+        if self.metrics_port:
+            args += ["--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}"]
+        else:
+            args += ["--allow-metrics=false", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false"]
+        return args + self.extra_args
+
+    def start(self, timeout_s: float = 180.0) -> "TritonServer":
+        if not (self.repository / ENSEMBLE / "config.pbtxt").exists():
+            raise ServerError(f"{self.repository} is not a SampleIQA model repository (no {ENSEMBLE}/config.pbtxt)")
+        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        log_handle = open(self.log_file, "ab")
+        cmd = self.command()
+        log.info("starting Triton on %s (log: %s)", self.url, self.log_file)
+        self.process = subprocess.Popen(
+            cmd, stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env=stub_environment(), preexec_fn=_die_with_parent,
+        )
+        log_handle.close()
+        try:
+            self.wait_ready(timeout_s)
+        except BaseException:
+            self.stop()
+            raise
+        return self
+
+    def wait_ready(self, timeout_s: float) -> None:
+        import tritonclient.grpc as grpcclient
+
+        deadline = time.monotonic() + timeout_s
+        client = grpcclient.InferenceServerClient(self.url)
+        try:
+            while time.monotonic() < deadline:
+                if self.process is not None and self.process.poll() is not None:
+                    raise ServerError(f"Triton exited with code {self.process.returncode} while starting:\n{self.log_tail()}")
+                try:
+                    if client.is_server_ready() and client.is_model_ready(ENSEMBLE):
+                        log.info("Triton ready on %s", self.url)
+                        return
+                except Exception:  # not listening yet
+                    pass
+                time.sleep(0.25)
+        finally:
+            client.close()
+        raise ServerError(f"Triton was not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def log_tail(self, lines: int = 30) -> str:
+        try:
+            return "\n".join(self.log_file.read_text(errors="replace").splitlines()[-lines:])
+        except OSError:
+            return "(no log)"
+
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def stop(self) -> None:
+        """SIGTERM, then wait for in-flight work (Triton's exit timeout), then SIGKILL."""
+        proc, self.process = self.process, None
+        if proc is None or proc.poll() is not None:
+            return
+        proc.send_signal(signal.SIGTERM)
+        try:
+            proc.wait(self.exit_timeout_s + 15)
+        except subprocess.TimeoutExpired:
+            log.warning("Triton did not exit in time; killing it")
+            proc.kill()
+            proc.wait()
+
+    def __enter__(self) -> "TritonServer":
+        return self.start() if self.process is None else self
+
+    def __exit__(self, *exc) -> None:
+        self.stop()

@@ -1,0 +1,1 @@
+"""SampleIQA perf stage."""

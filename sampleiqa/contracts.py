@@ -1,0 +1,38 @@
+"""Names and numbers that clients, the model repository and benchmarks share.
+
+Changing anything here changes the wire contract: see ARCHITECTURE.md.
+"""
+
+ENSEMBLE = "sampleiqa"
+PREPROCESS = "preprocess"
+SCORER = "scorer"
+
+# Ensemble / preprocess input.
+IMAGE = "IMAGE"  # TYPE_STRING [1]: encoded file bytes
+# preprocess -> scorer.
+PIXELS = "PIXELS"  # FP32 [3, CROP, CROP], normalised
+# Ensemble outputs.
+SCORE = "SCORE"  # FP32 [1]
+FACE_BOX = "FACE_BOX"  # INT32 [4]: x, y, w, h in pixels of the EXIF-oriented image
+FACE_FOUND = "FACE_FOUND"  # BOOL [1]
+
+CROP = 448
+# ImageNet statistics: the timm Swin backbones are trained with them.
+MEAN = (0.485, 0.456, 0.406)
+STD = (0.229, 0.224, 0.225)
+
+# One row per input file, in this order.
+CSV_COLUMNS = ("path", "score", "face_found", "face_x", "face_y", "face_w", "face_h", "status", "error")
+
+# Error codes carried at the start of a per-item error message: "[code] message".
+ERROR_CODES = {
+    "empty": "the input has zero bytes",
+    "too_large": "the encoded input exceeds the byte limit",
+    "too_many_pixels": "the header declares more pixels than allowed (decompression bomb guard)",
+    "not_an_image": "the bytes are not a supported image (JPEG, PNG, WebP, BMP, TIFF, GIF)",
+    "truncated": "the file ends before its end marker",
+    "decode_failed": "the decoder rejected the data",
+    "unreadable": "the file could not be read",
+    "server": "the server or transport failed",
+    "timeout": "the request timed out",
+}

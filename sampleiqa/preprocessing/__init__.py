@@ -1,0 +1,44 @@
+"""The single source of truth for turning image bytes into the scorer's input.
+
+The served `preprocess` model, training's evaluation crops and its random crops all call
+this package; tests/test_preprocessing_parity.py proves served and in-process tensors match.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import NamedTuple
+
+import numpy as np
+
+from .crops import CropPlan, apply_plan, contains_face, plan_crop, random_plan
+from .decode import MAX_BYTES, MAX_PIXELS, decode_bgr
+from .errors import PreprocessError
+from .faces import Box, FaceDetector, HaarFaceDetector, default_detector, find_face
+from .normalize import to_tensor
+
+__all__ = [
+    "Box", "CropPlan", "FaceDetector", "HaarFaceDetector", "PreprocessError", "Preprocessed",
+    "MAX_BYTES", "MAX_PIXELS", "apply_plan", "contains_face", "decode_bgr", "default_detector",
+    "find_face", "plan_crop", "preprocess_bytes", "preprocess_file", "random_plan", "to_tensor",
+]
+
+
+class Preprocessed(NamedTuple):
+    pixels: np.ndarray  # float32 [3, 448, 448]
+    face_box: Box  # (0, 0, 0, 0) when no face was found
+    face_found: bool
+
+
+def preprocess_bytes(data: bytes, detector: FaceDetector | None = None, out: np.ndarray | None = None) -> Preprocessed:
+    """Encoded image -> normalised face-containing crop. Raises PreprocessError."""
+    bgr = decode_bgr(data)
+    face = find_face(bgr, detector)
+    h, w = bgr.shape[:2]
+    crop = apply_plan(bgr, plan_crop(w, h, face))
+    pixels = to_tensor(crop, out)
+    return Preprocessed(pixels, face or Box(0, 0, 0, 0), face is not None)
+
+
+def preprocess_file(path: str | Path, detector: FaceDetector | None = None) -> Preprocessed:
+    return preprocess_bytes(Path(path).read_bytes(), detector)

@@ -1,0 +1,90 @@
+"""The 448x448 crop policy, shared by serving, evaluation and training.
+
+Policy (in the pixels of the EXIF-oriented image):
+1. Scale: images with a side under 448 are enlarged so the short side is 448. A face
+   larger than 448 on a side shrinks the image until the face fits, unless that would
+   take the short side under 448 (then the short side wins and the face is cut).
+2. Place: the crop is centred on the face and shifted inside the image, so it holds the
+   whole face. With no face it is the centre crop.
+3. Resample only the crop region: INTER_AREA when shrinking (no aliasing, which would
+   read as lost detail), bilinear when enlarging.
+
+Training draws random crops under the same scale and keeps the first that holds the whole
+face (bounded tries, then the centred crop).
+"""
+
+from __future__ import annotations
+
+from typing import NamedTuple
+
+import cv2
+import numpy as np
+
+from ..contracts import CROP
+from .faces import Box
+
+
+class CropPlan(NamedTuple):
+    scale: float  # scaled pixels per original pixel
+    x: int  # top-left corner of the crop, in scaled pixels
+    y: int
+    size: int = CROP
+
+
+def _scale(width: int, height: int, face: Box | None, size: int) -> float:
+    floor = size / min(width, height)  # the crop must fit inside the scaled image
+    s = max(1.0, floor)
+    if face is not None and max(face.w, face.h) * s > size:
+        s = max(floor, size / max(face.w, face.h))
+    return s
+
+
+def _scaled_dims(width: int, height: int, s: float, size: int) -> tuple[int, int]:
+    return max(size, round(width * s)), max(size, round(height * s))
+
+
+def _clamp(v: float, hi: int) -> int:
+    return int(min(max(round(v), 0), hi))
+
+
+def plan_crop(width: int, height: int, face: Box | None, size: int = CROP) -> CropPlan:
+    """The deterministic crop: centred on the face (or the image), kept inside the image."""
+    s = _scale(width, height, face, size)
+    sw, sh = _scaled_dims(width, height, s, size)
+    if face is None:
+        cx, cy = sw / 2, sh / 2
+    else:
+        cx, cy = (face.x + face.w / 2) * s, (face.y + face.h / 2) * s
+    return CropPlan(s, _clamp(cx - size / 2, sw - size), _clamp(cy - size / 2, sh - size), size)
+
+
+def contains_face(plan: CropPlan, face: Box) -> bool:
+    s = plan.scale
+    return (plan.x <= face.x * s and plan.y <= face.y * s
+            and (face.x + face.w) * s <= plan.x + plan.size and (face.y + face.h) * s <= plan.y + plan.size)
+
+
+def random_plan(width: int, height: int, face: Box | None, rng: np.random.Generator,
+                size: int = CROP, max_tries: int = 50) -> CropPlan:
+    """A uniformly random crop that holds the whole face; redrawn until it does."""
+    s = _scale(width, height, face, size)
+    sw, sh = _scaled_dims(width, height, s, size)
+    for _ in range(max_tries):
+        plan = CropPlan(s, int(rng.integers(0, sw - size + 1)), int(rng.integers(0, sh - size + 1)), size)
+        if face is None or contains_face(plan, face):
+            return plan
+    return plan_crop(width, height, face, size)
+
+
+def apply_plan(image: np.ndarray, plan: CropPlan) -> np.ndarray:
+    """Cut the planned crop out of a full-resolution image, resampling only that region."""
+    s, size = plan.scale, plan.size
+    if s == 1.0:
+        return image[plan.y : plan.y + size, plan.x : plan.x + size]
+    h, w = image.shape[:2]
+    side = min(round(size / s), w, h)
+    x0 = min(round(plan.x / s), w - side)
+    y0 = min(round(plan.y / s), h - side)
+    region = image[y0 : y0 + side, x0 : x0 + side]
+    interp = cv2.INTER_AREA if s < 1.0 else cv2.INTER_LINEAR
+    return cv2.resize(region, (size, size), interpolation=interp)

@@ -1,0 +1,1 @@
+"""SampleIQA training stage."""

@@ -1,0 +1,106 @@
+"""Swin scorers: a timm Swin backbone at 448x448 with a regression head, and the twin.
+
+Configs are data in a registry; `create_model(name)` is the one entry point (as in timm).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+import torch
+from torch import nn
+
+from sampleiqa.contracts import CROP
+
+
+@dataclass(frozen=True)
+class ScorerConfig:
+    name: str
+    embed_dim: int
+    depths: tuple[int, ...]
+    num_heads: tuple[int, ...]
+    patch_size: int = 4
+    window_size: int = 7
+    img_size: int = CROP
+    drop_path_rate: float = 0.1
+    head_hidden: int = 0  # 0: a single linear layer on the pooled features
+    notes: str = field(default="", compare=False)
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+
+_REGISTRY: dict[str, ScorerConfig] = {}
+
+
+def register(cfg: ScorerConfig) -> ScorerConfig:
+    _REGISTRY[cfg.name] = cfg
+    return cfg
+
+
+# The CPU default: patch 8 keeps the token grid at 56x56 for a 448 crop (as Swin-T at 224),
+# ~1.7 GFLOP and 4.8M parameters per image.
+register(ScorerConfig("swin_compact", embed_dim=40, depths=(2, 2, 6, 2), num_heads=(2, 4, 8, 16), patch_size=8,
+                      notes="CPU default, ~1.7 GFLOP/img at 448"))
+# Full-resolution tokens (patch 4) at a small width: ~4.3 GFLOP, 3.1M parameters.
+register(ScorerConfig("swin_compact_p4", embed_dim=32, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8),
+                      notes="finer tokens, ~4.3 GFLOP/img at 448"))
+# timm's standard sizes, at 448 (timm weight names: swin_{tiny,small,base}_patch4_window7_224).
+register(ScorerConfig("swin_tiny_448", 96, (2, 2, 6, 2), (3, 6, 12, 24), drop_path_rate=0.2, notes="~36 GFLOP/img"))
+register(ScorerConfig("swin_small_448", 96, (2, 2, 18, 2), (3, 6, 12, 24), drop_path_rate=0.3, notes="~70 GFLOP/img"))
+register(ScorerConfig("swin_base_448", 128, (2, 2, 18, 2), (4, 8, 16, 32), drop_path_rate=0.5, notes="~124 GFLOP/img"))
+
+
+def list_models() -> list[str]:
+    return sorted(_REGISTRY)
+
+
+def get_config(name: str) -> ScorerConfig:
+    try:
+        return _REGISTRY[name]
+    except KeyError:
+        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
+
+
+class SwinScorer(nn.Module):
+    """One branch: image [N,3,448,448] (normalised) -> score [N,1]."""
+
+    def __init__(self, cfg: ScorerConfig):
+        super().__init__()
+        from timm.models.swin_transformer import SwinTransformer
+
+        self.config = cfg
+        self.backbone = SwinTransformer(
+            img_size=cfg.img_size, patch_size=cfg.patch_size, window_size=cfg.window_size,
+            embed_dim=cfg.embed_dim, depths=cfg.depths, num_heads=cfg.num_heads,
+            drop_path_rate=cfg.drop_path_rate, num_classes=0,
+        )
+        width = self.backbone.num_features
+        if cfg.head_hidden:
+            self.head = nn.Sequential(nn.Linear(width, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
+        else:
+            self.head = nn.Linear(width, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.backbone(x))
+
+
+class TwinScorer(nn.Module):
+    """Two branches with shared weights: (a, b) -> (score_a, score_b), for MSE + rank loss."""
+
+    def __init__(self, scorer: SwinScorer):
+        super().__init__()
+        self.scorer = scorer
+
+    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        # One pass over the concatenation: same weights, one kernel launch per layer.
+        scores = self.scorer(torch.cat([a, b], dim=0))
+        return scores[: a.shape[0]], scores[a.shape[0] :]
+
+
+def create_model(name: str = "swin_compact", twin: bool = False, **overrides) -> nn.Module:
+    cfg = get_config(name)
+    if overrides:
+        cfg = ScorerConfig(**{**cfg.to_dict(), **overrides})
+    scorer = SwinScorer(cfg)
+    return TwinScorer(scorer) if twin else scorer
