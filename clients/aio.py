@@ -1,0 +1,94 @@
+"""asyncio gRPC client for the `sampleiqa` ensemble, for services that already run an event loop.
+
+    async with AsyncScoringClient("127.0.0.1:8001") as client:
+        result = await client.score(data)
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import AsyncIterator, Hashable, Iterable, Sequence
+
+import tritonclient.grpc.aio as grpcaio
+from tritonclient.utils import InferenceServerException
+
+from .protocol import (ENSEMBLE, RetryPolicy, ScoreResult, TLSConfig, TransportError, build_inputs, channel_args,
+                       channel_target, classify, parse_result, split_code)
+
+
+class AsyncScoringClient:
+    def __init__(self, urls: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 60.0,
+                 retry: RetryPolicy = RetryPolicy(), tls: TLSConfig | None = None, model: str = ENSEMBLE):
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self.model = model
+        self._client = grpcaio.InferenceServerClient(
+            channel_target(urls), channel_args=channel_args(len(urls) > 1), **(tls.client_kwargs() if tls else {}))
+
+    async def close(self) -> None:
+        await self._client.close()
+
+    async def __aenter__(self) -> "AsyncScoringClient":
+        return self
+
+    async def __aexit__(self, *exc) -> None:
+        await self.close()
+
+    async def _infer(self, images: Sequence[bytes]):
+        inputs, outputs = build_inputs(grpcaio, images)
+        delays = self.retry.delays()
+        while True:
+            try:
+                return await self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+            except InferenceServerException as exc:
+                kind, message, _ = classify(exc)
+                if kind != "retry":
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise TransportError(f"server unavailable after {self.retry.attempts} tries: {message}") from None
+                await asyncio.sleep(delay)
+
+    async def score_batch(self, images: Sequence[bytes]) -> list[ScoreResult]:
+        """As ScoringClient.score_batch: a bad item is isolated and the rest still score."""
+        if not images:
+            return []
+        try:
+            return parse_result(await self._infer(images), len(images))
+        except InferenceServerException as exc:
+            kind, message, bad = classify(exc)
+            if kind == "item" and bad is not None and 0 <= bad < len(images):
+                failed = ScoreResult.failure(split_code(message), message)
+                return await self.score_batch(images[:bad]) + [failed] + await self.score_batch(images[bad + 1:])
+            return [ScoreResult.failure(split_code(message), message)] * len(images)
+
+    async def score(self, image: bytes) -> ScoreResult:
+        return (await self.score_batch([image]))[0]
+
+    async def score_many(self, items: Iterable[tuple[Hashable, bytes]],
+                         concurrency: int = 8) -> AsyncIterator[tuple[Hashable, ScoreResult]]:
+        """(key, result) pairs as they complete, at most `concurrency` in flight."""
+        iterator = iter(items)
+        pending: set[asyncio.Task] = set()
+
+        async def one(key, data):
+            return key, await self.score(data)
+
+        try:
+            while True:
+                for key, data in iterator:
+                    pending.add(asyncio.ensure_future(one(key, data)))
+                    if len(pending) >= concurrency:
+                        break
+                if not pending:
+                    return
+                done, pending = await asyncio.wait(pending, return_when=asyncio.FIRST_COMPLETED)
+                for task in done:
+                    yield task.result()
+        finally:
+            for task in pending:
+                task.cancel()
+
+
+__all__ = ["AsyncScoringClient", "TransportError"]

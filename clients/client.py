@@ -1,0 +1,119 @@
+"""Synchronous gRPC client for the `sampleiqa` ensemble.
+
+    from sampleiqa.clients import ScoringClient
+    with ScoringClient(["10.0.0.5:8001", "10.0.0.6:8001"]) as client:
+        result = client.score(open("photo.jpg", "rb").read())
+        for key, result in client.score_many(((p, p.read_bytes()) for p in paths), concurrency=8):
+            ...
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
+from typing import Hashable, Iterable, Iterator, Sequence
+
+import tritonclient.grpc as grpcclient
+from tritonclient.utils import InferenceServerException
+
+from .protocol import (ENSEMBLE, RetryPolicy, ScoreResult, TLSConfig, TransportError, build_inputs, channel_args,
+                       channel_target, classify, parse_result, split_code)
+
+
+class ScoringClient:
+    def __init__(self, urls: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 60.0,
+                 retry: RetryPolicy = RetryPolicy(), tls: TLSConfig | None = None, model: str = ENSEMBLE):
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self.model = model
+        self._client = grpcclient.InferenceServerClient(
+            channel_target(urls), channel_args=channel_args(len(urls) > 1), **(tls.client_kwargs() if tls else {}))
+
+    def close(self) -> None:
+        self._client.close()
+
+    def __enter__(self) -> "ScoringClient":
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def is_ready(self) -> bool:
+        try:
+            return self._client.is_server_ready() and self._client.is_model_ready(self.model)
+        except InferenceServerException:
+            return False
+
+    def _infer(self, images: Sequence[bytes]):
+        """One request; retried with backoff while the server is unreachable."""
+        inputs, outputs = build_inputs(grpcclient, images)
+        delays = self.retry.delays()
+        while True:
+            try:
+                return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
+            except InferenceServerException as exc:
+                kind, message, _ = classify(exc)
+                if kind != "retry":
+                    raise
+                delay = next(delays, None)
+                if delay is None:
+                    raise TransportError(f"server unavailable after {self.retry.attempts} tries: {message}") from None
+                time.sleep(delay)
+
+    def score_batch(self, images: Sequence[bytes]) -> list[ScoreResult]:
+        """Score several images in one request. A bad item costs only itself: the server names
+        it, and the rest are re-sent around it, so every good image still gets its score."""
+        if not images:
+            return []
+        try:
+            return parse_result(self._infer(images), len(images))
+        except InferenceServerException as exc:
+            kind, message, bad = classify(exc)
+            if kind == "item" and bad is not None and 0 <= bad < len(images):
+                failed = ScoreResult.failure(split_code(message), message)
+                return self.score_batch(images[:bad]) + [failed] + self.score_batch(images[bad + 1:])
+            return [ScoreResult.failure(split_code(message), message)] * len(images)
+
+    def score(self, image: bytes) -> ScoreResult:
+        return self.score_batch([image])[0]
+
+    def score_many(self, items: Iterable[tuple[Hashable, bytes]], concurrency: int = 8,
+                   batch_size: int = 1) -> Iterator[tuple[Hashable, ScoreResult]]:
+        """Score (key, bytes) pairs with at most `concurrency` requests in flight; yields
+        (key, result) as they complete. Items are read from the iterable lazily.
+        Raises TransportError when the server stays unreachable."""
+        stop = threading.Event()
+        pending: dict[Future, list[Hashable]] = {}
+        iterator = iter(items)
+
+        def next_batch():
+            batch = []
+            for key, data in iterator:
+                batch.append((key, data))
+                if len(batch) == batch_size:
+                    break
+            return batch
+
+        with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sampleiqa-score") as pool:
+            try:
+                while True:
+                    while len(pending) < concurrency and not stop.is_set():
+                        batch = next_batch()
+                        if not batch:
+                            stop.set()
+                            break
+                        keys = [k for k, _ in batch]
+                        pending[pool.submit(self.score_batch, [d for _, d in batch])] = keys
+                    if not pending:
+                        return
+                    done, _ = wait(pending, return_when=FIRST_COMPLETED)
+                    for future in done:
+                        keys = pending.pop(future)
+                        for key, result in zip(keys, future.result()):
+                            yield key, result
+            finally:
+                stop.set()
+                for future in pending:
+                    future.cancel()

@@ -1,0 +1,135 @@
+"""ONNX export of the scorer: structure, ONNX Runtime parity on real photos, FP16 copy."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+pytestmark = pytest.mark.torch
+torch = pytest.importorskip("torch")
+onnx = pytest.importorskip("onnx")
+ort = pytest.importorskip("onnxruntime")
+
+from sampleiqa.build.export_onnx import clean_onnx, convert_to_fp16, export_checkpoint, export_onnx  # noqa: E402
+from sampleiqa.contracts import CROP, PIXELS, SCORE  # noqa: E402
+
+IMAGES = Path("/work/shared/data/biq2021/images")
+PHOTOS = ("ss01 (1).jpg", "ss01 (2).jpg", "ss01 (4).jpg")
+# FP32 ONNX vs torch: same math, different kernel order/fusion -> float32 rounding only.
+FP32_ATOL = 1e-4
+# FP16 weights and activations on scores of order 0.1-1: a few 1e-3 at most is expected.
+FP16_ATOL = 1e-2
+
+
+@pytest.fixture(scope="module")
+def model():
+    from sampleiqa.training.models import create_model
+
+    torch.manual_seed(0)
+    return create_model("swin_compact").eval()
+
+
+@pytest.fixture(scope="module")
+def onnx_path(model, tmp_path_factory) -> Path:
+    return export_onnx(model, tmp_path_factory.mktemp("onnx") / "model.onnx")
+
+
+@pytest.fixture(scope="module")
+def photos() -> np.ndarray:
+    from sampleiqa.preprocessing import preprocess_file
+
+    paths = [IMAGES / name for name in PHOTOS]
+    if not all(p.is_file() for p in paths):
+        pytest.skip(f"photos not found under {IMAGES}")
+    return np.stack([preprocess_file(p).pixels for p in paths])  # float32 [3,3,448,448]
+
+
+def _torch_scores(model, x: np.ndarray) -> np.ndarray:
+    with torch.no_grad():
+        return model(torch.from_numpy(x)).numpy()
+
+
+def _ort_scores(path: Path, x: np.ndarray) -> np.ndarray:
+    sess = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"])
+    return sess.run([SCORE], {PIXELS: x})[0]
+
+
+def test_structure(onnx_path):
+    onnx.checker.check_model(str(onnx_path), full_check=True)
+    m = onnx.load(onnx_path)
+    assert max(o.version for o in m.opset_import if o.domain in ("", "ai.onnx")) >= 17
+    assert [i.name for i in m.graph.input] == [PIXELS]
+    assert [o.name for o in m.graph.output] == [SCORE]
+    dims = m.graph.input[0].type.tensor_type.shape.dim
+    assert dims[0].dim_param and not dims[0].HasField("dim_value")  # dynamic batch
+    assert [d.dim_value for d in dims[1:]] == [3, CROP, CROP]
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert any(n.op_type == "LayerNormalization" for n in m.graph.node)
+
+
+def test_parity_real_photos(model, onnx_path, photos):
+    for batch in (photos, photos[:1]):
+        ref = _torch_scores(model, batch)
+        got = _ort_scores(onnx_path, batch)
+        assert got.shape == ref.shape == (len(batch), 1)
+        diff = float(np.abs(got - ref).max())
+        assert diff <= FP32_ATOL, diff
+
+
+def test_clean_does_not_grow(model, tmp_path):
+    path = export_onnx(model, tmp_path / "m.onnx")
+    counts = clean_onnx(path)  # a second pass on an already clean graph
+    assert counts["nodes_after"] <= counts["nodes_before"]
+    raw = tmp_path / "raw.onnx"
+    with torch.no_grad():
+        torch.onnx.export(model, (torch.zeros(1, 3, CROP, CROP),), str(raw), opset_version=17, dynamo=False,
+                          input_names=[PIXELS], output_names=[SCORE],
+                          dynamic_axes={PIXELS: {0: "N"}, SCORE: {0: "N"}})
+    counts = clean_onnx(raw)
+    assert counts["nodes_after"] <= counts["nodes_before"]
+    assert onnx.load(raw).opset_import[0].version == 17
+
+
+def test_export_checkpoint(model, tmp_path, photos):
+    from sampleiqa.training.checkpoint import save_checkpoint
+
+    ckpt = save_checkpoint(tmp_path / "scorer.pt", model, epoch=3)
+    path = export_checkpoint(ckpt, tmp_path / "ckpt.onnx")
+    diff = float(np.abs(_ort_scores(path, photos) - _torch_scores(model, photos)).max())
+    assert diff <= FP32_ATOL, diff
+
+
+def test_fp16_copy(model, onnx_path, photos, tmp_path):
+    dst = convert_to_fp16(onnx_path, tmp_path / "model.fp16.onnx")
+    onnx.checker.check_model(str(dst), full_check=True)
+    m = onnx.load(dst)
+    # Boundary stays FP32, so the Triton config is the same as for the FP32 model.
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    dtypes = {i.name: i.data_type for i in m.graph.initializer}
+    assert dtypes["backbone.patch_embed.proj.weight"] == onnx.TensorProto.FLOAT16
+    assert dtypes["head.weight"] == onnx.TensorProto.FLOAT16
+    # LayerNormalization is kept FP32: its scale stays float32.
+    ln = next(n for n in m.graph.node if n.op_type == "LayerNormalization")
+    assert dtypes[ln.input[1]] == onnx.TensorProto.FLOAT
+    # ORT CPU runs it (it casts around fp16 ops it has no CPU kernel for), so compare scores.
+    ref = _torch_scores(model, photos)
+    got = _ort_scores(dst, photos)
+    assert got.dtype == np.float32 and got.shape == ref.shape
+    diff = float(np.abs(got - ref).max())
+    assert diff <= FP16_ATOL, diff
+
+
+def test_export_fp16_flag(model, tmp_path):
+    path = export_onnx(model, tmp_path / "m16.onnx", fp16=True)
+    m = onnx.load(path)
+    assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+
+
+def test_opset_16_rejected(model, tmp_path):
+    with pytest.raises(ValueError):
+        export_onnx(model, tmp_path / "old.onnx", opset=16)
+    assert not list(tmp_path.iterdir())  # nothing written
