@@ -58,10 +58,11 @@ def plan_crop(width: int, height: int, face: Box | None, size: int = CROP) -> Cr
     return CropPlan(s, _clamp(cx - size / 2, sw - size), _clamp(cy - size / 2, sh - size), size)
 
 
-def contains_face(plan: CropPlan, face: Box) -> bool:
-    s = plan.scale
-    return (plan.x <= face.x * s and plan.y <= face.y * s
-            and (face.x + face.w) * s <= plan.x + plan.size and (face.y + face.h) * s <= plan.y + plan.size)
+def contains_face(plan: CropPlan, face: Box, tolerance: float = 0.5) -> bool:
+    """Whether the crop holds the whole face, to within half a scaled pixel of rounding."""
+    s, t = plan.scale, tolerance
+    return (plan.x - t <= face.x * s and plan.y - t <= face.y * s
+            and (face.x + face.w) * s <= plan.x + plan.size + t and (face.y + face.h) * s <= plan.y + plan.size + t)
 
 
 def random_plan(width: int, height: int, face: Box | None, rng: np.random.Generator,

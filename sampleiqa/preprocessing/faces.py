@@ -33,7 +33,7 @@ class FaceDetector(Protocol):
 class HaarFaceDetector:
     """OpenCV's frontal-face Haar cascade, shipped inside opencv-python-headless < 5."""
 
-    def __init__(self, cascade: str = "haarcascade_frontalface_default.xml", min_neighbors: int = 4,
+    def __init__(self, cascade: str = "haarcascade_frontalface_default.xml", min_neighbors: int = 6,
                  scale_factor: float = 1.2, min_size_fraction: float = 0.1):
         path = cv2.data.haarcascades + cascade
         self._cascade = cv2.CascadeClassifier(path)

@@ -1,0 +1,1 @@
+"""Training data: datasets and the crops they feed the model."""

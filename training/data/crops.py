@@ -1,0 +1,32 @@
+"""Training and evaluation crops, made by the serving preprocessing code itself.
+
+`eval_tensor` is exactly what the served `preprocess` model returns for the same file
+(tests/test_serving.py checks it against the live server). `train_tensor` draws a random
+448x448 crop that holds the whole face (sampleiqa.preprocessing.random_plan) and may
+flip it: flips keep perceived quality; blur, noise, JPEG, colour and rescaling do not.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from sampleiqa.preprocessing import Box, apply_plan, decode_bgr, find_face, preprocess_bytes, random_plan, to_tensor
+
+
+def eval_tensor(path: str | Path) -> np.ndarray:
+    return preprocess_bytes(Path(path).read_bytes()).pixels
+
+
+def train_tensor(path: str | Path, rng: np.random.Generator, face: Box | None = None,
+                 hflip_p: float = 0.5) -> np.ndarray:
+    """A random face-containing crop. `face` can be cached by the dataset (detection is
+    the slow step); None means detect now."""
+    bgr = decode_bgr(Path(path).read_bytes())
+    face = face if face is not None else find_face(bgr)
+    h, w = bgr.shape[:2]
+    crop = apply_plan(bgr, random_plan(w, h, face, rng))
+    if rng.random() < hflip_p:
+        crop = crop[:, ::-1]
+    return to_tensor(np.ascontiguousarray(crop))
