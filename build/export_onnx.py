@@ -104,6 +104,7 @@ def export_onnx(model, out_path: str | Path, opset: int = MIN_OPSET, fp16: bool 
             # shape asserts, which trace to constants because H and W are fixed.
             warnings.filterwarnings("ignore", message=".*legacy TorchScript-based ONNX export.*")
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
+            warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
             torch.onnx.export(
                 model, (dummy,), str(tmp), opset_version=opset, dynamo=False,
                 input_names=[PIXELS], output_names=[SCORE],

@@ -78,6 +78,7 @@ def test_parity_real_photos(model, onnx_path, photos):
         assert diff <= FP32_ATOL, diff
 
 
+@pytest.mark.filterwarnings("ignore::DeprecationWarning", "ignore::torch.jit.TracerWarning")
 def test_clean_does_not_grow(model, tmp_path):
     path = export_onnx(model, tmp_path / "m.onnx")
     counts = clean_onnx(path)  # a second pass on an already clean graph

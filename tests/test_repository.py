@@ -1,0 +1,59 @@
+"""Generated Triton configs: every one parses into tritonclient's ModelConfig, and the
+committed CPU repository is exactly what `sampleiqa build-repository` generates."""
+
+import pytest
+from tritonclient.grpc import model_config_pb2 as mc
+
+from sampleiqa.build.repository import build_repository
+from sampleiqa.build.tensorrt_engine import write_engine_profile
+from sampleiqa.build.triton_config import TARGETS, RepositorySettings, all_configs, parse_pbtxt, read_config, to_pbtxt
+from sampleiqa.clients.server import DEFAULT_REPOSITORY
+from sampleiqa.contracts import CROP, ENSEMBLE, PREPROCESS, SCORER
+
+
+def test_committed_cpu_repository_matches_the_generator():
+    expected = all_configs(RepositorySettings(target="cpu"))
+    for name, config in expected.items():
+        text = (DEFAULT_REPOSITORY / name / "config.pbtxt").read_text()
+        assert parse_pbtxt(text) == config, f"{name}/config.pbtxt was edited by hand or is stale"
+    assert (DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx").stat().st_size > 1_000_000
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_generated_configs_parse_and_keep_the_contract(tmp_path, target):
+    onnx = tmp_path / "in.onnx"
+    onnx.write_bytes(b"onnx")  # only copied here; the server tests load a real one
+    engine = tmp_path / "model.plan"
+    engine.write_bytes(b"plan")
+    write_engine_profile(engine, min_batch=1, opt_batch=8, max_batch=48, precision="fp16")
+    out = build_repository(tmp_path / "repo", RepositorySettings(target=target), onnx_path=onnx, engine_path=engine)
+    configs = {name: read_config(out / name) for name in (PREPROCESS, SCORER, ENSEMBLE)}
+    for c in configs.values():
+        assert isinstance(c, mc.ModelConfig) and c.max_batch_size > 0
+    pre, scorer, ens = configs[PREPROCESS], configs[SCORER], configs[ENSEMBLE]
+    assert pre.backend == "python" and pre.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    assert [(i.name, i.data_type, list(i.dims)) for i in pre.input] == [("IMAGE", mc.TYPE_STRING, [1])]
+    assert [(o.name, list(o.dims)) for o in scorer.input] == [("PIXELS", [3, CROP, CROP])]
+    assert {o.name: o.data_type for o in ens.output} == {
+        "SCORE": mc.TYPE_FP32, "FACE_BOX": mc.TYPE_INT32, "FACE_FOUND": mc.TYPE_BOOL}
+    assert (out / PREPROCESS / "1" / "sampleiqa" / "preprocessing" / "crops.py").exists()  # vendored
+    if target == "cpu":
+        assert scorer.backend == "python" and (out / SCORER / "1" / "model.onnx").exists()
+    elif target == "gpu-onnx":
+        assert scorer.platform == "onnxruntime_onnx"
+        assert scorer.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+    else:
+        assert scorer.platform == "tensorrt_plan" and (out / SCORER / "1" / "model.plan").exists()
+        assert scorer.max_batch_size == 48 and list(scorer.dynamic_batching.preferred_batch_size) == [8]
+        assert scorer.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+
+
+def test_a_hand_typo_is_caught_by_the_parser():
+    text = to_pbtxt(all_configs(RepositorySettings())[SCORER]).replace("max_batch_size", "max_batchsize")
+    with pytest.raises(Exception):
+        parse_pbtxt(text)
+
+
+def test_settings_are_validated():
+    with pytest.raises(ValueError):
+        RepositorySettings(target="tpu")
