@@ -1,0 +1,163 @@
+"""`sampleiqa score` and `sampleiqa serve` as a user runs them: real processes, real server."""
+
+import csv
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from sampleiqa.contracts import CSV_COLUMNS
+
+from .conftest import biq_images
+
+pytestmark = pytest.mark.server
+SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli"]
+
+
+def rows(path: Path) -> list[dict]:
+    with open(path, newline="") as f:
+        reader = csv.DictReader(f)
+        assert tuple(reader.fieldnames) == CSV_COLUMNS
+        return list(reader)
+
+
+def run(args, **kw):
+    return subprocess.run(SAMPLEIQA + [str(a) for a in args], capture_output=True, text=True, timeout=600, **kw)
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory):
+    """200 real photos plus two broken files, in one folder (names with spaces and parens)."""
+    folder = tmp_path_factory.mktemp("photos")
+    for p in biq_images(200):
+        os.symlink(p, folder / p.name)
+    data = biq_images(1)[0].read_bytes()
+    (folder / "zz truncated.jpg").write_bytes(data[: len(data) // 3])
+    (folder / "zz empty.png").write_bytes(b"")
+    (folder / "notes.txt").write_text("not an image: skipped by suffix")
+    return folder
+
+
+def test_folder_gets_one_row_per_file_and_errors_name_their_cause(server, photos, tmp_path):
+    out = tmp_path / "scores.csv"
+    res = run(["score", photos, "--url", server.url, "--out", out, "--concurrency", 4])
+    assert res.returncode == 0, res.stderr
+    got = rows(out)
+    assert len(got) == 202 and len({r["path"] for r in got}) == 202
+    bad = {Path(r["path"]).name: r for r in got if r["status"] == "error"}
+    assert set(bad) == {"zz truncated.jpg", "zz empty.png"}
+    assert bad["zz truncated.jpg"]["error"].startswith("[truncated]") and bad["zz truncated.jpg"]["score"] == ""
+    assert bad["zz empty.png"]["error"].startswith("[empty]")
+    ok = [r for r in got if r["status"] == "ok"]
+    assert all(r["score"] and r["face_found"] in ("True", "False") for r in ok)
+    assert "202 files: 200 scored ok" in res.stderr  # the summary
+
+
+def test_killed_run_resumes_to_exactly_one_row_per_file(photos, tmp_path):
+    """The CLI with its embedded server is SIGKILLed halfway, then rerun with --resume."""
+    out = tmp_path / "scores.csv"
+    log = tmp_path / "triton.log"
+    proc = subprocess.Popen(SAMPLEIQA + ["score", str(photos), "--out", str(out), "--concurrency", "2",
+                                         "--server-log", str(log)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    deadline = time.monotonic() + 300
+    while time.monotonic() < deadline:
+        if out.exists() and out.read_text().count("\n") > 80:
+            break
+        assert proc.poll() is None, "the run ended before it could be killed"
+        time.sleep(0.05)
+    proc.kill()
+    proc.wait()
+    partial = rows(out)
+    assert 50 < len(partial) < 202
+    res = run(["score", photos, "--out", out, "--resume", "--server-log", log])
+    assert res.returncode == 0, res.stderr
+    final = rows(out)
+    paths = [r["path"] for r in final]
+    assert len(paths) == 202 and len(set(paths)) == 202
+    assert final[: len(partial)] == partial  # earlier rows untouched
+
+
+def test_resume_repairs_a_torn_last_line(server, tmp_path):
+    photos = biq_images(3)
+    out = tmp_path / "scores.csv"
+    assert run(["score", *photos[:2], "--url", server.url, "--out", out]).returncode == 0
+    with open(out, "a") as f:
+        f.write(f"{photos[2]},0.5,Tr")  # a crash in the middle of a line
+    assert run(["score", *photos, "--url", server.url, "--out", out, "--resume"]).returncode == 0
+    assert sorted(r["path"] for r in rows(out)) == sorted(map(str, photos))
+
+
+def test_jsonl_output(server, tmp_path):
+    import json
+
+    out = tmp_path / "scores.jsonl"
+    assert run(["score", *biq_images(3), "--url", server.url, "--out", out]).returncode == 0
+    lines = [json.loads(line) for line in out.read_text().splitlines()]
+    assert len(lines) == 3 and all(tuple(r) == CSV_COLUMNS and r["status"] == "ok" for r in lines)
+
+
+def test_existing_output_needs_resume_and_unwritable_output_fails_fast(server, tmp_path):
+    out = tmp_path / "scores.csv"
+    out.write_text("path,score\n")
+    res = run(["score", *biq_images(1), "--url", server.url, "--out", out])
+    assert res.returncode == 2 and "--resume" in res.stderr
+    start = time.monotonic()
+    res = run(["score", *biq_images(1), "--out", "/proc/no/such/dir/scores.csv"])  # no server is started
+    assert res.returncode == 2 and "scores.csv" in res.stderr
+    assert time.monotonic() - start < 15
+
+
+def test_server_gone_stops_the_run_nonzero(tmp_path):
+    from sampleiqa.clients.server import free_port
+
+    out = tmp_path / "scores.csv"
+    res = run(["score", *biq_images(2), "--url", f"127.0.0.1:{free_port()}", "--out", out, "--timeout", "5"])
+    assert res.returncode == 1 and "STOPPED" in res.stderr and "--resume" in res.stderr
+    assert rows(out) == []  # nothing was scored, so no rows: --resume will score them
+
+
+def test_serve_stops_triton_on_sigterm(tmp_path):
+    import tritonclient.grpc as grpcclient
+
+    from sampleiqa.clients.server import free_port
+
+    port = free_port()
+    log = tmp_path / "serve.log"
+    proc = subprocess.Popen(SAMPLEIQA + ["serve", "--grpc-port", str(port), "--log-file", str(log)],
+                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    c = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
+    deadline = time.monotonic() + 120
+    while time.monotonic() < deadline:
+        try:
+            if c.is_model_ready("sampleiqa"):
+                break
+        except Exception:
+            pass
+        time.sleep(0.3)
+    else:
+        proc.kill()
+        pytest.fail("serve never became ready")
+    triton_pids = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
+    assert triton_pids, "serve has no Triton child"
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(60) == 0
+    for pid in triton_pids:
+        assert not Path(f"/proc/{pid}").exists() or "zombie" in Path(f"/proc/{pid}/status").read_text()
+    assert "successfully unloaded" in log.read_text()
+    c.close()
+
+
+def test_default_command_scores_the_bundled_samples(tmp_path):
+    """README command 1 without the setup part: no path, no --url."""
+    res = run(["score", "--out", tmp_path / "scores.csv", "--server-log", tmp_path / "t.log"])
+    assert res.returncode == 0, res.stderr
+    got = rows(tmp_path / "scores.csv")
+    names = {Path(r["path"]).name: r for r in got}
+    assert set(names) == {"astronaut.jpg", "grace_hopper.jpg", "coffee.jpg", "chelsea.jpg"}
+    assert names["astronaut.jpg"]["face_found"] == "True" and names["coffee.jpg"]["face_found"] == "False"
