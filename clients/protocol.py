@@ -17,6 +17,8 @@ from sampleiqa.contracts import ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, SCORE
 
 MAX_MESSAGE = 2**31 - 1
 RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"}
+# A server that is (re)starting listens before its models are loaded.
+LOADING = ("has no available versions", "is not ready")
 _ITEM_ERROR = re.compile(r"item (\d+): \[(\w+)\] (.*)", re.S)
 
 
@@ -134,7 +136,7 @@ def classify(exc: Exception) -> tuple[str, str, int | None]:
     """
     status = str(getattr(exc, "status", lambda: "")() or "")
     message = str(getattr(exc, "message", lambda: str(exc))() or exc)
-    if status in RETRYABLE:
+    if status in RETRYABLE or (status == "StatusCode.NOT_FOUND" and any(m in message for m in LOADING)):
         return "retry", message, None
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return "timeout", "[timeout] the request exceeded its deadline", None

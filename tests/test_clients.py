@@ -1,0 +1,75 @@
+"""Client behaviour that needs more than one server: backoff while a server starts, and
+gRPC round_robin over several endpoints."""
+
+import threading
+import time
+
+import pytest
+import tritonclient.grpc as grpcclient
+
+from sampleiqa.clients import RetryPolicy, ScoringClient
+from sampleiqa.clients.protocol import channel_target
+from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port
+
+from .conftest import SAMPLES
+
+pytestmark = pytest.mark.server
+
+
+def test_channel_target_lists_every_endpoint():
+    assert channel_target("127.0.0.1:8001") == "127.0.0.1:8001"
+    assert channel_target(["127.0.0.1:8001", "127.0.0.2:9001"]) == "ipv4:127.0.0.1:8001,127.0.0.2:9001"
+    assert channel_target(["localhost:8001", "127.0.0.1:8002"]).startswith("ipv")
+
+
+def test_requests_are_retried_until_a_late_server_is_up(tmp_path):
+    port = free_port()
+    server = TritonServer(DEFAULT_REPOSITORY, grpc_port=port, log_file=tmp_path / "t.log")
+    failures = []
+
+    def start_late():
+        time.sleep(1.0)
+        try:
+            server.start()
+        except Exception as exc:  # reported below, not lost in the thread
+            failures.append(exc)
+
+    starter = threading.Thread(target=start_late)
+    starter.start()
+    try:
+        with ScoringClient(f"127.0.0.1:{port}", retry=RetryPolicy(attempts=200, base_s=0.2, max_s=0.5)) as c:
+            t0 = time.monotonic()
+            try:
+                r = c.score((SAMPLES / "astronaut.jpg").read_bytes())
+            except Exception:
+                starter.join()
+                raise AssertionError(f"server start: {failures or 'ok'}; log:\n{server.log_tail()}")
+        assert r.ok and r.face_found, r
+        assert time.monotonic() - t0 > 1.0  # it really waited for the server
+    finally:
+        starter.join()
+        server.stop()
+
+
+def test_round_robin_spreads_requests_over_servers(server, tmp_path):
+    second = TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t2.log").start()
+    try:
+        def count(url):
+            with grpcclient.InferenceServerClient(url) as c:
+                stats = c.get_inference_statistics("sampleiqa", as_json=True)["model_stats"][0]
+                return int(stats["inference_count"]) if "inference_count" in stats else 0
+
+        before = [count(server.url), count(second.url)]
+        data = (SAMPLES / "coffee.jpg").read_bytes()
+        with ScoringClient([server.url, second.url]) as c:
+            results = [c.score(data) for _ in range(20)]
+        assert all(r.ok for r in results)
+        deadline = time.monotonic() + 5
+        while True:  # statistics are updated just after the response is sent
+            served = [count(server.url) - before[0], count(second.url) - before[1]]
+            if sum(served) >= 20 or time.monotonic() > deadline:
+                break
+            time.sleep(0.1)
+        assert sum(served) == 20 and min(served) >= 5, served
+    finally:
+        second.stop()
