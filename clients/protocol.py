@@ -61,8 +61,10 @@ class RetryPolicy:
 
 @dataclass(frozen=True)
 class TLSConfig:
-    root_certificates: str | None = None  # CA file that signed the server's certificate
-    private_key: str | None = None  # client key and chain: mutual TLS
+    """PEM file paths (tritonclient reads them)."""
+
+    root_certificates: str | None = None  # CA that signed the server's certificate
+    private_key: str | None = None  # client key and certificate chain: mutual TLS
     certificate_chain: str | None = None
 
     def client_kwargs(self) -> dict:

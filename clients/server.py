@@ -95,7 +95,9 @@ class TritonServer:
         log_file: str | Path | None = None,
         extra_args: list[str] | tuple[str, ...] = (),
         exit_timeout_s: int = 10,
+        tls=None,
     ):
+        """`tls`: a clients.TLSConfig for the readiness probe when extra_args turn on gRPC TLS."""
         self.repository = Path(repository).resolve()
         self.host = host
         self.grpc_port = grpc_port or free_port()
@@ -104,6 +106,7 @@ class TritonServer:
         self.log_file = Path(log_file) if log_file else self.repository.parent / ".sampleiqa" / "triton.log"
         self.extra_args = list(extra_args)
         self.exit_timeout_s = exit_timeout_s
+        self.tls = tls
         self.process: subprocess.Popen | None = None
 
     @property
@@ -155,7 +158,7 @@ class TritonServer:
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout_s
-        client = grpcclient.InferenceServerClient(self.url)
+        client = grpcclient.InferenceServerClient(self.url, **(self.tls.client_kwargs() if self.tls else {}))
         try:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:

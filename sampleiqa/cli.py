@@ -31,8 +31,7 @@ def _tls(args):
 
     if not (args.ssl or args.ssl_root_certs or args.ssl_key or args.ssl_cert):
         return None
-    read = lambda p: Path(p).read_bytes() if p else None  # noqa: E731
-    return TLSConfig(read(args.ssl_root_certs), read(args.ssl_key), read(args.ssl_cert))
+    return TLSConfig(args.ssl_root_certs, args.ssl_key, args.ssl_cert)
 
 
 def cmd_score(args) -> int:

@@ -7,7 +7,7 @@ import time
 import pytest
 import tritonclient.grpc as grpcclient
 
-from sampleiqa.clients import RetryPolicy, ScoringClient
+from sampleiqa.clients import RetryPolicy, ScoringClient, TransportError
 from sampleiqa.clients.protocol import channel_target
 from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port
 
@@ -73,3 +73,37 @@ def test_round_robin_spreads_requests_over_servers(server, tmp_path):
         assert sum(served) == 20 and min(served) >= 5, served
     finally:
         second.stop()
+
+
+def _openssl(*args, cwd):
+    import subprocess
+
+    subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
+
+
+def test_tls_client_talks_to_a_tls_server(tmp_path):
+    """A throwaway CA and server certificate for 127.0.0.1, made here with openssl."""
+    import shutil
+
+    if shutil.which("openssl") is None:
+        pytest.skip("openssl not installed")
+    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
+             "-keyout", "ca.key", "-out", "ca.crt", cwd=tmp_path)
+    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
+             "-out", "server.csr", cwd=tmp_path)
+    (tmp_path / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+             "-days", "1", "-extfile", "ext.cnf", "-out", "server.crt", cwd=tmp_path)
+    tls_args = ["--grpc-use-ssl=true", f"--grpc-server-cert={tmp_path / 'server.crt'}",
+                f"--grpc-server-key={tmp_path / 'server.key'}", f"--grpc-root-cert={tmp_path / 'ca.crt'}"]
+    from sampleiqa.clients import TLSConfig
+
+    server = TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log", extra_args=tls_args,
+                          tls=TLSConfig(str(tmp_path / "ca.crt")))
+    with server:
+        data = (SAMPLES / "astronaut.jpg").read_bytes()
+        with ScoringClient(server.url, tls=TLSConfig(str(tmp_path / "ca.crt"))) as c:
+            assert c.score(data).ok
+        with ScoringClient(server.url, retry=RetryPolicy(attempts=1)) as plain:
+            with pytest.raises(TransportError):
+                plain.score(data)  # plaintext is refused by a TLS server
