@@ -12,19 +12,14 @@ from typing import AsyncIterator, Hashable, Iterable, Sequence
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from .protocol import (ENSEMBLE, RetryPolicy, ScoreResult, TLSConfig, TransportError, build_inputs, channel_args,
-                       channel_target, classify, parse_result, split_code)
+from .protocol import (ENSEMBLE, ClientBase, RetryPolicy, ScoreResult, TLSConfig, TransportError,
+                       build_inputs, failure_outcome, parse_result)
 
 
-class AsyncScoringClient:
+class AsyncScoringClient(ClientBase):
     def __init__(self, urls: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 60.0,
                  retry: RetryPolicy = RetryPolicy(), tls: TLSConfig | None = None, model: str = ENSEMBLE):
-        urls = [urls] if isinstance(urls, str) else list(urls)
-        self.timeout_s = timeout_s
-        self.retry = retry
-        self.model = model
-        self._client = grpcaio.InferenceServerClient(
-            channel_target(urls), channel_args=channel_args(len(urls) > 1), **(tls.client_kwargs() if tls else {}))
+        super().__init__(grpcaio, urls, timeout_s, retry, tls, model)
 
     async def close(self) -> None:
         await self._client.close()
@@ -42,13 +37,14 @@ class AsyncScoringClient:
             try:
                 return await self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
             except InferenceServerException as exc:
-                kind, message, _ = classify(exc)
-                if kind != "retry":
-                    raise
-                delay = next(delays, None)
-                if delay is None:
-                    raise TransportError(f"server unavailable after {self.retry.attempts} tries: {message}") from None
-                await asyncio.sleep(delay)
+                ready = await self._server_ready()
+                await asyncio.sleep(self.backoff(exc, delays, lambda: ready))
+
+    async def _server_ready(self) -> bool:
+        try:
+            return await self._client.is_server_ready()
+        except InferenceServerException:
+            return False
 
     async def score_batch(self, images: Sequence[bytes]) -> list[ScoreResult]:
         """As ScoringClient.score_batch: a bad item is isolated and the rest still score."""
@@ -57,11 +53,10 @@ class AsyncScoringClient:
         try:
             return parse_result(await self._infer(images), len(images))
         except InferenceServerException as exc:
-            kind, message, bad = classify(exc)
-            if kind == "item" and bad is not None and 0 <= bad < len(images):
-                failed = ScoreResult.failure(split_code(message), message)
-                return await self.score_batch(images[:bad]) + [failed] + await self.score_batch(images[bad + 1:])
-            return [ScoreResult.failure(split_code(message), message)] * len(images)
+            bad, failed = failure_outcome(exc, len(images))
+            if bad is None:
+                return [failed] * len(images)
+            return await self.score_batch(images[:bad]) + [failed] + await self.score_batch(images[bad + 1:])
 
     async def score(self, image: bytes) -> ScoreResult:
         return (await self.score_batch([image]))[0]

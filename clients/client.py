@@ -17,19 +17,14 @@ from typing import Hashable, Iterable, Iterator, Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from .protocol import (ENSEMBLE, RetryPolicy, ScoreResult, TLSConfig, TransportError, build_inputs, channel_args,
-                       channel_target, classify, parse_result, split_code)
+from .protocol import (ENSEMBLE, ClientBase, RetryPolicy, ScoreResult, TLSConfig, TransportError,
+                       build_inputs, failure_outcome, parse_result)
 
 
-class ScoringClient:
+class ScoringClient(ClientBase):
     def __init__(self, urls: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 60.0,
                  retry: RetryPolicy = RetryPolicy(), tls: TLSConfig | None = None, model: str = ENSEMBLE):
-        urls = [urls] if isinstance(urls, str) else list(urls)
-        self.timeout_s = timeout_s
-        self.retry = retry
-        self.model = model
-        self._client = grpcclient.InferenceServerClient(
-            channel_target(urls), channel_args=channel_args(len(urls) > 1), **(tls.client_kwargs() if tls else {}))
+        super().__init__(grpcclient, urls, timeout_s, retry, tls, model)
 
     def close(self) -> None:
         self._client.close()
@@ -54,13 +49,13 @@ class ScoringClient:
             try:
                 return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
             except InferenceServerException as exc:
-                kind, message, _ = classify(exc)
-                if kind != "retry":
-                    raise
-                delay = next(delays, None)
-                if delay is None:
-                    raise TransportError(f"server unavailable after {self.retry.attempts} tries: {message}") from None
-                time.sleep(delay)
+                time.sleep(self.backoff(exc, delays, self._server_ready))
+
+    def _server_ready(self) -> bool:
+        try:
+            return self._client.is_server_ready()
+        except InferenceServerException:
+            return False
 
     def score_batch(self, images: Sequence[bytes]) -> list[ScoreResult]:
         """Score several images in one request. A bad item costs only itself: the server names
@@ -70,11 +65,10 @@ class ScoringClient:
         try:
             return parse_result(self._infer(images), len(images))
         except InferenceServerException as exc:
-            kind, message, bad = classify(exc)
-            if kind == "item" and bad is not None and 0 <= bad < len(images):
-                failed = ScoreResult.failure(split_code(message), message)
-                return self.score_batch(images[:bad]) + [failed] + self.score_batch(images[bad + 1:])
-            return [ScoreResult.failure(split_code(message), message)] * len(images)
+            bad, failed = failure_outcome(exc, len(images))
+            if bad is None:
+                return [failed] * len(images)
+            return self.score_batch(images[:bad]) + [failed] + self.score_batch(images[bad + 1:])
 
     def score(self, image: bytes) -> ScoreResult:
         return self.score_batch([image])[0]

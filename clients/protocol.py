@@ -17,8 +17,6 @@ from sampleiqa.contracts import ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, SCORE
 
 MAX_MESSAGE = 2**31 - 1
 RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"}
-# A server that is (re)starting listens before its models are loaded.
-LOADING = ("has no available versions", "is not ready")
 _ITEM_ERROR = re.compile(r"item (\d+): \[(\w+)\] (.*)", re.S)
 
 
@@ -134,12 +132,15 @@ def parse_result(result, n: int) -> list[ScoreResult]:
 def classify(exc: Exception) -> tuple[str, str, int | None]:
     """(kind, message, bad item index) for an InferenceServerException.
 
-    kind: "retry" (server unreachable), "timeout", "item" (a bad input), "error" (other).
+    kind: "retry" (server unreachable), "loading" (model not found: retry only while the server
+    is not ready), "timeout", "item" (a bad input), "error" (other).
     """
     status = str(getattr(exc, "status", lambda: "")() or "")
     message = str(getattr(exc, "message", lambda: str(exc))() or exc)
-    if status in RETRYABLE or (status == "StatusCode.NOT_FOUND" and any(m in message for m in LOADING)):
+    if status in RETRYABLE:
         return "retry", message, None
+    if status == "StatusCode.NOT_FOUND":  # a missing model, or a (re)starting server still loading it
+        return "loading", message, None
     if status == "StatusCode.DEADLINE_EXCEEDED":
         return "timeout", "[timeout] the request exceeded its deadline", None
     m = _ITEM_ERROR.search(message)
@@ -148,10 +149,46 @@ def classify(exc: Exception) -> tuple[str, str, int | None]:
     return "error", f"[server] {status} {message}".strip(), None
 
 
+class ClientBase:
+    """Construction shared by the sync and asyncio clients; `module` is tritonclient.grpc or .grpc.aio."""
+
+    def __init__(self, module, urls: str | Sequence[str], timeout_s: float, retry: RetryPolicy,
+                 tls: TLSConfig | None, model: str):
+        urls = [urls] if isinstance(urls, str) else list(urls)
+        self.timeout_s = timeout_s
+        self.retry = retry
+        self.model = model
+        self._client = module.InferenceServerClient(
+            channel_target(urls), channel_args=channel_args(len(urls) > 1), **(tls.client_kwargs() if tls else {}))
+
+
+    def backoff(self, exc: Exception, delays, server_ready) -> float:
+        """Seconds to wait before retrying `exc`; re-raises what retrying cannot fix, and
+        raises TransportError once the retries are spent. `server_ready` is called only for
+        a missing model: a ready server without it will not grow it by waiting."""
+        kind, message, _ = classify(exc)
+        if kind not in ("retry", "loading") or (kind == "loading" and server_ready()):
+            raise exc
+        delay = next(delays, None)
+        if delay is None:
+            raise TransportError(f"server unavailable after {self.retry.attempts} tries: {message}") from None
+        return delay
+
+
+def failure_outcome(exc: Exception, n: int) -> tuple[int | None, ScoreResult]:
+    """After a failed request of n items: (index of the one bad item to cut out, or None
+    when the whole request failed; the error result for it / for every item)."""
+    kind, message, bad = classify(exc)
+    failed = ScoreResult.failure(split_code(message), message)
+    if kind == "item" and bad is not None and 0 <= bad < n:
+        return bad, failed
+    return None, failed
+
+
 def split_code(message: str) -> str:
     m = re.match(r"\[(\w+)\]", message)
     return m.group(1) if m else "server"
 
 
-__all__ = ["ENSEMBLE", "RetryPolicy", "ScoreResult", "TLSConfig", "TransportError", "build_inputs",
+__all__ = ["ENSEMBLE", "ClientBase", "RetryPolicy", "failure_outcome", "ScoreResult", "TLSConfig", "TransportError", "build_inputs",
            "channel_args", "channel_target", "classify", "parse_result", "split_code"]
