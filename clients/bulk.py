@@ -112,9 +112,12 @@ def read_done(path: str | Path, fmt: str) -> set[str]:
     return {json.loads(line)["path"] for line in text.splitlines() if line.strip()}
 
 
-def check_writable(path: str | Path) -> None:
-    """Fail before any work when the output cannot be written."""
+def check_output(path: str | Path, resume: bool) -> None:
+    """Fail before any work when the output cannot be written, or holds rows and --resume
+    was not asked for (a silent append would mix two runs; an overwrite would lose one)."""
     path = Path(path)
+    if not resume and path.is_file() and path.stat().st_size > 0:
+        raise FileExistsError(f"{path} already has rows: pass --resume to continue it, or choose another --out")
     parent = path.parent if str(path.parent) else Path(".")
     if path.is_dir():
         raise PermissionError(f"output {path} is a folder")
@@ -167,9 +170,7 @@ def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", res
     from .protocol import TransportError
 
     out = Path(out)
-    check_writable(out)
-    if not resume and out.exists() and out.stat().st_size > 0:
-        raise FileExistsError(f"{out} already has rows: pass --resume to continue it, or choose another --out")
+    check_output(out, resume)
     done = read_done(out, fmt) if resume else set()
     todo = [p for p in paths if p not in done]
     summary = Summary(total=len(paths), skipped=len(paths) - len(todo))

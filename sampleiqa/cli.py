@@ -36,12 +36,12 @@ def _tls(args):
 
 def cmd_score(args) -> int:
     from sampleiqa.clients import ScoringClient
-    from sampleiqa.clients.bulk import check_writable, discover, score_files
-    from sampleiqa.clients.server import TritonServer
+    from sampleiqa.clients.bulk import check_output, discover, score_files
+    from sampleiqa.clients.server import ServerError, TritonServer
 
     fmt = args.format or ("jsonl" if str(args.out).endswith(".jsonl") else "csv")
     try:
-        check_writable(args.out)  # before anything slow
+        check_output(args.out, args.resume)  # before anything slow
         paths = discover(args.paths or [SAMPLES], recursive=args.recursive)
     except (OSError, ValueError) as exc:
         print(f"sampleiqa score: {exc}", file=sys.stderr)
@@ -54,15 +54,16 @@ def cmd_score(args) -> int:
     if not urls:
         server = TritonServer(args.repository, log_file=args.server_log)
         print(f"starting the embedded Triton server ({args.repository}) ...", file=sys.stderr)
-        server.start()
+        try:
+            server.start()
+        except ServerError as exc:
+            print(f"sampleiqa score: the embedded server did not start: {exc}", file=sys.stderr)
+            return 1
         urls = [server.url]
     try:
         with ScoringClient(urls, timeout_s=args.timeout, tls=_tls(args)) as client:
             summary = score_files(client, paths, args.out, fmt=fmt, resume=args.resume,
                                   concurrency=args.concurrency, batch_size=args.batch_size)
-    except FileExistsError as exc:
-        print(f"sampleiqa score: {exc}", file=sys.stderr)
-        return 2
     finally:
         if server is not None:
             server.stop()
@@ -71,7 +72,7 @@ def cmd_score(args) -> int:
 
 
 def cmd_serve(args) -> int:
-    from sampleiqa.clients.server import TritonServer
+    from sampleiqa.clients.server import ServerError, TritonServer
 
     server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port or None,
                           metrics_port=args.metrics_port or None, host=args.host, log_file=args.log_file,
@@ -83,7 +84,11 @@ def cmd_serve(args) -> int:
 
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
-    server.start()
+    try:
+        server.start()
+    except ServerError as exc:
+        print(f"sampleiqa serve: {exc}", file=sys.stderr)
+        return 1
     print(f"SampleIQA serving on grpc://{server.url} (log: {server.log_file}); Ctrl-C stops", file=sys.stderr)
     while stop["signal"] is None and server.running():
         time.sleep(0.2)
