@@ -34,6 +34,14 @@ def _tls(args):
     return TLSConfig(args.ssl_root_certs, args.ssl_key, args.ssl_cert)
 
 
+def _shortest(path: Path) -> Path:
+    """`samples` rather than /abs/path/samples when run from the checkout (rows are shorter)."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
 def cmd_score(args) -> int:
     from sampleiqa.clients import ScoringClient
     from sampleiqa.clients.bulk import check_output, discover, score_files
@@ -42,7 +50,7 @@ def cmd_score(args) -> int:
     fmt = args.format or ("jsonl" if str(args.out).endswith(".jsonl") else "csv")
     try:
         check_output(args.out, args.resume)  # before anything slow
-        paths = discover(args.paths or [SAMPLES], recursive=args.recursive)
+        paths = discover(args.paths or [_shortest(SAMPLES)], recursive=args.recursive)
     except (OSError, ValueError) as exc:
         print(f"sampleiqa score: {exc}", file=sys.stderr)
         return 2

@@ -57,3 +57,26 @@ def test_a_hand_typo_is_caught_by_the_parser():
 def test_settings_are_validated():
     with pytest.raises(ValueError):
         RepositorySettings(target="tpu")
+
+
+def test_vendored_preprocessing_runs_without_the_installed_package(tmp_path):
+    """A repository copied into a Triton container imports its vendored copy: run it with
+    no site processing (so the editable install is invisible) and compare tensors."""
+    import subprocess
+    import sys
+    import sysconfig
+
+    import numpy as np
+
+    from sampleiqa.preprocessing import preprocess_file
+
+    from .conftest import SAMPLES
+
+    out = build_repository(tmp_path / "repo", RepositorySettings(), onnx_path=DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx")
+    version_dir = out / PREPROCESS / "1"
+    code = ("import sys, numpy as np, sampleiqa.preprocessing as p; "
+            f"assert p.__file__.startswith({str(version_dir)!r}), p.__file__; "
+            f"np.save(sys.argv[1], p.preprocess_file({str(SAMPLES / 'astronaut.jpg')!r}).pixels)")
+    env = {"PYTHONPATH": f"{version_dir}:{sysconfig.get_paths()['purelib']}"}
+    subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path / "px.npy")], check=True, env=env, cwd=tmp_path)
+    np.testing.assert_array_equal(np.load(tmp_path / "px.npy"), preprocess_file(SAMPLES / "astronaut.jpg").pixels)
