@@ -63,6 +63,10 @@ def triton_paths() -> tuple[Path, Path]:
     return binary, backends
 
 
+def default_log_dir() -> Path:
+    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sampleiqa"
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -103,7 +107,7 @@ class TritonServer:
         self.grpc_port = grpc_port or free_port()
         self.http_port = http_port
         self.metrics_port = metrics_port
-        self.log_file = Path(log_file) if log_file else self.repository.parent / ".sampleiqa" / "triton.log"
+        self.log_file = Path(log_file) if log_file else default_log_dir() / f"triton-{self.grpc_port}.log"
         self.extra_args = list(extra_args)
         self.exit_timeout_s = exit_timeout_s
         self.tls = tls
