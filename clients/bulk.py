@@ -36,7 +36,8 @@ def discover(paths: Iterable[str | Path], recursive: bool = False) -> list[str]:
         if p.is_dir():
             walker = p.rglob("*") if recursive else p.iterdir()
             for f in sorted(walker):
-                if f.is_file() and f.suffix.lower() in IMAGE_SUFFIXES:
+                # A broken link is kept: it gets an "unreadable" row rather than vanishing.
+                if (f.is_file() or f.is_symlink()) and f.suffix.lower() in IMAGE_SUFFIXES:
                     found[str(f)] = None
         elif p.exists():
             found[str(p)] = None
@@ -204,17 +205,18 @@ def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", res
             summary.errors[result.error_code] += 1
         progress.update(1, **({"err": 1} if not result.ok else {}))
 
-    try:
-        for path, result in client.score_many(readable(), concurrency=concurrency, batch_size=batch_size):
-            record(path, result)
-            while unreadable:
-                p, exc = unreadable.pop()
-                record(p, ScoreResult.failure("unreadable", f"[unreadable] {exc.strerror or exc}"))
-            if len(pending) >= 64 or time.monotonic() - last_flush > 1.0:
-                flush()
+    def record_unreadable():
         while unreadable:
             p, exc = unreadable.pop()
             record(p, ScoreResult.failure("unreadable", f"[unreadable] {exc.strerror or exc}"))
+
+    try:
+        for path, result in client.score_many(readable(), concurrency=concurrency, batch_size=batch_size):
+            record(path, result)
+            record_unreadable()
+            if len(pending) >= 64 or time.monotonic() - last_flush > 1.0:
+                flush()
+        record_unreadable()
     except TransportError as exc:
         summary.aborted = str(exc)
     except KeyboardInterrupt:

@@ -32,13 +32,14 @@ def run(args, **kw):
 
 @pytest.fixture(scope="module")
 def photos(tmp_path_factory):
-    """200 real photos plus two broken files, in one folder (names with spaces and parens)."""
+    """200 real photos plus three broken files, in one folder (names with spaces and parens)."""
     folder = tmp_path_factory.mktemp("photos")
     for p in biq_images(200):
         os.symlink(p, folder / p.name)
     data = biq_images(1)[0].read_bytes()
     (folder / "zz truncated.jpg").write_bytes(data[: len(data) // 3])
     (folder / "zz empty.png").write_bytes(b"")
+    os.symlink(folder / "deleted.jpg", folder / "zz broken link.jpg")
     (folder / "notes.txt").write_text("not an image: skipped by suffix")
     return folder
 
@@ -48,14 +49,15 @@ def test_folder_gets_one_row_per_file_and_errors_name_their_cause(server, photos
     res = run(["score", photos, "--url", server.url, "--out", out, "--concurrency", 4])
     assert res.returncode == 0, res.stderr
     got = rows(out)
-    assert len(got) == 202 and len({r["path"] for r in got}) == 202
+    assert len(got) == 203 and len({r["path"] for r in got}) == 203
     bad = {Path(r["path"]).name: r for r in got if r["status"] == "error"}
-    assert set(bad) == {"zz truncated.jpg", "zz empty.png"}
+    assert set(bad) == {"zz truncated.jpg", "zz empty.png", "zz broken link.jpg"}
+    assert bad["zz broken link.jpg"]["error"].startswith("[unreadable]")
     assert bad["zz truncated.jpg"]["error"].startswith("[truncated]") and bad["zz truncated.jpg"]["score"] == ""
     assert bad["zz empty.png"]["error"].startswith("[empty]")
     ok = [r for r in got if r["status"] == "ok"]
     assert all(r["score"] and r["face_found"] in ("True", "False") for r in ok)
-    assert "202 files: 200 scored ok" in res.stderr  # the summary
+    assert "203 files: 200 scored ok" in res.stderr  # the summary
 
 
 def test_killed_run_resumes_to_exactly_one_row_per_file(photos, tmp_path):
@@ -74,12 +76,12 @@ def test_killed_run_resumes_to_exactly_one_row_per_file(photos, tmp_path):
     proc.kill()
     proc.wait()
     partial = rows(out)
-    assert 50 < len(partial) < 202
+    assert 50 < len(partial) < 203
     res = run(["score", photos, "--out", out, "--resume", "--server-log", log])
     assert res.returncode == 0, res.stderr
     final = rows(out)
     paths = [r["path"] for r in final]
-    assert len(paths) == 202 and len(set(paths)) == 202
+    assert len(paths) == 203 and len(set(paths)) == 203
     assert final[: len(partial)] == partial  # earlier rows untouched
 
 
