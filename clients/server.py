@@ -2,12 +2,14 @@
 
 Used by `sampleiqa serve`, by `sampleiqa score` when no --url is given, and by the tests.
 It binds loopback by default, logs to a file, waits for the ensemble to be ready, and
-stops its child on exit; the child also gets SIGTERM if this process dies (PR_SET_PDEATHSIG).
+stops its child on exit. The child also gets SIGTERM if its parent dies, even by SIGKILL
+(PR_SET_PDEATHSIG, set by util-linux `setpriv` rather than a Python preexec_fn, which can
+stall on gRPC's fork handlers). The kernel ties that signal to the *thread* that started
+the server: call start() from a thread that lives as long as the server should.
 """
 
 from __future__ import annotations
 
-import ctypes
 import logging
 import os
 import shutil
@@ -73,9 +75,9 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
-def _die_with_parent() -> None:
-    libc = ctypes.CDLL("libc.so.6", use_errno=True)
-    libc.prctl(1, signal.SIGTERM)  # PR_SET_PDEATHSIG
+def _die_with_parent() -> list[str]:
+    setpriv = shutil.which("setpriv")
+    return [setpriv, "--pdeathsig", "SIGTERM", "--"] if setpriv else []
 
 
 def stub_environment() -> dict[str, str]:
@@ -120,6 +122,7 @@ class TritonServer:
     def command(self) -> list[str]:
         binary, backends = triton_paths()
         args = [
+            *_die_with_parent(),
             str(binary),
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
@@ -148,7 +151,7 @@ class TritonServer:
         log.info("starting Triton on %s (log: %s)", self.url, self.log_file)
         self.process = subprocess.Popen(
             cmd, stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=stub_environment(), preexec_fn=_die_with_parent,
+            env=stub_environment(),
         )
         log_handle.close()
         try:

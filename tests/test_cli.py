@@ -73,8 +73,14 @@ def test_killed_run_resumes_to_exactly_one_row_per_file(photos, tmp_path):
             break
         assert proc.poll() is None, "the run ended before it could be killed"
         time.sleep(0.05)
+    triton = subprocess.run(["pgrep", "-P", str(proc.pid)], capture_output=True, text=True).stdout.split()
     proc.kill()
     proc.wait()
+    assert triton, "the CLI had no Triton child"
+    deadline = time.monotonic() + 60
+    while any(Path(f"/proc/{pid}").exists() for pid in triton) and time.monotonic() < deadline:
+        time.sleep(0.2)  # Triton drains in-flight work (up to its exit timeout), then exits
+    assert not any(Path(f"/proc/{pid}").exists() for pid in triton), "Triton outlived the killed CLI"
     partial = rows(out)
     assert 50 < len(partial) < 203
     res = run(["score", photos, "--out", out, "--resume", "--server-log", log])

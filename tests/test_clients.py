@@ -24,31 +24,24 @@ def test_channel_target_lists_every_endpoint():
 
 def test_requests_are_retried_until_a_late_server_is_up(tmp_path):
     port = free_port()
-    server = TritonServer(DEFAULT_REPOSITORY, grpc_port=port, log_file=tmp_path / "t.log")
-    failures = []
+    results = []
 
-    def start_late():
-        time.sleep(1.0)
-        try:
-            server.start()
-        except Exception as exc:  # reported below, not lost in the thread
-            failures.append(exc)
-
-    starter = threading.Thread(target=start_late)
-    starter.start()
-    try:
+    def score_early():  # sent before the server exists; must wait for it
         with ScoringClient(f"127.0.0.1:{port}", retry=RetryPolicy(attempts=200, base_s=0.2, max_s=0.5)) as c:
-            t0 = time.monotonic()
             try:
-                r = c.score((SAMPLES / "astronaut.jpg").read_bytes())
-            except Exception:
-                starter.join()
-                raise AssertionError(f"server start: {failures or 'ok'}; log:\n{server.log_tail()}")
-        assert r.ok and r.face_found, r
-        assert time.monotonic() - t0 > 1.0  # it really waited for the server
-    finally:
-        starter.join()
-        server.stop()
+                results.append(c.score((SAMPLES / "astronaut.jpg").read_bytes()))
+            except Exception as exc:
+                results.append(exc)
+
+    caller = threading.Thread(target=score_early)
+    t0 = time.monotonic()
+    caller.start()
+    time.sleep(1.0)
+    # Started from this (main) thread: the server's parent-death signal follows its starter.
+    with TritonServer(DEFAULT_REPOSITORY, grpc_port=port, log_file=tmp_path / "t.log"):
+        caller.join(120)
+    assert len(results) == 1 and getattr(results[0], "ok", False) and results[0].face_found, results
+    assert time.monotonic() - t0 > 1.0  # it really waited for the server
 
 
 def test_round_robin_spreads_requests_over_servers(server, tmp_path):
