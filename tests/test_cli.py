@@ -13,7 +13,7 @@ import pytest
 
 from sampleiqa.contracts import CSV_COLUMNS
 
-from .conftest import biq_images
+from .conftest import SAMPLES as SAMPLES_DIR, biq_images
 
 pytestmark = pytest.mark.server
 SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli"]
@@ -169,3 +169,22 @@ def test_default_command_scores_the_bundled_samples(tmp_path):
     names = {Path(r["path"]).name: r for r in got}
     assert set(names) == {"astronaut.jpg", "grace_hopper.jpg", "coffee.jpg", "chelsea.jpg"}
     assert names["astronaut.jpg"]["face_found"] == "True" and names["coffee.jpg"]["face_found"] == "False"
+
+
+def test_build_repository_cli_makes_a_servable_repository(client, tmp_path):
+    """`sampleiqa build-repository` from an ONNX file, served by a second real Triton."""
+    from sampleiqa.build.triton_config import read_config
+    from sampleiqa.clients import ScoringClient
+    from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer
+
+    repo = tmp_path / "repo"
+    res = run(["build-repository", "--target", "cpu", "--onnx", DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx",
+               "--out", repo, "--preprocess-instances", "1", "--ort-threads", "1"])
+    assert res.returncode == 0, res.stderr
+    assert read_config(repo / "preprocess").instance_group[0].count == 1
+    data = (SAMPLES_DIR / "grace_hopper.jpg").read_bytes()
+    with TritonServer(repo, log_file=tmp_path / "t.log") as server, ScoringClient(server.url) as c:
+        built = c.score(data)
+    reference = client.score(data)
+    assert built.ok and built.face_box == reference.face_box
+    assert abs(built.score - reference.score) < 1e-5
