@@ -13,7 +13,7 @@ import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
 from .protocol import (ENSEMBLE, ClientBase, RetryPolicy, ScoreResult, TLSConfig, TransportError,
-                       build_inputs, failure_outcome, parse_result)
+                       build_inputs, classify, failure_outcome, parse_result)
 
 
 class AsyncScoringClient(ClientBase):
@@ -37,7 +37,8 @@ class AsyncScoringClient(ClientBase):
             try:
                 return await self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
             except InferenceServerException as exc:
-                ready = await self._server_ready()
+                # Probe readiness only for a missing model (see ClientBase.backoff).
+                ready = classify(exc)[0] == "loading" and await self._server_ready()
                 await asyncio.sleep(self.backoff(exc, delays, lambda: ready))
 
     async def _server_ready(self) -> bool:

@@ -18,12 +18,12 @@ import time
 from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Iterable, Iterator
+from typing import Iterable
 
 from sampleiqa.contracts import CSV_COLUMNS
 
 from .progress import Progress
-from .protocol import ScoreResult
+from .protocol import ScoreResult, TransportError
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
 
@@ -119,7 +119,7 @@ def check_output(path: str | Path, resume: bool) -> None:
     path = Path(path)
     if not resume and path.is_file() and path.stat().st_size > 0:
         raise FileExistsError(f"{path} already has rows: pass --resume to continue it, or choose another --out")
-    parent = path.parent if str(path.parent) else Path(".")
+    parent = path.parent
     if path.is_dir():
         raise PermissionError(f"output {path} is a folder")
     if path.exists():
@@ -157,19 +157,9 @@ class Summary:
         return "\n".join(lines)
 
 
-def _read_items(paths: list[str]) -> Iterator[tuple[str, bytes | Exception]]:
-    for p in paths:
-        try:
-            yield p, Path(p).read_bytes()
-        except OSError as exc:
-            yield p, exc
-
-
 def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", resume: bool = False,
                 concurrency: int = 8, batch_size: int = 1, progress_stream=sys.stderr) -> Summary:
     """Score `paths` with a ScoringClient, writing one row per path to `out`."""
-    from .protocol import TransportError
-
     out = Path(out)
     check_output(out, resume)
     done = read_done(out, fmt) if resume else set()
@@ -179,12 +169,12 @@ def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", res
     progress = Progress(len(todo), "scoring", stream=progress_stream)
     unreadable: list[tuple[str, Exception]] = []
 
-    def readable():
-        for p, data in _read_items(todo):
-            if isinstance(data, Exception):
-                unreadable.append((p, data))
-            else:
-                yield p, data
+    def readable():  # read lazily; a file that cannot be read gets its row beside the scored ones
+        for p in todo:
+            try:
+                yield p, Path(p).read_bytes()
+            except OSError as exc:
+                unreadable.append((p, exc))
 
     start = time.monotonic()
     pending: list[dict] = []

@@ -9,7 +9,6 @@
 
 from __future__ import annotations
 
-import threading
 import time
 from concurrent.futures import FIRST_COMPLETED, Future, ThreadPoolExecutor, wait
 from typing import Hashable, Iterable, Iterator, Sequence
@@ -17,7 +16,7 @@ from typing import Hashable, Iterable, Iterator, Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from .protocol import (ENSEMBLE, ClientBase, RetryPolicy, ScoreResult, TLSConfig, TransportError,
+from .protocol import (ENSEMBLE, ClientBase, RetryPolicy, ScoreResult, TLSConfig,
                        build_inputs, failure_outcome, parse_result)
 
 
@@ -78,7 +77,7 @@ class ScoringClient(ClientBase):
         """Score (key, bytes) pairs with at most `concurrency` requests in flight; yields
         (key, result) as they complete. Items are read from the iterable lazily.
         Raises TransportError when the server stays unreachable."""
-        stop = threading.Event()
+        exhausted = False
         pending: dict[Future, list[Hashable]] = {}
         iterator = iter(items)
 
@@ -93,10 +92,10 @@ class ScoringClient(ClientBase):
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sampleiqa-score") as pool:
             try:
                 while True:
-                    while len(pending) < concurrency and not stop.is_set():
+                    while len(pending) < concurrency and not exhausted:
                         batch = next_batch()
                         if not batch:
-                            stop.set()
+                            exhausted = True
                             break
                         keys = [k for k, _ in batch]
                         pending[pool.submit(self.score_batch, [d for _, d in batch])] = keys
@@ -108,6 +107,5 @@ class ScoringClient(ClientBase):
                         for key, result in zip(keys, future.result()):
                             yield key, result
             finally:
-                stop.set()
                 for future in pending:
                     future.cancel()

@@ -8,7 +8,7 @@ import ipaddress
 import random
 import re
 import socket
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from typing import Sequence
 
 import numpy as np
@@ -36,9 +36,6 @@ class ScoreResult:
     @classmethod
     def failure(cls, code: str, message: str) -> "ScoreResult":
         return cls(status="error", error_code=code, error=message)
-
-    def to_dict(self) -> dict:
-        return asdict(self)
 
 
 class TransportError(RuntimeError):
@@ -161,7 +158,6 @@ class ClientBase:
         self._client = module.InferenceServerClient(
             channel_target(urls), channel_args=channel_args(len(urls) > 1), **(tls.client_kwargs() if tls else {}))
 
-
     def backoff(self, exc: Exception, delays, server_ready) -> float:
         """Seconds to wait before retrying `exc`; re-raises what retrying cannot fix, and
         raises TransportError once the retries are spent. `server_ready` is called only for
@@ -190,5 +186,5 @@ def split_code(message: str) -> str:
     return m.group(1) if m else "server"
 
 
-__all__ = ["ENSEMBLE", "ClientBase", "RetryPolicy", "failure_outcome", "ScoreResult", "TLSConfig", "TransportError", "build_inputs",
-           "channel_args", "channel_target", "classify", "parse_result", "split_code"]
+__all__ = ["ENSEMBLE", "ClientBase", "RetryPolicy", "ScoreResult", "TLSConfig", "TransportError", "build_inputs",
+           "channel_args", "channel_target", "classify", "failure_outcome", "parse_result", "split_code"]

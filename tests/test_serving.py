@@ -82,7 +82,8 @@ def test_score_many_and_asyncio_client_agree(server, client):
         assert sync[k].score == pytest.approx(aio[k].score, abs=1e-5) == pytest.approx(batched[k].score, abs=1e-5)
 
 
-def test_raw_ensemble_contract(server):
+def test_raw_ensemble_contract(server, client):
+    assert client.is_ready()
     c = grpcclient.InferenceServerClient(server.url)
     meta = c.get_model_metadata("sampleiqa")
     assert [(i.name, i.datatype) for i in meta.inputs] == [(IMAGE, "BYTES")]
