@@ -25,8 +25,13 @@ def train_tensor(path: str | Path, rng: np.random.Generator, face: Box | None = 
     the slow step); None means detect now."""
     bgr = decode_bgr(Path(path).read_bytes())
     face = face if face is not None else find_face(bgr)
+    return to_tensor(random_face_crop(bgr, face, rng, hflip_p))
+
+
+def random_face_crop(bgr: np.ndarray, face: Box | None, rng: np.random.Generator, hflip_p: float = 0.5) -> np.ndarray:
+    """A random 448x448 uint8 crop of a decoded image that holds the whole face box."""
     h, w = bgr.shape[:2]
     crop = apply_plan(bgr, random_plan(w, h, face, rng))
     if rng.random() < hflip_p:
         crop = crop[:, ::-1]
-    return to_tensor(np.ascontiguousarray(crop))
+    return np.ascontiguousarray(crop)

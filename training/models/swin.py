@@ -24,6 +24,8 @@ class ScorerConfig:
     img_size: int = CROP
     drop_path_rate: float = 0.1
     head_hidden: int = 0  # 0: a single linear layer on the pooled features
+    stats: bool = False  # fuse fixed sharpness/noise/exposure statistics into the head
+    stats_hidden: int = 64
     notes: str = field(default="", compare=False)
 
     def to_dict(self) -> dict:
@@ -42,6 +44,9 @@ def register(cfg: ScorerConfig) -> ScorerConfig:
 # ~1.7 GFLOP and 4.8M parameters per image.
 register(ScorerConfig("swin_compact", embed_dim=40, depths=(2, 2, 6, 2), num_heads=(2, 4, 8, 16), patch_size=8,
                       notes="CPU default, ~1.7 GFLOP/img at 448"))
+# The shipped CPU default: swin_compact plus the in-graph quality statistics in the head.
+register(ScorerConfig("swin_compact_stats", embed_dim=40, depths=(2, 2, 6, 2), num_heads=(2, 4, 8, 16), patch_size=8,
+                      stats=True, notes="CPU default with fused statistics, ~1.7 GFLOP/img at 448"))
 # Full-resolution tokens (patch 4) at a small width: ~4.3 GFLOP, 3.1M parameters.
 register(ScorerConfig("swin_compact_p4", embed_dim=32, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8),
                       notes="finer tokens, ~4.3 GFLOP/img at 448"))
@@ -63,7 +68,12 @@ def get_config(name: str) -> ScorerConfig:
 
 
 class SwinScorer(nn.Module):
-    """One branch: image [N,3,448,448] (normalised) -> score [N,1]."""
+    """One branch: image [N,3,448,448] (normalised) -> score [N,1].
+
+    Training works on standardised scores (`forward_z`), so losses and learning rates do not
+    depend on a dataset's score scale; `forward` maps back to that scale with the buffers
+    `score_mean` / `score_std`, so the exported model returns scores on the label scale.
+    """
 
     def __init__(self, cfg: ScorerConfig):
         super().__init__()
@@ -76,13 +86,29 @@ class SwinScorer(nn.Module):
             drop_path_rate=cfg.drop_path_rate, num_classes=0,
         )
         width = self.backbone.num_features
+        self.stats = None
+        if cfg.stats:
+            from .stats import QualityStats
+
+            self.stats = QualityStats()
+            self.stats_mlp = nn.Sequential(nn.Linear(self.stats.num_features, cfg.stats_hidden), nn.GELU(),
+                                           nn.Linear(cfg.stats_hidden, cfg.stats_hidden), nn.GELU())
+            width += cfg.stats_hidden
         if cfg.head_hidden:
             self.head = nn.Sequential(nn.Linear(width, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
         else:
             self.head = nn.Linear(width, 1)
+        self.register_buffer("score_mean", torch.zeros(()))
+        self.register_buffer("score_std", torch.ones(()))
+
+    def forward_z(self, x: torch.Tensor) -> torch.Tensor:
+        features = self.backbone(x)
+        if self.stats is not None:
+            features = torch.cat([features, self.stats_mlp(self.stats(x))], dim=1)
+        return self.head(features)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.head(self.backbone(x))
+        return self.forward_z(x) * self.score_std + self.score_mean
 
 
 class TwinScorer(nn.Module):
@@ -93,8 +119,9 @@ class TwinScorer(nn.Module):
         self.scorer = scorer
 
     def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        # One pass over the concatenation: same weights, one kernel launch per layer.
-        scores = self.scorer(torch.cat([a, b], dim=0))
+        """Standardised scores of both images. One pass over the concatenation: same
+        weights, one kernel launch per layer."""
+        scores = self.scorer.forward_z(torch.cat([a, b], dim=0))
         return scores[: a.shape[0]], scores[a.shape[0] :]
 
 

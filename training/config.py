@@ -1,0 +1,82 @@
+"""Training configuration: a TOML file read into dataclasses (configs are data, not code).
+
+A run is a list of stages. A `synthetic` stage pre-trains the twin on synthetic quality
+rankings of the training photos (no labels used); an `mos` stage trains on the labels
+with MSE + rank loss. See training/configs/*.toml.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from dataclasses import dataclass, field, fields
+from pathlib import Path
+
+from .resample import ResampleConfig
+
+
+@dataclass(frozen=True)
+class StageConfig:
+    name: str
+    kind: str = "mos"  # mos | synthetic
+    epochs: int = 1
+    lr: float = 3e-4
+    weight_decay: float = 0.05
+    warmup_steps: int = 100
+    batch_size: int = 16  # images per step: batch_size / 2 pairs
+    rank_loss: str = "fidelity"
+    rank_weight: float = 1.0
+    mse_weight: float = 1.0
+    epoch_size: int | None = None  # images per epoch; default: the re-sampled epoch / the training set
+
+
+@dataclass(frozen=True)
+class TrainConfig:
+    model: str
+    train: dict
+    val: dict | None
+    stages: tuple[StageConfig, ...]
+    out_dir: str = "runs/default"
+    seed: int = 0
+    init: str | None = None  # a checkpoint, or a timm/torch state dict for the backbone
+    resample: ResampleConfig = ResampleConfig()
+    amp: bool = True  # mixed precision on GPU; ignored on CPU
+    threads: int = 0  # torch threads on CPU; 0 = all cores
+    checkpoint_every_s: float = 600.0  # mid-epoch checkpoints, so a killed run loses little
+    eval_batch_size: int = 32
+    stats_fit_images: int = 1000
+    source: Path | None = field(default=None, compare=False)
+
+
+def _take(cls, table: dict, where: str):
+    known = {f.name for f in fields(cls)}
+    unknown = set(table) - known
+    if unknown:
+        raise ValueError(f"{where}: unknown keys {sorted(unknown)}; known: {sorted(known)}")
+    return cls(**table)
+
+
+def _resolve_paths(spec: dict, base: Path) -> dict:
+    spec = dict(spec)
+    for key in ("root", "labels_root", "image_root", "path"):
+        if key in spec and not Path(spec[key]).is_absolute():
+            spec[key] = str((base / spec[key]).resolve())
+    return spec
+
+
+def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
+    """Read a TOML config. Relative data paths are taken from the current directory (the
+    repository root in the README's commands), `out_dir` too."""
+    path = Path(path)
+    raw = tomllib.loads(path.read_text())
+    raw.update(overrides or {})
+    base = Path.cwd()
+    stages = tuple(_take(StageConfig, s, f"{path}: [[stages]]") for s in raw.pop("stages", []))
+    if not stages:
+        raise ValueError(f"{path}: no [[stages]]")
+    data = raw.pop("data", {})
+    resample = _take(ResampleConfig, raw.pop("resample", {}), f"{path}: [resample]")
+    cfg = _take(TrainConfig, {**raw, "stages": stages, "resample": resample,
+                              "train": _resolve_paths(data["train"], base),
+                              "val": _resolve_paths(data["val"], base) if "val" in data else None},
+                f"{path}")
+    return TrainConfig(**{**cfg.__dict__, "source": path})

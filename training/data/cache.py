@@ -1,0 +1,145 @@
+"""Decode and face-detect every labelled image once, then train from memory-mapped pixels.
+
+Face detection and decoding are the slow part of a training step, and they are the same
+every epoch. The cache keeps, per sample:
+- the eval crop: exactly the served `preprocess` crop (uint8 BGR 448x448), made by the
+  serving code (`plan_crop` + `apply_plan`);
+- the training image: the photo at the crop policy's scale (so a random 448 crop is a
+  slice) and the face box in those pixels, for `random_plan`.
+Unreadable images are reported by the builder and listed in the index, never dropped
+silently.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+from dataclasses import dataclass
+from multiprocessing import get_context
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from sampleiqa.clients.progress import Progress
+from sampleiqa.contracts import CROP
+from sampleiqa.preprocessing import Box, CropPlan, PreprocessError, apply_plan, decode_bgr, find_face, plan_crop
+from sampleiqa.preprocessing.crops import _scale
+
+from .datasets import LabelledSet
+
+CACHE_VERSION = 1
+DEFAULT_ROOT = Path(os.environ.get("SAMPLEIQA_CACHE", Path.home() / ".cache" / "sampleiqa" / "crops"))
+
+
+def _key(dataset: LabelledSet) -> str:
+    h = hashlib.sha1(f"v{CACHE_VERSION} crop{CROP}".encode())
+    for s in dataset.samples:
+        st = s.path.stat()
+        h.update(f"{s.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+    return h.hexdigest()[:16]
+
+
+def _prepare(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, int] | None] | str:
+    """(eval crop, training image at crop scale, face in training pixels) or an error text."""
+    try:
+        bgr = decode_bgr(path.read_bytes())
+    except (PreprocessError, OSError) as e:
+        return str(e)
+    face = find_face(bgr)
+    h, w = bgr.shape[:2]
+    eval_crop = apply_plan(bgr, plan_crop(w, h, face))
+    s = _scale(w, h, face, CROP)
+    if s != 1.0:
+        sw, sh = max(CROP, round(w * s)), max(CROP, round(h * s))
+        bgr = cv2.resize(bgr, (sw, sh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
+    else:
+        sw, sh = w, h
+    scaled_face = None
+    if face is not None:
+        x0, y0 = round(face.x * s), round(face.y * s)
+        x1, y1 = min(sw, round((face.x + face.w) * s)), min(sh, round((face.y + face.h) * s))
+        scaled_face = (x0, y0, x1 - x0, y1 - y0)
+    return eval_crop, bgr, scaled_face
+
+
+def _worker_init() -> None:
+    cv2.setNumThreads(1)
+
+
+@dataclass
+class CachedSet:
+    """Memory-mapped pixels for the readable samples of a dataset."""
+
+    root: Path
+    scores: np.ndarray  # float32 [N]
+    scenes: list[str | None]
+    paths: list[str]
+    faces: list[Box | None]  # in training-image pixels
+    unreadable: dict[str, str]
+
+    def __len__(self) -> int:
+        return len(self.paths)
+
+    def eval_crop(self, i: int) -> np.ndarray:
+        return self._eval[i]
+
+    def train_image(self, i: int) -> np.ndarray:
+        return np.load(self.root / "train" / f"{i}.npy", mmap_mode="r")
+
+    def __post_init__(self):
+        self._eval = np.load(self.root / "eval.npy", mmap_mode="r")
+
+
+def build_cache(dataset: LabelledSet, root: Path = DEFAULT_ROOT, workers: int | None = None) -> CachedSet:
+    """Build (or reuse) the cache of `dataset` under `root/<key>`."""
+    if dataset.missing:
+        raise FileNotFoundError(f"{dataset.describe()}; fix the paths or remove them from the labels")
+    folder = Path(root) / _key(dataset)
+    index_path = folder / "index.json"
+    if not index_path.exists():
+        _write(dataset, folder, workers or os.cpu_count() or 1)
+    index = json.loads(index_path.read_text())
+    return CachedSet(folder, np.asarray(index["scores"], dtype=np.float32), index["scenes"], index["paths"],
+                     [Box(*f) if f else None for f in index["faces"]], index["unreadable"])
+
+
+def _write(dataset: LabelledSet, folder: Path, workers: int) -> None:
+    tmp = folder.with_name(folder.name + f".tmp{os.getpid()}")
+    (tmp / "train").mkdir(parents=True, exist_ok=True)
+    n = len(dataset.samples)
+    evals = np.lib.format.open_memmap(tmp / "eval.all.npy", mode="w+", dtype=np.uint8, shape=(n, CROP, CROP, 3))
+    kept, faces, unreadable = [], [], {}
+    progress = Progress(n, f"caching {dataset.name}")
+    with get_context("fork").Pool(workers, initializer=_worker_init) as pool:
+        for sample, result in zip(dataset.samples, pool.imap(_prepare, [s.path for s in dataset.samples], chunksize=8)):
+            if isinstance(result, str):
+                unreadable[str(sample.path)] = result
+                progress.update(unreadable=1)
+                continue
+            eval_crop, image, face = result
+            j = len(kept)
+            evals[j] = eval_crop
+            np.save(tmp / "train" / f"{j}.npy", image)
+            kept.append(sample)
+            faces.append(face)
+            progress.update()
+    progress.close()
+    # Only the readable rows go in the final array.
+    np.save(tmp / "eval.npy", np.asarray(evals[: len(kept)]))
+    del evals
+    (tmp / "eval.all.npy").unlink()
+    index = {"paths": [str(s.path) for s in kept], "scores": [s.score for s in kept],
+             "scenes": [s.scene for s in kept], "faces": faces, "unreadable": unreadable}
+    (tmp / "index.json").write_text(json.dumps(index))
+    try:
+        tmp.rename(folder)
+    except OSError:  # another process finished the same cache first
+        shutil.rmtree(tmp)
+        return
+    if unreadable:
+        print(f"warning: {len(unreadable)} unreadable images left out of {dataset.name}:", flush=True)
+        for p, err in list(unreadable.items())[:10]:
+            print(f"  {p}: {err}", flush=True)

@@ -1,0 +1,348 @@
+"""The training loop behind `sampleiqa train CONFIG`.
+
+One process per device; with `torchrun` it runs DistributedDataParallel (NCCL on GPUs,
+gloo on CPU). Every step sees batch_size/2 pairs drawn from the re-sampled epoch: within a
+scene when the labels have scenes (PIQ23 scores are comparable only inside one), otherwise
+consecutive images of the shuffled epoch. The epoch order is a pure function of (seed,
+stage, epoch), so `--resume` continues mid-epoch from the last checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import time
+from pathlib import Path
+
+import numpy as np
+import torch
+import torch.distributed as dist
+
+from sampleiqa.clients.progress import Progress
+from sampleiqa.preprocessing import to_tensor
+
+from .checkpoint import save_checkpoint
+from .config import StageConfig, TrainConfig
+from .data.cache import CachedSet, build_cache
+from .data.crops import random_face_crop
+from .data.datasets import create_dataset
+from .data.synthetic import ranked_pair
+from .losses import twin_loss
+from .metrics import evaluate_scores, format_result, headline
+from .models import SwinScorer, TwinScorer, create_model
+from .resample import plot_histograms, resample
+
+
+class Distributed:
+    def __init__(self):
+        self.world = int(os.environ.get("WORLD_SIZE", "1"))
+        self.rank = int(os.environ.get("RANK", "0"))
+        self.local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+        self.device = torch.device(f"cuda:{self.local_rank}" if torch.cuda.is_available() else "cpu")
+        if self.world > 1:
+            if self.device.type == "cuda":
+                torch.cuda.set_device(self.device)
+            dist.init_process_group("nccl" if self.device.type == "cuda" else "gloo")
+
+    @property
+    def main(self) -> bool:
+        return self.rank == 0
+
+    def barrier(self) -> None:
+        if self.world > 1:
+            dist.barrier()
+
+    def close(self) -> None:
+        if self.world > 1:
+            dist.destroy_process_group()
+
+
+def _batch_to_tensor(crops: list[np.ndarray]) -> torch.Tensor:
+    out = np.empty((len(crops), 3, crops[0].shape[0], crops[0].shape[1]), dtype=np.float32)
+    for i, c in enumerate(crops):
+        to_tensor(c, out[i])
+    return torch.from_numpy(out)
+
+
+class PairBatches:
+    """The batches of one epoch of one stage, as index pairs (deterministic)."""
+
+    def __init__(self, data: CachedSet, epoch_indices: np.ndarray, stage: StageConfig, seed: int):
+        self.data, self.epoch_indices, self.stage, self.seed = data, epoch_indices, stage, seed
+        self.by_scene: dict[str, np.ndarray] = {}
+        if any(s is not None for s in data.scenes):
+            scenes = np.array([str(s) for s in data.scenes])
+            self.by_scene = {s: np.flatnonzero(scenes == s) for s in np.unique(scenes)}
+
+    def pairs(self, stage_index: int, epoch: int) -> np.ndarray:
+        rng = np.random.default_rng([self.seed, stage_index, epoch])
+        anchors = rng.permutation(self.epoch_indices)
+        if self.stage.epoch_size:
+            anchors = anchors[: self.stage.epoch_size]
+        half = len(anchors) // 2
+        if self.stage.kind == "synthetic":  # a pair is one photo at two distortion levels
+            return np.stack([anchors, anchors], 1)
+        if not self.by_scene:  # pair across the shuffled epoch
+            return np.stack([anchors[:half], anchors[half : 2 * half]], 1)
+        partners = []
+        for a in anchors[:half]:
+            group = self.by_scene[str(self.data.scenes[a])]
+            partners.append(group[rng.integers(len(group))] if len(group) > 1 else a)
+        return np.stack([anchors[:half], np.array(partners)], 1)
+
+    def steps(self, pairs: np.ndarray, world: int, rank: int) -> list[np.ndarray]:
+        per_step = max(1, self.stage.batch_size // 2)
+        n_steps = len(pairs) // (per_step * world)
+        return [pairs[(s * world + rank) * per_step : (s * world + rank + 1) * per_step] for s in range(n_steps)]
+
+    def load(self, step_pairs: np.ndarray, rng: np.random.Generator, z_scores: np.ndarray):
+        a_crops, b_crops = [], []
+        for i, j in step_pairs:
+            ca = random_face_crop(self.data.train_image(i), self.data.faces[i], rng)
+            if self.stage.kind == "synthetic":
+                ca, cb = ranked_pair(ca, rng)
+            else:
+                cb = random_face_crop(self.data.train_image(j), self.data.faces[j], rng)
+            a_crops.append(ca)
+            b_crops.append(cb)
+        if self.stage.kind == "synthetic":  # a (less distorted) beats b
+            ya, yb = torch.ones(len(step_pairs)), torch.zeros(len(step_pairs))
+        else:
+            ya, yb = torch.from_numpy(z_scores[step_pairs[:, 0]]), torch.from_numpy(z_scores[step_pairs[:, 1]])
+        return _batch_to_tensor(a_crops), _batch_to_tensor(b_crops), ya.float(), yb.float()
+
+
+@torch.no_grad()
+def predict_cached(scorer: SwinScorer, data: CachedSet, batch_size: int = 32, device=None,
+                   progress: bool = False) -> np.ndarray:
+    """Scores of the served crops (exactly what the `preprocess` model produces)."""
+    scorer.eval()
+    device = device or next(scorer.parameters()).device
+    out = []
+    bar = Progress(len(data), "evaluating") if progress else None
+    for start in range(0, len(data), batch_size):
+        idx = range(start, min(len(data), start + batch_size))
+        x = _batch_to_tensor([np.asarray(data.eval_crop(i)) for i in idx]).to(device)
+        out.append(scorer(x).float().view(-1).cpu().numpy())
+        if bar:
+            bar.update(len(idx))
+    if bar:
+        bar.close()
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
+
+
+def _lr_at(step: int, total: int, stage: StageConfig) -> float:
+    if step < stage.warmup_steps:
+        return stage.lr * (step + 1) / stage.warmup_steps
+    t = (step - stage.warmup_steps) / max(1, total - stage.warmup_steps)
+    return stage.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
+
+
+def _init_weights(scorer: SwinScorer, path: str) -> None:
+    state = torch.load(path, map_location="cpu", weights_only=True)
+    state = state.get("state_dict", state.get("model", state))
+    own = scorer.state_dict()
+    # Accept our checkpoints (backbone.*) and plain timm Swin state dicts (no prefix).
+    mapped = {k if k in own else f"backbone.{k}": v for k, v in state.items()}
+    usable = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
+    scorer.load_state_dict(usable, strict=False)
+    print(f"init: loaded {len(usable)}/{len(own)} tensors from {path}", flush=True)
+
+
+def _fit_stats(scorer: SwinScorer, data: CachedSet, n: int) -> None:
+    if scorer.stats is None:
+        return
+    idx = np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)
+    with torch.no_grad():
+        raw = torch.cat([scorer.stats.raw(_batch_to_tensor([np.asarray(data.eval_crop(i)) for i in idx[s : s + 64]]))
+                         for s in range(0, len(idx), 64)])
+    scorer.stats.fit(raw)
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig, resume: bool = False):
+        self.cfg, self.dist = cfg, Distributed()
+        torch.manual_seed(cfg.seed)
+        if self.dist.device.type == "cpu":
+            torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
+        self.out = Path(cfg.out_dir)
+        self.train_set = create_dataset(cfg.train)
+        self.val_set = create_dataset(cfg.val) if cfg.val else None
+        if self.dist.main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            for ds in filter(None, (self.train_set, self.val_set)):
+                print(ds.describe(), flush=True)
+        # rank 0 builds the caches first; the others then read them
+        if self.dist.main:
+            self.train_data = build_cache(self.train_set)
+            self.val_data = build_cache(self.val_set) if self.val_set else None
+        self.dist.barrier()
+        if not self.dist.main:
+            self.train_data = build_cache(self.train_set)
+            self.val_data = build_cache(self.val_set) if self.val_set else None
+        scores = self.train_data.scores
+        self.z = ((scores - scores.mean()) / scores.std()).astype(np.float32)
+        self.resampled = resample(scores, cfg.resample)
+        if self.dist.main:
+            print(self.resampled.summary(), flush=True)
+            plot_histograms(self.resampled, self.out / "resample.png", f"{self.train_set.name}: {cfg.resample.target}")
+
+        self.scorer: SwinScorer = create_model(cfg.model)
+        self.scorer.score_mean.fill_(float(scores.mean()))
+        self.scorer.score_std.fill_(float(scores.std()))
+        self.state = {"stage": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": -math.inf, "history": []}
+        last = self.out / "last.pt"
+        ckpt = None
+        if resume and last.exists():
+            ckpt = torch.load(last, map_location="cpu", weights_only=False)
+            self.scorer.load_state_dict(ckpt["state_dict"])
+            self.state = ckpt["train_state"]
+            if self.dist.main:
+                s = self.state
+                print(f"resuming from {last}: stage {s['stage']} epoch {s['epoch']} step {s['step_in_epoch']}", flush=True)
+        elif cfg.init:
+            _init_weights(self.scorer, cfg.init)
+        if ckpt is None:
+            _fit_stats(self.scorer, self.train_data, cfg.stats_fit_images)
+        self.scorer.to(self.dist.device)
+        self.twin = TwinScorer(self.scorer)
+        if self.dist.world > 1:
+            self.twin = torch.nn.parallel.DistributedDataParallel(
+                self.twin, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None)
+        self._ckpt = ckpt
+
+    def _optimizer(self, stage: StageConfig) -> torch.optim.Optimizer:
+        decay = [p for n, p in self.scorer.named_parameters() if p.ndim > 1 and "pos" not in n]
+        other = [p for n, p in self.scorer.named_parameters() if not (p.ndim > 1 and "pos" not in n)]
+        return torch.optim.AdamW([{"params": decay, "weight_decay": stage.weight_decay},
+                                  {"params": other, "weight_decay": 0.0}], lr=stage.lr)
+
+    def _save(self, name: str, optimizer, scaler, extra: dict | None = None) -> None:
+        if not self.dist.main:
+            return
+        save_checkpoint(self.out / name, self.scorer, train_state=self.state, optimizer=optimizer.state_dict(),
+                        scaler=scaler.state_dict() if scaler else None, config_file=str(self.cfg.source),
+                        **(extra or {}))
+
+    def evaluate(self) -> dict | None:
+        if self.val_data is None:
+            return None
+        pred = predict_cached(self.scorer, self.val_data, self.cfg.eval_batch_size, self.dist.device)
+        self.scorer.train()
+        return evaluate_scores(pred, self.val_data.scores, self.val_data.scenes)
+
+    def run(self) -> dict:
+        cfg, device = self.cfg, self.dist.device
+        use_amp = cfg.amp and device.type == "cuda"
+        log = (self.out / "log.jsonl").open("a") if self.dist.main else None
+        result = None
+        for stage_index in range(self.state["stage"], len(cfg.stages)):
+            stage = cfg.stages[stage_index]
+            batches = PairBatches(self.train_data, self.resampled.indices() if stage.kind == "mos"
+                                  else np.arange(len(self.train_data)), stage, cfg.seed)
+            steps_per_epoch = len(batches.steps(batches.pairs(stage_index, 0), self.dist.world, self.dist.rank))
+            total_steps = steps_per_epoch * stage.epochs
+            optimizer = self._optimizer(stage)
+            scaler = torch.amp.GradScaler("cuda") if use_amp else None
+            if self._ckpt is not None and self._ckpt["train_state"]["stage"] == stage_index and self._ckpt.get("optimizer"):
+                optimizer.load_state_dict(self._ckpt["optimizer"])
+                if scaler and self._ckpt.get("scaler"):
+                    scaler.load_state_dict(self._ckpt["scaler"])
+            self._ckpt = None
+            for epoch in range(self.state["epoch"], stage.epochs):
+                steps = batches.steps(batches.pairs(stage_index, epoch), self.dist.world, self.dist.rank)
+                rng = np.random.default_rng([cfg.seed, stage_index, epoch, self.dist.rank, self.state["step_in_epoch"]])
+                bar = Progress(len(steps), f"{stage.name} {epoch + 1}/{stage.epochs}") if self.dist.main else None
+                if bar:
+                    bar.done = self.state["step_in_epoch"]
+                self.twin.train()
+                last_save = time.monotonic()
+                running: dict[str, float] = {}
+                for step in range(self.state["step_in_epoch"], len(steps)):
+                    a, b, ya, yb = batches.load(steps[step], rng, self.z)
+                    a, b, ya, yb = (t.to(device, non_blocking=True) for t in (a, b, ya, yb))
+                    lr = _lr_at(epoch * steps_per_epoch + step, total_steps, stage)
+                    for g in optimizer.param_groups:
+                        g["lr"] = lr
+                    with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
+                        sa, sb = self.twin(a, b)
+                    loss, parts = twin_loss(sa, sb, ya, yb, stage.rank_weight, stage.rank_loss,
+                                            0.0 if stage.kind == "synthetic" else stage.mse_weight)
+                    optimizer.zero_grad(set_to_none=True)
+                    if scaler:
+                        scaler.scale(loss).backward()
+                        scaler.unscale_(optimizer)
+                        torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), 5.0)
+                        scaler.step(optimizer)
+                        scaler.update()
+                    else:
+                        loss.backward()
+                        torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), 5.0)
+                        optimizer.step()
+                    for k, v in {"loss": float(loss), **parts}.items():
+                        running[k] = 0.98 * running.get(k, v) + 0.02 * v
+                    self.state["step_in_epoch"] = step + 1
+                    self.state["global_step"] += 1
+                    if bar:
+                        bar.label = (f"{stage.name} {epoch + 1}/{stage.epochs} loss {running['loss']:.3f} "
+                                     f"mse {running['mse']:.3f} rank {running['rank']:.3f} lr {lr:.1e}")
+                        bar.update()
+                    if time.monotonic() - last_save > cfg.checkpoint_every_s:
+                        self._save("last.pt", optimizer, scaler)
+                        last_save = time.monotonic()
+                if bar:
+                    bar.close()
+                self.state.update(epoch=epoch + 1, step_in_epoch=0)
+                if self.dist.main:
+                    result = self.evaluate()
+                    record = {"stage": stage.name, "epoch": epoch + 1, "step": self.state["global_step"],
+                              "loss": running.get("loss"), "mse": running.get("mse"), "rank": running.get("rank")}
+                    if result is not None:
+                        record.update({f"val_{k}": v for k, v in headline(result).items()})
+                        print(f"[{stage.name} epoch {epoch + 1}] val {self.val_set.name}\n{format_result(result)}", flush=True)
+                        if stage.kind == "mos" and headline(result)["srocc"] > self.state["best"]:
+                            self.state["best"] = headline(result)["srocc"]
+                            self._save("best.pt", optimizer, scaler, {"val": result})
+                            print(f"new best SROCC {self.state['best']:.4f} -> {self.out / 'best.pt'}", flush=True)
+                    self.state["history"].append(record)
+                    log.write(json.dumps(record) + "\n")
+                    log.flush()
+                    self._save("last.pt", optimizer, scaler)
+                    plot_history(self.state["history"], self.out / "training.png")
+                self.dist.barrier()
+            self.state.update(stage=stage_index + 1, epoch=0, step_in_epoch=0)
+        if self.dist.main:
+            self._save("last.pt", optimizer, scaler)
+            log.close()
+        self.dist.close()
+        return {"best_srocc": self.state["best"], "last": result, "out_dir": str(self.out)}
+
+
+def plot_history(history: list[dict], path: Path) -> None:
+    """Loss and validation correlations per epoch, as a PNG."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    x = range(1, len(history) + 1)
+    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
+    ax1.plot(x, [h["loss"] for h in history], "k.-", label="loss")
+    ax1.set_xlabel("epoch (all stages)")
+    ax1.set_yscale("log")
+    ax1.legend()
+    for key in ("val_srocc", "val_plcc"):
+        if any(key in h for h in history):
+            ax2.plot(x, [h.get(key, float("nan")) for h in history], ".-", label=key)
+    ax2.set_xlabel("epoch (all stages)")
+    ax2.legend()
+    ax2.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    return Trainer(cfg, resume).run()
+
