@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import os
 import signal
 import sys
 import tempfile
@@ -164,6 +165,69 @@ def cmd_build_engine(args) -> int:
     return 0
 
 
+def cmd_train(args) -> int:
+    import faulthandler
+
+    faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack of a stuck run
+    from sampleiqa.training.config import load_config
+    from sampleiqa.training.loop import train
+
+    overrides = {"out_dir": args.out_dir} if args.out_dir else {}
+    result = train(load_config(args.config, overrides), resume=args.resume)
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(f"best validation SROCC {result['best_srocc']:.4f}; checkpoints in {result['out_dir']}", file=sys.stderr)
+    return 0
+
+
+def _data_spec(pairs: list[str]) -> dict:
+    spec = {}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise SystemExit(f"--data takes KEY=VALUE pairs, not {pair!r}")
+        spec[key.replace("-", "_")] = value
+    return spec
+
+
+def cmd_evaluate(args) -> int:
+    import json
+
+    from sampleiqa.training import evaluate as ev
+    from sampleiqa.training.data.datasets import create_dataset
+    from sampleiqa.training.metrics import format_result
+
+    dataset = create_dataset(_data_spec(args.data))
+    print(dataset.describe(), file=sys.stderr)
+    if dataset.missing:
+        raise SystemExit(f"missing images: {dataset.describe()}")
+    if args.url:
+        name, (scores, errors) = f"served ensemble at {', '.join(args.url)}", ev.predict_server(args.url, dataset, args.concurrency)
+    elif args.checkpoint:
+        name, (scores, errors) = f"checkpoint {args.checkpoint}", ev.predict_checkpoint(args.checkpoint, dataset)
+    else:
+        name, (scores, errors) = f"onnx {args.onnx}", ev.predict_onnx(args.onnx, dataset)
+    results = [ev.summarise(name, dataset, scores, errors)]
+    if args.baselines:
+        from sampleiqa.training.baselines import run_baselines
+
+        train_set = create_dataset(_data_spec(args.baseline_train))
+        for bname, pred in run_baselines(train_set, dataset).items():
+            results.append(ev.summarise(bname, dataset, pred, {str(s.path): "unreadable" for s, p in
+                                                             zip(dataset.samples, pred) if p != p}))
+    for r in results:
+        print(f"{r['model']} on {r['dataset']} ({r['failed']} failed)\n{format_result(r)}")
+        for path, err in list(r["errors"].items())[:10]:
+            print(f"  failed: {path}: {err}", file=sys.stderr)
+    if args.report:
+        out = Path(args.report)
+        out.parent.mkdir(parents=True, exist_ok=True)
+        command = "sampleiqa " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("sampleiqa") else "sampleiqa evaluate ..."
+        out.write_text(f"# {dataset.name}\n\n" + ev.report_markdown(results, command))
+        out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
+        print(f"wrote {out}", file=sys.stderr)
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sampleiqa.clients.server import DEFAULT_REPOSITORY
 
@@ -197,6 +261,28 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--log-file", default=None)
     p.add_argument("triton_args", nargs=argparse.REMAINDER, help="after --: extra tritonserver flags")
     p.set_defaults(func=cmd_serve)
+
+    p = sub.add_parser("train", help="train a scorer from a TOML config (torchrun for several GPUs/nodes)")
+    p.add_argument("config", help="e.g. training/configs/biq2021_default.toml")
+    p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
+    p.add_argument("--out-dir", help="override the config's out_dir")
+    p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("evaluate", help="PLCC/SROCC/KRCC of a model on a labelled set (per scene where scenes exist)")
+    model = p.add_mutually_exclusive_group()
+    model.add_argument("--checkpoint", help="training checkpoint (.pt)")
+    model.add_argument("--onnx", default=str(Path(DEFAULT_REPOSITORY) / "scorer" / "1" / "model.onnx"),
+                       help="exported scorer, run in process with ONNX Runtime (default: the shipped one)")
+    model.add_argument("--url", action="append", help="the served ensemble at HOST:PORT")
+    p.add_argument("--data", nargs="+", default=["kind=biq2021", "root=../shared/data/biq2021", "split=val"],
+                   metavar="KEY=VALUE", help="dataset spec, as in a config's [data] table "
+                   "(e.g. kind=piq23 labels_root=... image_root=... split=scene part=test)")
+    p.add_argument("--baselines", action="store_true", help="also run the Laplacian-variance and stats+GBM baselines")
+    p.add_argument("--baseline-train", nargs="+", default=["kind=biq2021", "root=../shared/data/biq2021", "split=train"],
+                   metavar="KEY=VALUE", help="training set of the GBM baseline")
+    p.add_argument("--concurrency", type=int, default=8)
+    p.add_argument("--report", help="write a markdown table (and a .json beside it)")
+    p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("build-repository", help="assemble a Triton model repository for a target")
     p.add_argument("--target", choices=["cpu", "gpu-trt", "gpu-onnx"], default="cpu")

@@ -170,6 +170,7 @@ class Trainer:
         self.train_set = create_dataset(cfg.train)
         self.val_set = create_dataset(cfg.val) if cfg.val else None
         if self.dist.main:
+            print(f"device {self.dist.device}, world size {self.dist.world}", flush=True)
             self.out.mkdir(parents=True, exist_ok=True)
             for ds in filter(None, (self.train_set, self.val_set)):
                 print(ds.describe(), flush=True)
@@ -191,7 +192,8 @@ class Trainer:
         self.scorer: SwinScorer = create_model(cfg.model)
         self.scorer.score_mean.fill_(float(scores.mean()))
         self.scorer.score_std.fill_(float(scores.std()))
-        self.state = {"stage": 0, "epoch": 0, "step_in_epoch": 0, "global_step": 0, "best": -math.inf, "history": []}
+        # done[i]: finished epochs of stage i; (stage, step_in_epoch): where an epoch stopped.
+        self.state = {"done": [], "stage": 0, "step_in_epoch": 0, "global_step": 0, "best": -math.inf, "history": []}
         last = self.out / "last.pt"
         ckpt = None
         if resume and last.exists():
@@ -200,7 +202,8 @@ class Trainer:
             self.state = ckpt["train_state"]
             if self.dist.main:
                 s = self.state
-                print(f"resuming from {last}: stage {s['stage']} epoch {s['epoch']} step {s['step_in_epoch']}", flush=True)
+                print(f"resuming from {last}: epochs done per stage {s['done']}, "
+                      f"stage {s['stage']} step {s['step_in_epoch']}", flush=True)
         elif cfg.init:
             _init_weights(self.scorer, cfg.init)
         if ckpt is None:
@@ -236,9 +239,17 @@ class Trainer:
         cfg, device = self.cfg, self.dist.device
         use_amp = cfg.amp and device.type == "cuda"
         log = (self.out / "log.jsonl").open("a") if self.dist.main else None
-        result = None
-        for stage_index in range(self.state["stage"], len(cfg.stages)):
-            stage = cfg.stages[stage_index]
+        result, optimizer, scaler = None, None, None
+        if "epoch" in self.state:  # checkpoints written before per-stage counts
+            old = self.state.pop("epoch")
+            self.state["done"] = [cfg.stages[i].epochs for i in range(self.state["stage"])] + [old]
+        done = self.state["done"]
+        done += [0] * (len(cfg.stages) - len(done))
+        for stage_index, stage in enumerate(cfg.stages):
+            if done[stage_index] >= stage.epochs:
+                continue
+            if self.state["stage"] != stage_index:
+                self.state.update(stage=stage_index, step_in_epoch=0)
             batches = PairBatches(self.train_data, self.resampled.indices() if stage.kind == "mos"
                                   else np.arange(len(self.train_data)), stage, cfg.seed)
             steps_per_epoch = len(batches.steps(batches.pairs(stage_index, 0), self.dist.world, self.dist.rank))
@@ -250,7 +261,7 @@ class Trainer:
                 if scaler and self._ckpt.get("scaler"):
                     scaler.load_state_dict(self._ckpt["scaler"])
             self._ckpt = None
-            for epoch in range(self.state["epoch"], stage.epochs):
+            for epoch in range(done[stage_index], stage.epochs):
                 steps = batches.steps(batches.pairs(stage_index, epoch), self.dist.world, self.dist.rank)
                 rng = np.random.default_rng([cfg.seed, stage_index, epoch, self.dist.rank, self.state["step_in_epoch"]])
                 bar = Progress(len(steps), f"{stage.name} {epoch + 1}/{stage.epochs}") if self.dist.main else None
@@ -280,7 +291,7 @@ class Trainer:
                         loss.backward()
                         torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), 5.0)
                         optimizer.step()
-                    for k, v in {"loss": float(loss), **parts}.items():
+                    for k, v in {"loss": float(loss.detach()), **parts}.items():
                         running[k] = 0.98 * running.get(k, v) + 0.02 * v
                     self.state["step_in_epoch"] = step + 1
                     self.state["global_step"] += 1
@@ -293,7 +304,8 @@ class Trainer:
                         last_save = time.monotonic()
                 if bar:
                     bar.close()
-                self.state.update(epoch=epoch + 1, step_in_epoch=0)
+                done[stage_index] = epoch + 1
+                self.state["step_in_epoch"] = 0
                 if self.dist.main:
                     result = self.evaluate()
                     record = {"stage": stage.name, "epoch": epoch + 1, "step": self.state["global_step"],
@@ -311,9 +323,7 @@ class Trainer:
                     self._save("last.pt", optimizer, scaler)
                     plot_history(self.state["history"], self.out / "training.png")
                 self.dist.barrier()
-            self.state.update(stage=stage_index + 1, epoch=0, step_in_epoch=0)
         if self.dist.main:
-            self._save("last.pt", optimizer, scaler)
             log.close()
         self.dist.close()
         return {"best_srocc": self.state["best"], "last": result, "out_dir": str(self.out)}

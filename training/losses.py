@@ -22,7 +22,7 @@ def _target(ya: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
 
 def fidelity_rank_loss(sa: torch.Tensor, sb: torch.Tensor, ya: torch.Tensor, yb: torch.Tensor) -> torch.Tensor:
     p = _target(ya, yb)
-    p_hat = 0.5 * (1 + torch.erf((sa - sb) / 2.0)).clamp(1e-6, 1 - 1e-6)  # Phi(d / sqrt 2)
+    p_hat = (0.5 * (1 + torch.erf((sa - sb) / 2.0))).clamp(1e-6, 1 - 1e-6)  # Phi(d / sqrt 2)
     return (1 - torch.sqrt(p * p_hat + 1e-8) - torch.sqrt((1 - p) * (1 - p_hat) + 1e-8)).mean()
 
 

@@ -31,7 +31,10 @@ from sampleiqa.preprocessing.crops import _scale
 from .datasets import LabelledSet
 
 CACHE_VERSION = 1
-DEFAULT_ROOT = Path(os.environ.get("SAMPLEIQA_CACHE", Path.home() / ".cache" / "sampleiqa" / "crops"))
+
+
+def default_root() -> Path:
+    return Path(os.environ.get("SAMPLEIQA_CACHE", Path.home() / ".cache" / "sampleiqa" / "crops"))
 
 
 def _key(dataset: LabelledSet) -> str:
@@ -93,11 +96,12 @@ class CachedSet:
         self._eval = np.load(self.root / "eval.npy", mmap_mode="r")
 
 
-def build_cache(dataset: LabelledSet, root: Path = DEFAULT_ROOT, workers: int | None = None) -> CachedSet:
-    """Build (or reuse) the cache of `dataset` under `root/<key>`."""
+def build_cache(dataset: LabelledSet, root: Path | None = None, workers: int | None = None) -> CachedSet:
+    """Build (or reuse) the cache of `dataset` under `root/<key>` (default: $SAMPLEIQA_CACHE
+    or ~/.cache/sampleiqa/crops)."""
     if dataset.missing:
         raise FileNotFoundError(f"{dataset.describe()}; fix the paths or remove them from the labels")
-    folder = Path(root) / _key(dataset)
+    folder = Path(root or default_root()) / _key(dataset)
     index_path = folder / "index.json"
     if not index_path.exists():
         _write(dataset, folder, workers or os.cpu_count() or 1)

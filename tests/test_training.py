@@ -1,0 +1,198 @@
+"""Training end to end on real photos: a tiny config, resume, DDP with 2 gloo processes,
+and `sampleiqa evaluate` through a checkpoint, ONNX Runtime and the served ensemble."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from .conftest import ROOT, biq_images
+
+torch = pytest.importorskip("torch")
+pytestmark = pytest.mark.torch
+
+from sampleiqa.training.config import load_config  # noqa: E402
+from sampleiqa.training.data.crops import random_face_crop  # noqa: E402
+from sampleiqa.training.data.synthetic import DISTORTIONS, ranked_pair  # noqa: E402
+from sampleiqa.training.losses import fidelity_rank_loss, margin_rank_loss  # noqa: E402
+from sampleiqa.training.models import create_model  # noqa: E402
+from sampleiqa.clients.server import free_port  # noqa: E402
+from sampleiqa.preprocessing import Box  # noqa: E402
+
+
+def _labelled_folder(tmp_path: Path, n: int, name: str) -> Path:
+    """A generic CSV of n real BIQ2021 photos with their real opinion scores."""
+    import csv
+
+    from .conftest import BIQ
+
+    with open(BIQ / "labels.csv") as f:
+        mos = {r["image"]: r["mos"] for r in csv.DictReader(f)}
+    rows = [f'"{p}",{mos[p.name]}' for p in biq_images(n)]
+    out = tmp_path / f"{name}.csv"
+    out.write_text("path,score\n" + "\n".join(rows) + "\n")
+    return out
+
+
+def _config(tmp_path: Path, epochs: int = 1, stages: str = "both") -> Path:
+    train = _labelled_folder(tmp_path, 24, "train")
+    syn = '[[stages]]\nname = "synthetic"\nkind = "synthetic"\nepochs = 1\nepoch_size = 8\nbatch_size = 8\nwarmup_steps = 1\n'
+    mos = (f'[[stages]]\nname = "mos"\nepochs = {epochs}\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n')
+    text = (f'model = "swin_test_micro"\nout_dir = "{tmp_path / "run"}"\nseed = 3\nthreads = 1\n'
+            f'[data]\ntrain = {{ kind = "csv", path = "{train}" }}\nval = {{ kind = "csv", path = "{train}" }}\n'
+            f'[resample]\nbins = 4\nmax_repeat = 2\n' + (syn if stages == "both" else "") + mos)
+    cfg = tmp_path / "tiny.toml"
+    cfg.write_text(text)
+    return cfg
+
+
+@pytest.fixture(autouse=True)
+def _own_cache(tmp_path, monkeypatch):
+    monkeypatch.setenv("SAMPLEIQA_CACHE", str(tmp_path / "cache"))
+
+
+def test_fidelity_loss_orders_pairs_and_treats_ties_as_ties():
+    sa = torch.tensor([1.0, 0.0, 0.0], requires_grad=True)
+    sb = torch.tensor([0.0, 1.0, 0.0])
+    ya, yb = torch.tensor([1.0, 1.0, 0.5]), torch.tensor([0.0, 0.0, 0.5])
+    loss = fidelity_rank_loss(sa, sb, ya, yb)
+    loss.backward()
+    assert sa.grad[0] < 0 and sa.grad[1] < 0  # both pairs want a higher
+    # A tie is satisfied by equal scores (no push); a hinge would ignore it.
+    tie = fidelity_rank_loss(torch.zeros(1), torch.zeros(1), torch.ones(1), torch.ones(1))
+    assert float(tie) == pytest.approx(1 - 2 * 0.5 ** 0.5 * 0.5 ** 0.5, abs=1e-4)
+    assert float(margin_rank_loss(torch.zeros(1), torch.zeros(1), torch.ones(1), torch.ones(1))) == 0.0
+
+
+def test_training_crops_hold_the_face_and_only_flip():
+    rng = np.random.default_rng(0)
+    img = np.random.default_rng(1).integers(0, 255, (600, 800, 3), dtype=np.uint8)
+    face = Box(500, 100, 120, 150)
+    for _ in range(50):
+        crop = random_face_crop(img, face, rng)
+        assert crop.shape == (448, 448, 3)
+        # The crop is an exact slice (or its mirror) of the image: no resampling, blur,
+        # noise or colour change, and it contains the whole face.
+        found = False
+        for cand in (crop, crop[:, ::-1]):
+            ys, xs = np.nonzero((img[:, :, 0] == cand[0, 0, 0]) & (img[:, :, 1] == cand[0, 0, 1]))
+            for y, x in zip(ys, xs):
+                if y + 448 <= 600 and x + 448 <= 800 and np.array_equal(img[y:y + 448, x:x + 448], cand):
+                    assert x <= face.x and face.x + face.w <= x + 448 and y <= face.y and face.y + face.h <= y + 448
+                    found = True
+        assert found
+
+
+def test_synthetic_pairs_rank_by_distortion_level():
+    img = np.asarray(__import__("cv2").imread(str(biq_images(1)[0])))[:448, :448]
+    rng = np.random.default_rng(0)
+    for name, fn in DISTORTIONS.items():
+        weak, strong = fn(img, 1, rng), fn(img, 4, rng)
+        err = lambda a: float(np.mean((a.astype(float) - img) ** 2))  # noqa: E731
+        assert err(weak) < err(strong), name
+    better, worse = ranked_pair(img, rng)
+    assert better.shape == worse.shape == img.shape
+
+
+def test_stats_fusion_exports_and_scores_on_the_label_scale():
+    model = create_model("swin_test_micro").eval()
+    model.score_mean.fill_(3.0)
+    model.score_std.fill_(2.0)
+    x = torch.randn(2, 3, 448, 448)
+    with torch.no_grad():
+        assert torch.allclose(model(x), model.forward_z(x) * 2 + 3)
+        feats = model.stats(x)
+    assert feats.shape == (2, model.stats.num_features) and torch.isfinite(feats).all()
+
+
+def _run_train(args, cwd=ROOT, env=None, timeout=600):
+    return subprocess.run([sys.executable, "-m", "sampleiqa.cli", "train", *args], cwd=cwd, capture_output=True,
+                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+
+
+def test_train_resume_and_evaluate_agree_on_every_path(tmp_path, server):
+    cfg = _config(tmp_path)
+    first = _run_train([str(cfg)])
+    assert first.returncode == 0, first.stderr[-3000:]
+    run = tmp_path / "run"
+    for name in ("best.pt", "last.pt", "log.jsonl", "resample.png", "training.png"):
+        assert (run / name).exists(), name
+    assert "world size 1" in first.stdout
+    history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [h["stage"] for h in history] == ["synthetic", "mos"]
+    assert all(np.isfinite(h["loss"]) for h in history)
+
+    # --resume with a longer schedule continues after the finished epoch instead of restarting.
+    longer = cfg.read_text().replace("epochs = 1\nbatch_size = 8\nwarmup_steps = 1\nlr", "epochs = 2\nbatch_size = 8\nwarmup_steps = 1\nlr")
+    cfg.write_text(longer)
+    again = _run_train([str(cfg), "--resume"])
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert "resuming from" in again.stdout
+    history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
+    assert [(h["stage"], h["epoch"]) for h in history] == [("synthetic", 1), ("mos", 1), ("mos", 2)]
+
+    # The checkpoint, its ONNX export in ONNX Runtime, and the same model served by the real
+    # Triton ensemble give the same scores on the same photos.
+    data = tmp_path / "train.csv"
+    spec = ["kind=csv", f"path={data}"]
+    onnx = tmp_path / "m.onnx"
+    repo = tmp_path / "repo"
+    cli = [sys.executable, "-m", "sampleiqa.cli"]
+    subprocess.run(cli + ["export-onnx", "--checkpoint", str(run / "best.pt"), "--out", str(onnx)], check=True,
+                   cwd=ROOT, capture_output=True)
+    subprocess.run(cli + ["build-repository", "--target", "cpu", "--onnx", str(onnx), "--out", str(repo)],
+                   check=True, cwd=ROOT, capture_output=True)
+    from sampleiqa.clients.server import TritonServer
+
+    reports = {}
+    with TritonServer(repo, log_file=tmp_path / "triton.log") as own:
+        for how, extra in (("checkpoint", ["--checkpoint", str(run / "best.pt")]), ("onnx", ["--onnx", str(onnx)]),
+                           ("server", ["--url", own.url])):
+            out = tmp_path / f"{how}.md"
+            r = subprocess.run(cli + ["evaluate", *extra, "--data", *spec, "--report", str(out)], cwd=ROOT,
+                               capture_output=True, text=True, timeout=600)
+            assert r.returncode == 0, r.stderr[-3000:]
+            assert "SROCC" in r.stdout
+            reports[how] = json.loads(out.with_suffix(".json").read_text())[0]
+    figures = {how: rep["overall"]["srocc"] for how, rep in reports.items()}
+    assert figures["checkpoint"] == pytest.approx(figures["onnx"], abs=1e-6), figures
+    assert figures["onnx"] == pytest.approx(figures["server"], abs=1e-6), figures
+    assert all(rep["n"] == 24 and rep["failed"] == 0 for rep in reports.values())
+
+
+def test_ddp_two_gloo_processes(tmp_path):
+    cfg = _config(tmp_path, stages="mos")
+    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
+                        "-m", "sampleiqa.cli", "train", str(cfg)], cwd=ROOT, capture_output=True, text=True,
+                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "world size 2" in r.stdout
+    history = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
+    assert len(history) == 1  # one epoch, logged once (rank 0), with a validation figure
+    assert "val_srocc" in history[0]
+    ckpt = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
+    assert ckpt["train_state"]["done"] == [1]
+
+
+def test_a_local_timm_weights_file_initialises_the_backbone(tmp_path):
+    from timm.models.swin_transformer import SwinTransformer
+
+    from sampleiqa.training.loop import _init_weights
+
+    scorer = create_model("swin_test_micro")
+    cfg = scorer.config
+    donor = SwinTransformer(img_size=448, patch_size=cfg.patch_size, window_size=cfg.window_size,
+                            embed_dim=cfg.embed_dim, depths=cfg.depths, num_heads=cfg.num_heads, num_classes=1000)
+    torch.save(donor.state_dict(), tmp_path / "timm.pth")  # a plain timm state dict, no prefix
+    _init_weights(scorer, str(tmp_path / "timm.pth"))
+    own = scorer.backbone.state_dict()
+    for k, v in donor.state_dict().items():
+        if k in own:
+            assert torch.equal(own[k], v), k
+    assert not torch.equal(scorer.backbone.patch_embed.proj.weight, create_model("swin_test_micro").backbone.patch_embed.proj.weight)
