@@ -196,3 +196,26 @@ def test_a_local_timm_weights_file_initialises_the_backbone(tmp_path):
         if k in own:
             assert torch.equal(own[k], v), k
     assert not torch.equal(scorer.backbone.patch_embed.proj.weight, create_model("swin_test_micro").backbone.patch_embed.proj.weight)
+
+
+def test_cache_keeps_only_the_region_face_crops_come_from(tmp_path):
+    import cv2
+
+    from sampleiqa.preprocessing import find_face
+    from sampleiqa.training.data.cache import build_cache
+    from sampleiqa.training.data.datasets import load_csv
+
+    from .conftest import FACES
+
+    portrait = next(p for p in FACES if p.exists() and "ss03" in p.name)
+    big = cv2.resize(cv2.imread(str(portrait)), (2000, 2000), interpolation=cv2.INTER_CUBIC)  # a "phone photo"
+    cv2.imwrite(str(tmp_path / "big.jpg"), big)
+    (tmp_path / "labels.csv").write_text("path,score\nbig.jpg,0.5\n")
+    data = build_cache(load_csv(tmp_path / "labels.csv"))
+    image, face = data.train_image(0), data.faces[0]
+    assert face is not None and max(image.shape[:2]) <= 2 * 448 and min(image.shape[:2]) >= 448
+    rng = np.random.default_rng(0)
+    for _ in range(20):  # every random crop still holds the whole face, at the served scale
+        crop = random_face_crop(np.asarray(image), face, rng, hflip_p=0)
+        assert crop.shape == (448, 448, 3)
+    assert find_face(big) is not None and max(face.w, face.h) <= 448  # a large face is scaled to fit
