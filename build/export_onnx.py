@@ -22,6 +22,9 @@ log = logging.getLogger(__name__)
 MIN_OPSET = 17
 # Ops computed in FP32 inside the FP16 graph (casts around them).
 FP32_OPS = ("LayerNormalization",)
+# Module scopes (torch's node-name prefixes) kept wholly FP32: the fused quality statistics
+# count pixels (448*448 overflows FP16) and take logs of tiny energies.
+FP32_SCOPES = ("/stats/",)
 # (op, input index) that the ONNX spec requires to stay float32 whatever the data type.
 _FP32_INPUTS = {("Resize", 2), ("Upsample", 1)}
 
@@ -129,7 +132,8 @@ def export_checkpoint(checkpoint_path: str | Path, out_path: str | Path, opset: 
     return export_onnx(model, out_path, opset=opset, fp16=fp16)
 
 
-def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, ...] = FP32_OPS) -> Path:
+def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, ...] = FP32_OPS,
+                    keep_fp32_scopes: tuple[str, ...] = FP32_SCOPES) -> Path:
     """FP16 copy of an FP32 ONNX graph for TensorRT's strongly-typed mode.
 
     - float32 initializers / Constant values become float16; Cast(to=FLOAT) becomes FLOAT16.
@@ -138,6 +142,8 @@ def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, 
     - LayerNormalization stays FP32: its input is cast up, its scale/bias stay float32 and
       its output is cast back to FP16. The mean/variance then cannot overflow FP16, whatever
       TensorRT does with the normalization layer's compute precision.
+    - Nodes under `keep_fp32_scopes` stay FP32 with their constants; they read graph inputs
+      directly, get a Cast up from FP16 tensors, and their results are cast down for the rest.
     - Not handled (absent from the Swin scorer): ops with a float dtype attribute
       (RandomNormal, EyeLike, ...), control-flow subgraphs.
     `src` and `dst` may be the same path. The result passes strict shape inference and the
@@ -153,7 +159,12 @@ def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, 
     graph = gs.import_onnx(model)
     keep = set(keep_fp32_ops)
 
+    def scoped(node) -> bool:
+        return node.name.startswith(keep_fp32_scopes)
+
     def needs_fp32(node, tensor) -> bool:
+        if scoped(node):
+            return True
         idx = [i for i, t in enumerate(node.inputs) if t is tensor]
         if node.op in keep:
             return any(i > 0 for i in idx)  # scale / bias; input 0 gets a Cast
@@ -178,6 +189,8 @@ def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, 
 
     # Values held in node attributes, and casts into float.
     for node in graph.nodes:
+        if scoped(node):
+            continue
         if node.op == "Cast" and node.attrs.get("to") == f32:
             node.attrs["to"] = f16
         if node.op in ("Constant", "ConstantOfShape"):
@@ -198,12 +211,33 @@ def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, 
         cast(x, x32, f32, f"{node.name}__cast_in")
         cast(y32, y, f16, f"{node.name}__cast_out")
 
+    # FP32 scopes: cast FP16 tensors up on the way in and results down on the way out.
+    graph_inputs = set(map(id, graph.inputs))
+    up: dict[str, gs.Variable] = {}
+    for node in [n for n in graph.nodes if scoped(n)]:
+        for i, t in enumerate(node.inputs):
+            if (isinstance(t, gs.Variable) and t.dtype == np.float32 and id(t) not in graph_inputs
+                    and not any(scoped(p) for p in t.inputs)):
+                if t.name not in up:
+                    up[t.name] = gs.Variable(f"{t.name}__fp32", dtype=np.float32)
+                    cast(t, up[t.name], f32, f"{t.name}__cast_fp32")
+                node.inputs[i] = up[t.name]
+        for t in node.outputs:
+            outside = [n for n in t.outputs if not scoped(n)]
+            if outside and t.dtype == np.float32:
+                down = gs.Variable(f"{t.name}__fp16", dtype=np.float16)
+                cast(t, down, f16, f"{t.name}__cast_fp16")
+                for n in outside:
+                    for j, x in enumerate(n.inputs):
+                        if x is t:
+                            n.inputs[j] = down
+
     # Boundary: float32 in and out.
     for inp in graph.inputs:
         if inp.dtype != np.float32:
             continue
         half = gs.Variable(f"{inp.name}__fp16", dtype=np.float16, shape=inp.shape)
-        for node in list(inp.outputs):
+        for node in [n for n in inp.outputs if not scoped(n)]:
             for i, t in enumerate(node.inputs):
                 if t is inp:
                     node.inputs[i] = half

@@ -15,7 +15,9 @@ ort = pytest.importorskip("onnxruntime")
 from sampleiqa.build.export_onnx import clean_onnx, convert_to_fp16, export_checkpoint, export_onnx  # noqa: E402
 from sampleiqa.contracts import CROP, PIXELS, SCORE  # noqa: E402
 
-IMAGES = Path("/work/shared/data/biq2021/images")
+from .conftest import BIQ  # noqa: E402
+
+IMAGES = BIQ / "images"
 PHOTOS = ("ss01 (1).jpg", "ss01 (2).jpg", "ss01 (4).jpg")
 # FP32 ONNX vs torch: same math, different kernel order/fusion -> float32 rounding only.
 FP32_ATOL = 1e-4
@@ -28,7 +30,8 @@ def model():
     from sampleiqa.training.models import create_model
 
     torch.manual_seed(0)
-    return create_model("swin_compact").eval()
+    # The shipped config: Swin plus the fused statistics, whose FP32 scope the FP16 copy keeps.
+    return create_model("swin_compact_stats").eval()
 
 
 @pytest.fixture(scope="module")
