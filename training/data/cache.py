@@ -39,8 +39,19 @@ def default_root() -> Path:
     return Path(os.environ.get("SAMPLEIQA_CACHE", Path.home() / ".cache" / "sampleiqa" / "crops"))
 
 
+def _preprocessing_fingerprint() -> bytes:
+    """The preprocessing sources: a change of detector or crop policy invalidates the cache."""
+    import sampleiqa.preprocessing as pre
+
+    h = hashlib.sha1()
+    for src in sorted(Path(pre.__file__).parent.glob("*.py")):
+        h.update(src.read_bytes())
+    return h.digest()
+
+
 def _key(dataset: LabelledSet) -> str:
     h = hashlib.sha1(f"v{CACHE_VERSION} crop{CROP}".encode())
+    h.update(_preprocessing_fingerprint())
     for s in dataset.samples:
         st = s.path.stat()
         h.update(f"{s.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
