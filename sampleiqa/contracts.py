@@ -30,6 +30,7 @@ ERROR_CODES = {
     "too_large": "the encoded input exceeds the byte limit",
     "too_many_pixels": "the header declares more pixels than allowed (decompression bomb guard)",
     "not_an_image": "the bytes are not a supported image (JPEG, PNG, WebP, BMP, TIFF, GIF)",
+    "unsupported": "a known image format that is not decoded here (HEIC/HEIF/AVIF)",
     "truncated": "the file ends before its end marker",
     "decode_failed": "the decoder rejected the data",
     "unreadable": "the file could not be read",
