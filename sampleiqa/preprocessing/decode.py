@@ -10,10 +10,9 @@ from __future__ import annotations
 import os
 import struct
 
+from ..contracts import MAX_BYTES, MAX_PIXELS
+
 # OpenCV's own pixel guard, as a backstop for formats the header probe does not parse.
-# Read at import, so in a Triton python stub they come from the server's environment.
-MAX_PIXELS = int(os.environ.get("SAMPLEIQA_MAX_PIXELS", 100_000_000))
-MAX_BYTES = int(os.environ.get("SAMPLEIQA_MAX_BYTES", 64 * 1024 * 1024))
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
 import cv2  # noqa: E402
