@@ -16,7 +16,8 @@ import numpy as np
 
 from sampleiqa.contracts import ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, SCORE
 
-MAX_MESSAGE = 2**31 - 1
+MAX_MESSAGE = 2**31 - 1  # what we send: images up to the server's byte limit, in batches
+MAX_RESPONSE = 16 * 1024 * 1024  # what we accept back: a few numbers per image
 RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"}
 _ITEM_ERROR = re.compile(r"item (\d+): \[(\w+)\] (.*)", re.S)
 
@@ -110,7 +111,7 @@ def channel_target(urls: str | Sequence[str]) -> str:
 def channel_args(round_robin: bool) -> list[tuple]:
     args = [
         ("grpc.max_send_message_length", MAX_MESSAGE),
-        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_receive_message_length", MAX_RESPONSE),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.initial_reconnect_backoff_ms", 200),
