@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import logging
 import os
+import re
 import secrets
 import shutil
 import signal
@@ -59,9 +60,11 @@ class ServerTLS:
     ca: str | None = None
     mutual: bool = False
 
-    def args(self) -> list[str]:
+    def __post_init__(self):
         if self.mutual and not self.ca:
             raise ServerError("mutual TLS needs the CA that signs client certificates")
+
+    def args(self) -> list[str]:
         args = [f"--grpc-use-ssl-mutual={str(self.mutual).lower()}", "--grpc-use-ssl=true",
                 f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
         return args + ([f"--grpc-root-cert={self.ca}"] if self.ca else [])
@@ -153,6 +156,9 @@ class TritonServer:
         self.tls = tls
         self.restrict = restrict
         self.admin_key = admin_key or os.environ.get(ADMIN_KEY_ENV) or secrets.token_urlsafe(24)
+        if restrict and not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,}", self.admin_key):
+            # It rides in a flag (":" and "=" are separators there) and in a gRPC header.
+            raise ServerError("the admin key must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / -")
         self.env = dict(env or {})
         self._log_offset = 0
         self.process: subprocess.Popen | None = None

@@ -131,6 +131,11 @@ class SoakResult:
         return self.rss_end_mib - self.rss_start_mib
 
     @property
+    def late_growth_mib(self) -> float:
+        """Growth over the second half: a leak keeps growing; a warming allocator levels off."""
+        return self.rss_end_mib - self.rss_samples[len(self.rss_samples) // 2]
+
+    @property
     def passed(self) -> bool:
         return self.errors == 0 and self.growth_mib <= self.max_growth_mib
 
@@ -145,6 +150,7 @@ class SoakResult:
             f"| RSS of Triton + stubs ({self.processes} processes) at start, after warm-up | {self.rss_start_mib:.0f} MiB |",
             f"| RSS at end | {self.rss_end_mib:.0f} MiB |",
             f"| growth | {self.growth_mib:+.1f} MiB (bound {self.max_growth_mib:.0f} MiB) |",
+            f"| growth over the second half | {self.late_growth_mib:+.1f} MiB |",
             f"| RSS samples (MiB) | {', '.join(f'{v:.0f}' for v in self.rss_samples)} |",
             f"| result | {'PASS' if self.passed else 'FAIL'} |",
         ]

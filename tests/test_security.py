@@ -72,3 +72,17 @@ def test_http_is_restricted_too_and_limits_reach_the_python_stubs(tmp_path):
             assert c.score(small.tobytes()).ok  # 160000 pixels: under both limits
             large = c.score(b"\xff\xd8\xff" + bytes(200_000))
             assert large.error_code == "too_large" and "limit of 200000" in large.error
+
+
+@pytest.mark.parametrize("args,message", [
+    (["--admin-key", "short"], "at least 16 characters"),
+    (["--tls-cert", "s.crt", "--tls-key", "s.key", "--tls-mutual"], "needs the CA"),
+    (["--tls-cert", "s.crt"], "--tls-key"),
+])
+def test_serve_refuses_a_weak_or_incomplete_security_setup_before_starting(args, message):
+    import subprocess
+    import sys
+
+    res = subprocess.run([sys.executable, "-m", "sampleiqa.cli", "serve", "--grpc-port", str(free_port()), *args],
+                         capture_output=True, text=True, timeout=120)
+    assert res.returncode == 2 and message in res.stderr, res.stderr
