@@ -85,7 +85,8 @@ def _client_loop(url: str, items, stop_at: float, tally: Tally, offset: int) -> 
             t0 = time.monotonic()
             try:
                 r = client.score(data)
-                problem = "" if r.error_code == expected else f"expected {expected or 'a score'}, got {r.error or 'a score'}"
+                problem = ("" if r.error_code == expected
+                           else f"expected {expected or 'a score'}, got {r.error or 'a score'}")
             except Exception as exc:  # transport failures count as errors, never stop the soak
                 problem = f"{type(exc).__name__}: {exc}"
             dt = time.monotonic() - t0
@@ -147,7 +148,8 @@ class SoakResult:
             f"| errors | {self.errors} |",
             f"| throughput | {self.throughput:.1f} images/s |",
             f"| latency p50 / p99 | {self.p50_ms:.0f} ms / {self.p99_ms:.0f} ms |",
-            f"| RSS of Triton + stubs ({self.processes} processes) at start, after warm-up | {self.rss_start_mib:.0f} MiB |",
+            f"| RSS of Triton + stubs ({self.processes} processes) at start, after warm-up "
+            f"| {self.rss_start_mib:.0f} MiB |",
             f"| RSS at end | {self.rss_end_mib:.0f} MiB |",
             f"| growth | {self.growth_mib:+.1f} MiB (bound {self.max_growth_mib:.0f} MiB) |",
             f"| growth over the second half | {self.late_growth_mib:+.1f} MiB |",

@@ -119,7 +119,8 @@ def test_mutual_tls_through_serve_and_score_flags(pki, tmp_path):
 
     port = free_port()
     serve = subprocess.Popen(
-        [sys.executable, "-m", "sampleiqa.cli", "serve", "--grpc-port", str(port), "--log-file", str(tmp_path / "t.log"),
+        [sys.executable, "-m", "sampleiqa.cli", "serve", "--grpc-port", str(port),
+         "--log-file", str(tmp_path / "t.log"),
          "--tls-cert", pki["server_crt"], "--tls-key", pki["server_key"], "--tls-ca", pki["ca_crt"], "--tls-mutual"],
         stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     try:
@@ -132,7 +133,8 @@ def test_mutual_tls_through_serve_and_score_flags(pki, tmp_path):
         out = tmp_path / "scores.csv"
         res = subprocess.run(
             [sys.executable, "-m", "sampleiqa.cli", "score", str(SAMPLES / "astronaut.jpg"), "--url", url,
-             "--out", str(out), "--tls-ca", pki["ca_crt"], "--tls-cert", pki["client_crt"], "--tls-key", pki["client_key"]],
+             "--out", str(out), "--tls-ca", pki["ca_crt"],
+             "--tls-cert", pki["client_crt"], "--tls-key", pki["client_key"]],
             capture_output=True, text=True, timeout=300)
         assert res.returncode == 0, res.stderr
         assert out.read_text().splitlines()[1].split(",")[-2] == "ok"
