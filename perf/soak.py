@@ -74,12 +74,12 @@ class Tally:
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
-def _client_loop(url: str, items, stop_at: float, tally: Tally, offset: int) -> None:
+def _client_loop(url: str, items, stop_at: float, tally: Tally, offset: int, min_requests: int) -> None:
     from sampleiqa.clients import ScoringClient
 
     k = offset
     with ScoringClient(url, timeout_s=60) as client:
-        while time.monotonic() < stop_at:
+        while time.monotonic() < stop_at or k - offset < min_requests:
             data, expected = items[k % len(items)]
             k += 1
             t0 = time.monotonic()
@@ -98,11 +98,12 @@ def _client_loop(url: str, items, stop_at: float, tally: Tally, offset: int) -> 
                     tally.item_errors += 1
 
 
-def load(url: str, items, clients: int, seconds: float) -> tuple[Tally, float]:
+def load(url: str, items, clients: int, seconds: float, min_requests: int = 0) -> tuple[Tally, float]:
+    """Each client sends for `seconds`, and at least `min_requests` requests."""
     tally = Tally()
     start = time.monotonic()
-    threads = [threading.Thread(target=_client_loop, args=(url, items, start + seconds, tally, i * 7), daemon=True)
-               for i in range(clients)]
+    threads = [threading.Thread(target=_client_loop, args=(url, items, start + seconds, tally, i * 7, min_requests),
+                                daemon=True) for i in range(clients)]
     for t in threads:
         t.start()
     for t in threads:
@@ -165,15 +166,17 @@ class SoakResult:
 
 def soak(clients: int = 4, seconds: float = 60, warmup_s: float = 10, images: int = 32,
          max_growth_mib: float = MAX_GROWTH_MIB, log_file: str | Path | None = None,
-         sample_every_s: float = 10) -> SoakResult:
-    """Start the embedded server, warm it up, then soak it. Call from the main thread (the
-    server's parent-death signal follows the thread that starts it)."""
+         sample_every_s: float = 10, every_image: bool = False) -> SoakResult:
+    """Start the embedded server, warm it up, then soak it. `every_image`: in the warm-up and
+    in the soak, each client also sends the whole image set at least once, however slow the
+    machine. Call from the main
+    thread (the server's parent-death signal follows the thread that starts it)."""
     from sampleiqa.clients.server import TritonServer
 
     items = image_set(images)
     with TritonServer(log_file=log_file) as server:
         pid = server.process.pid
-        load(server.url, items, clients, warmup_s)
+        load(server.url, items, clients, warmup_s, len(items) if every_image else 0)
         rss_start, processes = tree_rss_mib(pid)
         samples = [rss_start]
         sampler_stop = threading.Event()
@@ -184,7 +187,7 @@ def soak(clients: int = 4, seconds: float = 60, warmup_s: float = 10, images: in
 
         sampler = threading.Thread(target=sample, daemon=True)
         sampler.start()
-        tally, elapsed = load(server.url, items, clients, seconds)
+        tally, elapsed = load(server.url, items, clients, seconds, len(items) if every_image else 0)
         sampler_stop.set()
         sampler.join()
         rss_end = tree_rss_mib(pid)[0]
