@@ -20,7 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Iterable
 
-from sampleiqa.contracts import CSV_COLUMNS
+from sampleiqa.contracts import CSV_COLUMNS, MAX_BYTES
 
 from .progress import Progress
 from .protocol import ScoreResult, TransportError
@@ -167,14 +167,19 @@ def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", res
     summary = Summary(total=len(paths), skipped=len(paths) - len(todo))
     writer = RowWriter(out, fmt)
     progress = Progress(len(todo), "scoring", stream=progress_stream)
-    unreadable: list[tuple[str, Exception]] = []
+    refused: list[tuple[str, ScoreResult]] = []  # files never sent: unreadable or too large
 
     def readable():  # read lazily; a file that cannot be read gets its row beside the scored ones
         for p in todo:
             try:
+                size = Path(p).stat().st_size
+                if size > MAX_BYTES:  # never read a huge file into memory just to have it refused
+                    refused.append((p, ScoreResult.failure(
+                        "too_large", f"[too_large] {size} bytes exceeds the limit of {MAX_BYTES}")))
+                    continue
                 yield p, Path(p).read_bytes()
             except OSError as exc:
-                unreadable.append((p, exc))
+                refused.append((p, ScoreResult.failure("unreadable", f"[unreadable] {exc.strerror or exc}")))
 
     start = time.monotonic()
     pending: list[dict] = []
@@ -195,18 +200,17 @@ def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", res
             summary.errors[result.error_code] += 1
         progress.update(1, **({"err": 1} if not result.ok else {}))
 
-    def record_unreadable():
-        while unreadable:
-            p, exc = unreadable.pop()
-            record(p, ScoreResult.failure("unreadable", f"[unreadable] {exc.strerror or exc}"))
+    def record_refused():
+        while refused:
+            record(*refused.pop())
 
     try:
         for path, result in client.score_many(readable(), concurrency=concurrency, batch_size=batch_size):
             record(path, result)
-            record_unreadable()
+            record_refused()
             if len(pending) >= 64 or time.monotonic() - last_flush > 1.0:
                 flush()
-        record_unreadable()
+        record_refused()
     except TransportError as exc:
         summary.aborted = str(exc)
     except KeyboardInterrupt:

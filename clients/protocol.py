@@ -8,6 +8,7 @@ import ipaddress
 import random
 import re
 import socket
+import time
 from dataclasses import dataclass
 from typing import Sequence
 
@@ -15,7 +16,8 @@ import numpy as np
 
 from sampleiqa.contracts import ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, SCORE
 
-MAX_MESSAGE = 2**31 - 1
+MAX_MESSAGE = 2**31 - 1  # what we send: images up to the server's byte limit, in batches
+MAX_RESPONSE = 16 * 1024 * 1024  # what we accept back: a few numbers per image
 RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"}
 _ITEM_ERROR = re.compile(r"item (\d+): \[(\w+)\] (.*)", re.S)
 
@@ -47,11 +49,21 @@ class RetryPolicy:
     attempts: int = 6  # tries per request, the first included
     base_s: float = 0.2
     max_s: float = 5.0
+    # When set, retry for this long instead of `attempts` times: long enough to outlast a
+    # server restart (Triton takes ~10-20 s to load the models here, longer on a GPU host).
+    seconds: float | None = None
 
     def delays(self):
         """Exponential backoff with full jitter, one delay between each two tries."""
-        for k in range(self.attempts - 1):
-            yield random.uniform(0, min(self.max_s, self.base_s * 2**k))
+        deadline = None if self.seconds is None else time.monotonic() + self.seconds
+        k = 0
+        while k < self.attempts - 1 if deadline is None else time.monotonic() < deadline:
+            delay = random.uniform(0, min(self.max_s, self.base_s * 2**min(k, 30)))
+            yield delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
+            k += 1
+
+    def describe(self) -> str:
+        return f"{self.attempts} tries" if self.seconds is None else f"retrying for {self.seconds:g}s"
 
 
 @dataclass(frozen=True)
@@ -99,7 +111,7 @@ def channel_target(urls: str | Sequence[str]) -> str:
 def channel_args(round_robin: bool) -> list[tuple]:
     args = [
         ("grpc.max_send_message_length", MAX_MESSAGE),
-        ("grpc.max_receive_message_length", MAX_MESSAGE),
+        ("grpc.max_receive_message_length", MAX_RESPONSE),
         ("grpc.keepalive_time_ms", 30_000),
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.initial_reconnect_backoff_ms", 200),
@@ -167,7 +179,7 @@ class ClientBase:
             raise exc
         delay = next(delays, None)
         if delay is None:
-            raise TransportError(f"server unavailable after {self.retry.attempts} tries: {message}") from None
+            raise TransportError(f"server unavailable after {self.retry.describe()}: {message}") from None
         return delay
 
 

@@ -6,12 +6,20 @@ stops its child on exit. The child also gets SIGTERM if its parent dies, even by
 (PR_SET_PDEATHSIG, set by util-linux `setpriv` rather than a Python preexec_fn, which can
 stall on gRPC's fork handlers). The kernel ties that signal to the *thread* that started
 the server: call start() from a thread that lives as long as the server should.
+
+Locked down by default: loopback, no model control, HTTP and metrics off, and the gRPC
+(and HTTP, when on) model-repository, shared-memory, trace and logging APIs refused
+unless a request carries the admin key (gRPC header `triton-grpc-protocol-admin-key`, HTTP
+header `admin-key`: see TritonServer.admin_headers). Inference, health, metadata and
+statistics stay open.
 """
 
 from __future__ import annotations
 
 import logging
 import os
+import re
+import secrets
 import shutil
 import signal
 import site
@@ -20,6 +28,7 @@ import subprocess
 import sys
 import sysconfig
 import time
+from dataclasses import dataclass
 from pathlib import Path
 
 from sampleiqa.contracts import ENSEMBLE
@@ -30,8 +39,35 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 DEFAULT_REPOSITORY = REPO_ROOT / "model_repository"
 
 
+# What an inference client never needs: loading/unloading models, registering shared
+# memory, and changing trace or log settings.
+RESTRICTED = ("model-repository", "shared-memory", "trace", "logging")
+ADMIN_HEADER = "admin-key"
+ADMIN_KEY_ENV = "SAMPLEIQA_ADMIN_KEY"
+
+
 class ServerError(RuntimeError):
     pass
+
+
+@dataclass(frozen=True)
+class ServerTLS:
+    """gRPC TLS for the server: PEM files. `mutual`: clients must present a certificate
+    signed by `ca`."""
+
+    cert: str
+    key: str
+    ca: str | None = None
+    mutual: bool = False
+
+    def __post_init__(self):
+        if self.mutual and not self.ca:
+            raise ServerError("mutual TLS needs the CA that signs client certificates")
+
+    def args(self) -> list[str]:
+        args = [f"--grpc-use-ssl-mutual={str(self.mutual).lower()}", "--grpc-use-ssl=true",
+                f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
+        return args + ([f"--grpc-root-cert={self.ca}"] if self.ca else [])
 
 
 def _pytriton_dir() -> Path:
@@ -101,9 +137,14 @@ class TritonServer:
         log_file: str | Path | None = None,
         extra_args: list[str] | tuple[str, ...] = (),
         exit_timeout_s: int = 10,
-        tls=None,
+        tls: ServerTLS | None = None,
+        admin_key: str | None = None,
+        restrict: bool = True,
+        env: dict[str, str] | None = None,
     ):
-        """`tls`: a clients.TLSConfig for the readiness probe when extra_args turn on gRPC TLS."""
+        """`admin_key`: the header value that unlocks the RESTRICTED APIs (default: the
+        SAMPLEIQA_ADMIN_KEY environment variable, else a random key for this start).
+        `env`: extra environment for Triton and its python stubs (e.g. SAMPLEIQA_MAX_PIXELS)."""
         self.repository = Path(repository).resolve()
         self.host = host
         self.grpc_port = grpc_port or free_port()
@@ -113,6 +154,13 @@ class TritonServer:
         self.extra_args = list(extra_args)
         self.exit_timeout_s = exit_timeout_s
         self.tls = tls
+        self.restrict = restrict
+        self.admin_key = admin_key or os.environ.get(ADMIN_KEY_ENV) or secrets.token_urlsafe(24)
+        if restrict and not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,}", self.admin_key):
+            # It rides in a flag (":" and "=" are separators there) and in a gRPC header.
+            raise ServerError("the admin key must be at least 16 characters of A-Z a-z 0-9 . _ ~ + / -")
+        self.env = dict(env or {})
+        self._log_offset = 0
         self.process: subprocess.Popen | None = None
 
     @property
@@ -132,8 +180,15 @@ class TritonServer:
             "--strict-readiness=true",
             "--log-verbose=0",
         ]
+        if self.restrict:
+            # Visible in /proc/<pid>/cmdline to local users: it guards against remote clients.
+            args.append(f"--grpc-restricted-protocol={','.join(RESTRICTED)}:{ADMIN_HEADER}={self.admin_key}")
+        if self.tls:
+            args += self.tls.args()
         if self.http_port:
             args += ["--allow-http=true", f"--http-address={self.host}", f"--http-port={self.http_port}"]
+            if self.restrict:
+                args.append(f"--http-restricted-api={','.join(RESTRICTED)}:{ADMIN_HEADER}={self.admin_key}")
         else:
             args += ["--allow-http=false"]
         if self.metrics_port:
@@ -147,11 +202,12 @@ class TritonServer:
             raise ServerError(f"{self.repository} is not a SampleIQA model repository (no {ENSEMBLE}/config.pbtxt)")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
         log_handle = open(self.log_file, "ab")
+        self._log_offset = log_handle.tell()
         cmd = self.command()
         log.info("starting Triton on %s (log: %s)", self.url, self.log_file)
         self.process = subprocess.Popen(
             cmd, stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env=stub_environment(),
+            env={**stub_environment(), **self.env},
         )
         log_handle.close()
         try:
@@ -165,13 +221,16 @@ class TritonServer:
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout_s
-        client = grpcclient.InferenceServerClient(self.url, **(self.tls.client_kwargs() if self.tls else {}))
+        client = grpcclient.InferenceServerClient(self.url)
         try:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
                     raise ServerError(f"Triton exited with code {self.process.returncode} while starting:\n{self.log_tail()}")
                 try:
-                    if client.is_server_ready() and client.is_model_ready(ENSEMBLE):
+                    # A TLS server may want a client certificate this probe does not hold; Triton
+                    # starts its gRPC service only once every model has loaded, so its log says ready.
+                    if self._log_says_started() if self.tls else (
+                            client.is_server_ready() and client.is_model_ready(ENSEMBLE)):
                         log.info("Triton ready on %s", self.url)
                         return
                 except Exception:  # not listening yet
@@ -180,6 +239,15 @@ class TritonServer:
         finally:
             client.close()
         raise ServerError(f"Triton was not ready after {timeout_s:.0f}s:\n{self.log_tail()}")
+
+    def admin_headers(self, http: bool = False) -> dict[str, str]:
+        """Request headers that unlock the RESTRICTED APIs (Triton prefixes the gRPC one)."""
+        return {ADMIN_HEADER if http else f"triton-grpc-protocol-{ADMIN_HEADER}": self.admin_key}
+
+    def _log_says_started(self) -> bool:
+        with open(self.log_file, "rb") as f:
+            f.seek(self._log_offset)
+            return b"Started GRPCInferenceService at" in f.read()
 
     def log_tail(self, lines: int = 30) -> str:
         try:

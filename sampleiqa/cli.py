@@ -21,10 +21,11 @@ SAMPLES = REPO_ROOT / "samples"
 
 def _add_tls(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("TLS (gRPC)")
-    g.add_argument("--ssl", action="store_true", help="connect with TLS")
-    g.add_argument("--ssl-root-certs", help="CA certificate file that signed the server's certificate")
-    g.add_argument("--ssl-key", help="client private key (mutual TLS)")
-    g.add_argument("--ssl-cert", help="client certificate chain (mutual TLS)")
+    g.add_argument("--tls", "--ssl", dest="ssl", action="store_true", help="connect with TLS")
+    g.add_argument("--tls-ca", "--ssl-root-certs", dest="ssl_root_certs",
+                   help="CA certificate file that signed the server's certificate")
+    g.add_argument("--tls-key", "--ssl-key", dest="ssl_key", help="client private key (mutual TLS)")
+    g.add_argument("--tls-cert", "--ssl-cert", dest="ssl_cert", help="client certificate chain (mutual TLS)")
 
 
 def _tls(args):
@@ -33,6 +34,34 @@ def _tls(args):
     if not (args.ssl or args.ssl_root_certs or args.ssl_key or args.ssl_cert):
         return None
     return TLSConfig(args.ssl_root_certs, args.ssl_key, args.ssl_cert)
+
+
+def _add_serve_security(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("security (see README: Bad input, faults and security)")
+    g.add_argument("--admin-key", default=None,
+                   help="key for the model-repository/shared-memory/trace/logging APIs (default: "
+                        "$SAMPLEIQA_ADMIN_KEY, else random per start); inference never needs it")
+    g.add_argument("--unrestricted", action="store_true", help="do not restrict those APIs (not advised)")
+    g.add_argument("--tls-cert", help="server certificate (PEM): turns on gRPC TLS")
+    g.add_argument("--tls-key", help="server private key (PEM)")
+    g.add_argument("--tls-ca", help="CA that signs client certificates (with --tls-mutual)")
+    g.add_argument("--tls-mutual", action="store_true", help="require client certificates signed by --tls-ca")
+    g.add_argument("--max-bytes", type=int, help="largest accepted image file (default 64 MiB)")
+    g.add_argument("--max-pixels", type=int, help="largest accepted width x height (default 100 M)")
+
+
+def _server_security(args) -> dict:
+    """TritonServer keyword arguments from the serve security flags."""
+    from sampleiqa.clients.server import ServerError, ServerTLS
+
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_mutual:
+        if not (args.tls_cert and args.tls_key):
+            raise ServerError("TLS needs both --tls-cert and --tls-key")
+        tls = ServerTLS(args.tls_cert, args.tls_key, args.tls_ca, args.tls_mutual)
+    env = {k: str(v) for k, v in (("SAMPLEIQA_MAX_BYTES", args.max_bytes), ("SAMPLEIQA_MAX_PIXELS", args.max_pixels))
+           if v is not None}
+    return dict(tls=tls, admin_key=args.admin_key, restrict=not args.unrestricted, env=env)
 
 
 def _shortest(path: Path) -> Path:
@@ -44,7 +73,7 @@ def _shortest(path: Path) -> Path:
 
 
 def cmd_score(args) -> int:
-    from sampleiqa.clients import ScoringClient
+    from sampleiqa.clients import RetryPolicy, ScoringClient
     from sampleiqa.clients.bulk import check_output, discover, score_files
     from sampleiqa.clients.server import ServerError, TritonServer
 
@@ -70,7 +99,8 @@ def cmd_score(args) -> int:
             return 1
         urls = [server.url]
     try:
-        with ScoringClient(urls, timeout_s=args.timeout, tls=_tls(args)) as client:
+        retry = RetryPolicy(seconds=args.retry_seconds)
+        with ScoringClient(urls, timeout_s=args.timeout, tls=_tls(args), retry=retry) as client:
             summary = score_files(client, paths, args.out, fmt=fmt, resume=args.resume,
                                   concurrency=args.concurrency, batch_size=args.batch_size)
     finally:
@@ -83,9 +113,13 @@ def cmd_score(args) -> int:
 def cmd_serve(args) -> int:
     from sampleiqa.clients.server import ServerError, TritonServer
 
-    server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port or None,
-                          metrics_port=args.metrics_port or None, host=args.host, log_file=args.log_file,
-                          extra_args=args.triton_args)
+    try:
+        server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port or None,
+                              metrics_port=args.metrics_port or None, host=args.host, log_file=args.log_file,
+                              extra_args=args.triton_args, **_server_security(args))
+    except ServerError as exc:
+        print(f"sampleiqa serve: {exc}", file=sys.stderr)
+        return 2
     stop = {"signal": None}
 
     def on_signal(signum, _frame):
@@ -245,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--concurrency", type=int, default=8, help="requests in flight")
     p.add_argument("--batch-size", type=int, default=1, help="images per request")
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
+    p.add_argument("--retry-seconds", type=float, default=60.0,
+                   help="keep retrying an unreachable server this long (outlasts a restart) before stopping")
     p.add_argument("--resume", action="store_true", help="skip files already in --out")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--repository", default=DEFAULT_REPOSITORY, help="model repository for the embedded server")
@@ -259,6 +295,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--http-port", type=int, default=0, help="0: HTTP off")
     p.add_argument("--metrics-port", type=int, default=0, help="0: metrics off")
     p.add_argument("--log-file", default=None)
+    _add_serve_security(p)
     p.add_argument("triton_args", nargs=argparse.REMAINDER, help="after --: extra tritonserver flags")
     p.set_defaults(func=cmd_serve)
 

@@ -3,6 +3,8 @@
 Changing anything here changes the wire contract: see ARCHITECTURE.md.
 """
 
+import os
+
 ENSEMBLE = "sampleiqa"
 PREPROCESS = "preprocess"
 SCORER = "scorer"
@@ -21,6 +23,12 @@ CROP = 448
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
 
+# Input limits, read at import from the environment: the server's python stubs inherit it
+# (`sampleiqa serve --max-bytes/--max-pixels` set it), and the bulk CLI checks file sizes
+# against MAX_BYTES before reading a file into memory.
+MAX_BYTES = int(os.environ.get("SAMPLEIQA_MAX_BYTES", 64 * 1024 * 1024))
+MAX_PIXELS = int(os.environ.get("SAMPLEIQA_MAX_PIXELS", 100_000_000))  # decompression bomb guard
+
 # One row per input file, in this order.
 CSV_COLUMNS = ("path", "score", "face_found", "face_x", "face_y", "face_w", "face_h", "status", "error")
 
@@ -30,6 +38,7 @@ ERROR_CODES = {
     "too_large": "the encoded input exceeds the byte limit",
     "too_many_pixels": "the header declares more pixels than allowed (decompression bomb guard)",
     "not_an_image": "the bytes are not a supported image (JPEG, PNG, WebP, BMP, TIFF, GIF)",
+    "unsupported": "a known image format that is not decoded here (HEIC/HEIF/AVIF)",
     "truncated": "the file ends before its end marker",
     "decode_failed": "the decoder rejected the data",
     "unreadable": "the file could not be read",

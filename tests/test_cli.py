@@ -124,7 +124,8 @@ def test_server_gone_stops_the_run_nonzero(tmp_path):
     from sampleiqa.clients.server import free_port
 
     out = tmp_path / "scores.csv"
-    res = run(["score", *biq_images(2), "--url", f"127.0.0.1:{free_port()}", "--out", out, "--timeout", "5"])
+    res = run(["score", *biq_images(2), "--url", f"127.0.0.1:{free_port()}", "--out", out, "--timeout", "5",
+               "--retry-seconds", "2"])
     assert res.returncode == 1 and "STOPPED" in res.stderr and "--resume" in res.stderr
     assert rows(out) == []  # nothing was scored, so no rows: --resume will score them
 

@@ -74,29 +74,74 @@ def _openssl(*args, cwd):
     subprocess.run(["openssl", *args], cwd=cwd, check=True, capture_output=True)
 
 
-def test_tls_client_talks_to_a_tls_server(tmp_path):
-    """A throwaway CA and server certificate for 127.0.0.1, made here with openssl."""
+@pytest.fixture(scope="module")
+def pki(tmp_path_factory):
+    """A throwaway CA, a server certificate for 127.0.0.1 and a client certificate, made with openssl."""
     import shutil
 
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
+    d = tmp_path_factory.mktemp("pki")
     _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-             "-keyout", "ca.key", "-out", "ca.crt", cwd=tmp_path)
-    _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", "/CN=127.0.0.1", "-keyout", "server.key",
-             "-out", "server.csr", cwd=tmp_path)
-    (tmp_path / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
-    _openssl("x509", "-req", "-in", "server.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-             "-days", "1", "-extfile", "ext.cnf", "-out", "server.crt", cwd=tmp_path)
-    tls_args = ["--grpc-use-ssl=true", f"--grpc-server-cert={tmp_path / 'server.crt'}",
-                f"--grpc-server-key={tmp_path / 'server.key'}", f"--grpc-root-cert={tmp_path / 'ca.crt'}"]
-    from sampleiqa.clients import TLSConfig
+             "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
+    (d / "server.cnf").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
+    (d / "client.cnf").write_text("extendedKeyUsage=clientAuth\n")
+    for name in ("server", "client"):
+        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
+                 "-out", f"{name}.csr", cwd=d)
+        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
+                 "-days", "1", "-extfile", f"{name}.cnf", "-out", f"{name}.crt", cwd=d)
+    return {p.stem + p.suffix.replace(".", "_"): str(p) for p in d.iterdir()}
 
-    server = TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log", extra_args=tls_args,
-                          tls=TLSConfig(str(tmp_path / "ca.crt")))
+
+def test_tls_client_talks_to_a_tls_server(pki, tmp_path):
+    from sampleiqa.clients import TLSConfig
+    from sampleiqa.clients.server import ServerTLS
+
+    server = TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log",
+                          tls=ServerTLS(pki["server_crt"], pki["server_key"]))
     with server:
         data = (SAMPLES / "astronaut.jpg").read_bytes()
-        with ScoringClient(server.url, tls=TLSConfig(str(tmp_path / "ca.crt"))) as c:
+        with ScoringClient(server.url, tls=TLSConfig(pki["ca_crt"])) as c:
             assert c.score(data).ok
         with ScoringClient(server.url, retry=RetryPolicy(attempts=1)) as plain:
             with pytest.raises(TransportError):
                 plain.score(data)  # plaintext is refused by a TLS server
+
+
+def test_mutual_tls_through_serve_and_score_flags(pki, tmp_path):
+    """`sampleiqa serve --tls-mutual` accepts `sampleiqa score` with a client certificate and
+    refuses a client that has the CA but no certificate of its own."""
+    import subprocess
+    import sys
+
+    from sampleiqa.clients import TLSConfig
+
+    port = free_port()
+    serve = subprocess.Popen(
+        [sys.executable, "-m", "sampleiqa.cli", "serve", "--grpc-port", str(port),
+         "--log-file", str(tmp_path / "t.log"),
+         "--tls-cert", pki["server_crt"], "--tls-key", pki["server_key"], "--tls-ca", pki["ca_crt"], "--tls-mutual"],
+        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        for line in serve.stderr:  # serve prints this once Triton is ready
+            if "SampleIQA serving on" in line:
+                break
+        else:
+            pytest.fail("serve did not start")
+        url = f"127.0.0.1:{port}"
+        out = tmp_path / "scores.csv"
+        res = subprocess.run(
+            [sys.executable, "-m", "sampleiqa.cli", "score", str(SAMPLES / "astronaut.jpg"), "--url", url,
+             "--out", str(out), "--tls-ca", pki["ca_crt"],
+             "--tls-cert", pki["client_crt"], "--tls-key", pki["client_key"]],
+            capture_output=True, text=True, timeout=300)
+        assert res.returncode == 0, res.stderr
+        assert out.read_text().splitlines()[1].split(",")[-2] == "ok"
+        data = (SAMPLES / "astronaut.jpg").read_bytes()
+        with ScoringClient(url, tls=TLSConfig(pki["ca_crt"]), retry=RetryPolicy(attempts=1)) as no_cert:
+            with pytest.raises(TransportError):
+                no_cert.score(data)  # the handshake fails without a client certificate
+    finally:
+        serve.terminate()
+        serve.wait(60)

@@ -10,9 +10,9 @@ from __future__ import annotations
 import os
 import struct
 
+from ..contracts import MAX_BYTES, MAX_PIXELS
+
 # OpenCV's own pixel guard, as a backstop for formats the header probe does not parse.
-MAX_PIXELS = int(os.environ.get("SAMPLEIQA_MAX_PIXELS", 100_000_000))
-MAX_BYTES = int(os.environ.get("SAMPLEIQA_MAX_BYTES", 64 * 1024 * 1024))
 os.environ.setdefault("OPENCV_IO_MAX_IMAGE_PIXELS", str(MAX_PIXELS))
 
 import cv2  # noqa: E402
@@ -24,6 +24,8 @@ cv2.setNumThreads(1)  # one request per core scales better than threads inside o
 
 _JPEG = b"\xff\xd8\xff"
 _PNG = b"\x89PNG\r\n\x1a\n"
+# ISO-BMFF brands of HEIF/AVIF photos (phones save them, uploads rename them to .jpg).
+_HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
 
 
 def sniff(data: bytes) -> str | None:
@@ -40,6 +42,8 @@ def sniff(data: bytes) -> str | None:
         return "tiff"
     if head[:6] in (b"GIF87a", b"GIF89a"):
         return "gif"
+    if head[4:8] == b"ftyp" and head[8:12] in _HEIF_BRANDS:
+        return "heif"
     return None
 
 
@@ -123,6 +127,8 @@ def decode_bgr(data: bytes, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_B
     kind = sniff(data)
     if kind is None:
         raise PreprocessError("not_an_image", "not a JPEG, PNG, WebP, BMP, TIFF or GIF file")
+    if kind == "heif":
+        raise PreprocessError("unsupported", "HEIC/HEIF/AVIF images are not supported: convert to JPEG or PNG")
     size = probe_size(data, kind)
     if size is not None and size[0] * size[1] > max_pixels:
         raise PreprocessError(
@@ -130,6 +136,8 @@ def decode_bgr(data: bytes, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_B
         )
     if not _is_complete(data, kind):
         raise PreprocessError("truncated", f"the {kind} data ends before its end marker")
+    if kind == "gif":
+        return _first_gif_frame(data)
     buf = np.frombuffer(data, dtype=np.uint8)
     try:
         # IMREAD_COLOR applies EXIF orientation and converts depth/channels to 8-bit BGR.
@@ -139,3 +147,19 @@ def decode_bgr(data: bytes, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_B
     if bgr is None or bgr.size == 0:
         raise PreprocessError("decode_failed", f"the {kind} decoder could not read the data")
     return bgr
+
+
+def _first_gif_frame(data: bytes) -> np.ndarray:
+    """The pip OpenCV wheels are built without a GIF decoder, so Pillow reads the first frame."""
+    import io
+
+    try:
+        from PIL import Image
+    except ImportError:
+        raise PreprocessError("unsupported", "GIF decoding needs Pillow, which is not installed") from None
+    try:
+        with Image.open(io.BytesIO(data)) as im:
+            rgb = np.asarray(im.convert("RGB"))  # frame 0; palette and transparency resolved
+    except Exception as exc:  # Pillow raises many types for bad data (OSError, SyntaxError, ...)
+        raise PreprocessError("decode_failed", f"gif decoder error: {exc}") from None
+    return np.ascontiguousarray(rgb[:, :, ::-1])
