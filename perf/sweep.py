@@ -1,0 +1,184 @@
+"""One benchmark run: baselines in process, then perf_analyzer at each load level for each
+model, with the executed batch sizes read from Triton's statistics around every level."""
+
+from __future__ import annotations
+
+import os
+import shlex
+import statistics
+import sys
+import tempfile
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
+
+from .analyzer import AnalyzerSettings, Load, Measurement, measure
+from .stats import batch_executions, executed_between, mean_batch
+
+
+@dataclass(frozen=True)
+class SweepPlan:
+    images: Path
+    photos: int
+    tensors: int
+    models: tuple[str, ...]
+    loads: tuple[Load, ...]
+    analyzer: AnalyzerSettings
+    batches: tuple[int, ...]
+    baseline_seconds: float
+    threads: int
+    repeats: int
+    onnx: Path
+    shared_memory: bool
+    command: str
+    note: str = ""
+
+    @classmethod
+    def from_args(cls, args) -> "SweepPlan":
+        loads = [Load(concurrency=c) for c in args.concurrency] + [Load(rate=r) for r in args.request_rate]
+        loopback = not args.url or args.url.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]")
+        return cls(Path(args.images), args.photos, args.tensors, tuple(args.models.split(",")), tuple(loads),
+                   AnalyzerSettings(args.measurement_ms, args.stability, args.max_trials),
+                   tuple(args.batches), args.baseline_seconds, args.threads, args.repeats,
+                   Path(args.onnx or Path(args.repository) / SCORER / "1" / "model.onnx"),
+                   loopback and not args.no_shared_memory,
+                   "sampleiqa perf " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["perf"] else sys.argv[1:]),
+                   args.note)
+
+
+@dataclass(frozen=True)
+class Point:
+    """One model at one load level, with the batches its batching step executed meanwhile."""
+
+    measurement: Measurement
+    batch_model: str
+    batches: dict[int, int]
+
+
+@dataclass(frozen=True)
+class Baselines:
+    preprocess_ms: float  # one thread, per photo
+    model_only: dict[int, float]  # batch size -> images/s
+    pipeline: dict[int, float]  # batch size -> images/s
+
+
+@dataclass
+class RunResult:
+    baselines: Baselines
+    points: list[Point] = field(default_factory=list)
+    load_average: list[float] = field(default_factory=list)  # 1-minute load average, start and end
+
+    def best(self, model: str) -> float:
+        return max((p.measurement.throughput for p in self.points if p.measurement.model == model), default=float("nan"))
+
+    def scorer_mean_batch(self, model: str, min_concurrency: int = 4) -> float:
+        """Mean executed scorer batch over the levels of `model` with concurrency >= min_concurrency."""
+        merged: dict[int, int] = {}
+        for p in self.points:
+            c = p.measurement.load.concurrency
+            if p.measurement.model == model and p.batch_model == SCORER and c is not None and c >= min_concurrency:
+                for size, n in p.batches.items():
+                    merged[size] = merged.get(size, 0) + n
+        return mean_batch(merged) if merged else float("nan")
+
+    def figures(self) -> dict[str, float]:
+        ens, pre, scorer = self.best(ENSEMBLE), self.best(PREPROCESS), self.best(SCORER)
+        pipeline = max(self.baselines.pipeline.values())
+        return {
+            "ensemble_img_s": ens,
+            "preprocess_alone_img_s": pre,
+            "scorer_alone_img_s": scorer,
+            "in_process_pipeline_img_s": pipeline,
+            "ensemble_over_in_process": ens / pipeline,
+            "ensemble_over_slowest_step": ens / min(pre, scorer),
+            # Both steps share the same cores, so their work adds up: 1/(1/pre + 1/scorer).
+            "ensemble_over_shared_core_bound": ens * (1 / pre + 1 / scorer),
+            "preprocess_ms_per_image": self.baselines.preprocess_ms,
+            "model_ms_per_image": 1000.0 / max(self.baselines.model_only.values()),
+            "scorer_mean_batch_ensemble_c4plus": self.scorer_mean_batch(ENSEMBLE),
+            "scorer_mean_batch_alone_c4plus": self.scorer_mean_batch(SCORER),
+        }
+
+
+def run_baselines(plan: SweepPlan, photos: list[bytes], tensors) -> Baselines:
+    from .baselines import model_only, ort_session, pipeline, preprocess_ms_per_image
+
+    session = ort_session(plan.onnx, plan.threads)
+    return Baselines(preprocess_ms_per_image(photos, plan.baseline_seconds),
+                     model_only(session, tensors, list(plan.batches), plan.baseline_seconds),
+                     pipeline(session, photos, list(plan.batches), plan.threads, plan.baseline_seconds))
+
+
+def sweep(url: str, plan: SweepPlan, inputs: dict[str, Path]) -> list[Point]:
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    points = []
+    try:
+        for model in plan.models:
+            batch_model = PREPROCESS if model == PREPROCESS else SCORER
+            data = inputs["pixels"] if model == SCORER else inputs["image"]
+            for load in plan.loads:
+                before = batch_executions(client, batch_model)
+                m = measure(url, model, data, load, plan.analyzer, shared_memory=plan.shared_memory and model == SCORER)
+                points.append(Point(m, batch_model, executed_between(before, batch_executions(client, batch_model))))
+                print(f"  {model:10s} {load.label:>5s}: {m.throughput:7.1f} img/s  p50 {m.p50_ms:7.1f} ms  "
+                      f"p99 {m.p99_ms:7.1f} ms  {batch_model} batches {points[-1].batches}", file=sys.stderr)
+    finally:
+        client.close()
+    return points
+
+
+def server_settings(url: str) -> dict[str, dict]:
+    """Instance counts, queue delays and parameters of each step, as the server reports them."""
+    import tritonclient.grpc as grpcclient
+
+    client = grpcclient.InferenceServerClient(url)
+    try:
+        out = {}
+        for model in (PREPROCESS, SCORER):
+            c = client.get_model_config(model, as_json=True)["config"]
+            out[model] = {
+                "instances": sum(int(g.get("count", 1)) for g in c.get("instance_group", [])),
+                "max_batch_size": int(c.get("max_batch_size", 0)),
+                "queue_delay_us": int(c.get("dynamic_batching", {}).get("max_queue_delay_microseconds", 0)),
+                "parameters": {k: v.get("string_value") for k, v in c.get("parameters", {}).items()},
+            }
+        return out
+    finally:
+        client.close()
+
+
+@dataclass
+class Report:
+    plan: SweepPlan
+    settings: dict[str, dict]
+    runs: list[RunResult]
+
+    def median(self, key: str) -> float:
+        return statistics.median(r.figures()[key] for r in self.runs)
+
+    def summary_text(self) -> str:
+        from .report import summary_lines
+
+        return "\n".join(summary_lines(self))
+
+
+def run_sweeps(url: str, plan: SweepPlan) -> Report:
+    from .inputs import pick_photos, preprocessed, write_inputs
+
+    photos = [p.read_bytes() for p in pick_photos(plan.images, plan.photos)]
+    tensors = preprocessed(photos[: plan.tensors])
+    runs = []
+    with tempfile.TemporaryDirectory(prefix="sampleiqa-perf-") as scratch:
+        inputs = write_inputs(Path(scratch), photos, tensors)
+        settings = server_settings(url)
+        for k in range(plan.repeats):
+            print(f"run {k + 1}/{plan.repeats}: in-process baselines ...", file=sys.stderr)
+            run = RunResult(run_baselines(plan, photos, tensors), load_average=[os.getloadavg()[0]])
+            run.points = sweep(url, plan, inputs)
+            run.load_average.append(os.getloadavg()[0])
+            runs.append(run)
+            print("\n".join(f"  {k}: {v:.3g}" for k, v in run.figures().items()), file=sys.stderr)
+    return Report(plan, settings, runs)
