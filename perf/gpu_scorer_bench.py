@@ -26,6 +26,7 @@ sys.path.insert(0, str(ROOT))  # a plain checkout: `training` and `sampleiqa` im
 
 import torch  # noqa: E402
 
+from perf.plots import new_axes, save  # noqa: E402
 from training.models.swin import create_model  # noqa: E402
 
 # Dense FP16 tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's datasheets.
@@ -143,27 +144,16 @@ def markdown(r: dict, command: str) -> str:
 
 
 def plot(r: dict, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    axes = new_axes()
+    if axes is None:
         return False
-    fig, ax = plt.subplots(figsize=(6, 4))
+    fig, ax = axes
     for mode in dict.fromkeys(row["mode"] for row in r["rows"]):
         rows = [row for row in r["rows"] if row["mode"] == mode]
         ax.plot([row["batch"] for row in rows], [row["img_s"] for row in rows], marker="o", label=mode)
     ax.set_xscale("log", base=2)
     ax.set_yscale("log")
-    ax.set_xlabel("batch size")
-    ax.set_ylabel("images/s")
-    ax.set_title(f"{r['model']} @448 on {r['card']}")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, ax, path, f"{r['model']} @448 on {r['card']}", "batch size", "images/s")
     return True
 
 

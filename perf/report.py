@@ -13,6 +13,7 @@ from pathlib import Path
 
 from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
 
+from .plots import new_axes, save
 from .stats import mean_batch
 from .sweep import Report
 
@@ -72,27 +73,16 @@ def median_points(report: Report) -> dict[tuple[str, str], dict]:
 
 
 def _plot(points: dict, model: str, path: Path) -> bool:
-    try:
-        import matplotlib
-
-        matplotlib.use("Agg")
-        import matplotlib.pyplot as plt
-    except ImportError:
+    axes = new_axes()
+    if axes is None:
         return False
+    fig, ax = axes
     rows = [(level, v) for (m, level), v in points.items() if m == model]
-    fig, ax = plt.subplots(figsize=(6, 4))
     for pct in ("p50", "p95", "p99"):
         ax.plot([v["throughput"] for _, v in rows], [v[f"{pct}_ms"] for _, v in rows], marker="o", label=pct)
     for level, v in rows:
         ax.annotate(level, (v["throughput"], v["p50_ms"]), textcoords="offset points", xytext=(4, -10), fontsize=8)
-    ax.set_xlabel("throughput (images/s)")
-    ax.set_ylabel("latency (ms)")
-    ax.set_title(f"{model}: throughput vs latency")
-    ax.grid(alpha=0.3)
-    ax.legend()
-    fig.tight_layout()
-    fig.savefig(path, dpi=100)
-    plt.close(fig)
+    save(fig, ax, path, f"{model}: throughput vs latency", "throughput (images/s)", "latency (ms)")
     return True
 
 
@@ -116,6 +106,9 @@ def markdown(report: Report, name: str, plots: list[str]) -> str:
            f"- server settings: " + "; ".join(f"{m}: {s['instances']} instance(s), queue delay {s['queue_delay_us']} us"
                                               + (f", {s['parameters']}" if s["parameters"] else "")
                                               for m, s in report.settings.items())]
+    left_out = [f"run {k + 1}: {', '.join(r.left_out)}" for k, r in enumerate(runs) if r.left_out]
+    if left_out:
+        out += [f"- left out (no stable measurement even at 100% stability): {'; '.join(left_out)}"]
     if plan.note:
         out += [f"- note: {plan.note}"]
     out += ["", "## Ratios and targets", "", "| figure | median | per run |", "|---|---|---|"]

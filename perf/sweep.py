@@ -13,7 +13,7 @@ from pathlib import Path
 
 from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
 
-from .analyzer import AnalyzerSettings, Load, Measurement, measure
+from .analyzer import AnalyzerSettings, Load, Measurement, UnstableMeasurement, measure
 from .stats import batch_executions, executed_between, mean_batch
 
 
@@ -68,6 +68,7 @@ class RunResult:
     baselines: Baselines
     points: list[Point] = field(default_factory=list)
     load_average: list[float] = field(default_factory=list)  # 1-minute load average, start and end
+    left_out: list[str] = field(default_factory=list)  # levels perf_analyzer could not measure stably
 
     def best(self, model: str) -> float:
         return max((p.measurement.throughput for p in self.points if p.measurement.model == model), default=float("nan"))
@@ -110,7 +111,7 @@ def run_baselines(plan: SweepPlan, photos: list[bytes], tensors) -> Baselines:
                      pipeline(session, photos, list(plan.batches), plan.threads, plan.baseline_seconds))
 
 
-def sweep(url: str, plan: SweepPlan, inputs: dict[str, Path]) -> list[Point]:
+def sweep(url: str, plan: SweepPlan, inputs: dict[str, Path], left_out: list[str]) -> list[Point]:
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
@@ -121,7 +122,12 @@ def sweep(url: str, plan: SweepPlan, inputs: dict[str, Path]) -> list[Point]:
             data = inputs["pixels"] if model == SCORER else inputs["image"]
             for load in plan.loads:
                 before = batch_executions(client, batch_model)
-                m = measure(url, model, data, load, plan.analyzer, shared_memory=plan.shared_memory and model == SCORER)
+                try:
+                    m = measure(url, model, data, load, plan.analyzer, shared_memory=plan.shared_memory and model == SCORER)
+                except UnstableMeasurement as exc:  # a noisy machine: the level is left out, the sweep goes on
+                    print(f"  {model:10s} {load.label:>5s}: left out, {exc}", file=sys.stderr)
+                    left_out.append(f"{model} {load.label}")
+                    continue
                 points.append(Point(m, batch_model, executed_between(before, batch_executions(client, batch_model))))
                 print(f"  {model:10s} {load.label:>5s}: {m.throughput:7.1f} img/s  p50 {m.p50_ms:7.1f} ms  "
                       f"p99 {m.p99_ms:7.1f} ms  {batch_model} batches {points[-1].batches}", file=sys.stderr)
@@ -177,7 +183,7 @@ def run_sweeps(url: str, plan: SweepPlan) -> Report:
         for k in range(plan.repeats):
             print(f"run {k + 1}/{plan.repeats}: in-process baselines ...", file=sys.stderr)
             run = RunResult(run_baselines(plan, photos, tensors), load_average=[os.getloadavg()[0]])
-            run.points = sweep(url, plan, inputs)
+            run.points = sweep(url, plan, inputs, run.left_out)
             run.load_average.append(os.getloadavg()[0])
             runs.append(run)
             print("\n".join(f"  {k}: {v:.3g}" for k, v in run.figures().items()), file=sys.stderr)
