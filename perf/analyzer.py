@@ -7,6 +7,7 @@ scorer's executed batch sizes belong to that level alone. Its CSV (`-f`) is pars
 from __future__ import annotations
 
 import csv
+import dataclasses
 import io
 import os
 import shutil
@@ -14,7 +15,6 @@ import subprocess
 import sys
 import sysconfig
 import tempfile
-from dataclasses import dataclass
 from pathlib import Path
 
 
@@ -39,7 +39,7 @@ def environment() -> dict[str, str]:
     return env
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Load:
     """One load level: a fixed number of requests in flight, or a fixed request rate."""
 
@@ -60,7 +60,7 @@ class Load:
         return ["--request-rate-range", f"{self.rate:g}"]
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class Measurement:
     """perf_analyzer's figures for one model at one load level (latencies in ms)."""
 
@@ -88,11 +88,12 @@ def parse_csv(text: str, model: str, load: Load) -> Measurement:
                        ms("p99 latency"), ms("Server Queue"), compute)
 
 
-@dataclass(frozen=True)
+@dataclasses.dataclass(frozen=True)
 class AnalyzerSettings:
     measurement_ms: int = 4000
     stability_percent: int = 25  # the default 10% rarely settles on a shared 2-core machine
     max_trials: int = 6
+    request_count: int = 0  # > 0: measure exactly this many requests, no stability search
     timeout_s: float = 300.0
 
 
@@ -109,7 +110,7 @@ def measure(url: str, model: str, input_json: str | Path, load: Load, settings: 
     except UnstableMeasurement:
         if settings.stability_percent >= 100:
             raise
-        looser = AnalyzerSettings(settings.measurement_ms, 100, settings.max_trials, settings.timeout_s)
+        looser = dataclasses.replace(settings, stability_percent=100)
         return _measure_once(url, model, input_json, load, looser, shared_memory)
 
 
@@ -121,6 +122,8 @@ def _measure_once(url: str, model: str, input_json: str | Path, load: Load, sett
                "--input-data", str(input_json), *load.flags(),
                "--measurement-interval", str(settings.measurement_ms),
                "-s", str(settings.stability_percent), "-r", str(settings.max_trials), "-f", str(out)]
+        if settings.request_count:
+            cmd += ["--request-count", str(settings.request_count)]
         if shared_memory:  # the client writes tensors into system shared memory, not the gRPC message
             cmd += ["--shared-memory", "system", "--output-shared-memory-size", "4096"]
         try:

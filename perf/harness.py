@@ -40,6 +40,8 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--measurement-ms", type=int, default=4000, help="perf_analyzer's measurement window")
     p.add_argument("--stability", type=int, default=25, help="perf_analyzer's stability percentage")
     p.add_argument("--max-trials", type=int, default=6)
+    p.add_argument("--request-count", type=int, default=0,
+                   help="measure exactly N requests per level instead of waiting for stability (noisy machines)")
     p.add_argument("--batches", type=_ints, default=[1, 4, 8, 16], help="in-process batch sizes tried")
     p.add_argument("--baseline-seconds", type=float, default=5.0, help="seconds per in-process figure")
     p.add_argument("--threads", type=int, default=os.cpu_count() or 1,

@@ -100,7 +100,8 @@ def markdown(report: Report, name: str, plots: list[str]) -> str:
            f"{__import__('os').cpu_count()} cores; 1-min load average per run (start->end): {', '.join(loads)}",
            f"- photos: {plan.photos} from `{plan.images}`; scorer alone fed {plan.tensors} real preprocessed tensors"
            f"{' through system shared memory' if plan.shared_memory else ' over gRPC'}",
-           f"- perf_analyzer: {plan.analyzer.measurement_ms} ms windows, stability {plan.analyzer.stability_percent}%, "
+           (f"- perf_analyzer: {plan.analyzer.request_count} requests per level, " if plan.analyzer.request_count else
+            f"- perf_analyzer: {plan.analyzer.measurement_ms} ms windows, stability {plan.analyzer.stability_percent}%, ") +
            f"batch 1 per request; repeats: {plan.repeats} (figures are medians; ratios are taken within each run)",
            f"- in-process baselines: {plan.threads} threads, batches {list(plan.batches)}, scorer `{plan.onnx}`",
            f"- server settings: " + "; ".join(f"{m}: {s['instances']} instance(s), queue delay {s['queue_delay_us']} us"

@@ -3,6 +3,7 @@ model, with the executed batch sizes read from Triton's statistics around every 
 
 from __future__ import annotations
 
+import math
 import os
 import shlex
 import statistics
@@ -39,7 +40,7 @@ class SweepPlan:
         loads = [Load(concurrency=c) for c in args.concurrency] + [Load(rate=r) for r in args.request_rate]
         loopback = not args.url or args.url.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]")
         return cls(Path(args.images), args.photos, args.tensors, tuple(args.models.split(",")), tuple(loads),
-                   AnalyzerSettings(args.measurement_ms, args.stability, args.max_trials),
+                   AnalyzerSettings(args.measurement_ms, args.stability, args.max_trials, args.request_count),
                    tuple(args.batches), args.baseline_seconds, args.threads, args.repeats,
                    Path(args.onnx or Path(args.repository) / SCORER / "1" / "model.onnx"),
                    loopback and not args.no_shared_memory,
@@ -86,13 +87,14 @@ class RunResult:
     def figures(self) -> dict[str, float]:
         ens, pre, scorer = self.best(ENSEMBLE), self.best(PREPROCESS), self.best(SCORER)
         pipeline = max(self.baselines.pipeline.values())
+        slowest = min(pre, scorer) if not math.isnan(pre + scorer) else math.nan
         return {
             "ensemble_img_s": ens,
             "preprocess_alone_img_s": pre,
             "scorer_alone_img_s": scorer,
             "in_process_pipeline_img_s": pipeline,
             "ensemble_over_in_process": ens / pipeline,
-            "ensemble_over_slowest_step": ens / min(pre, scorer),
+            "ensemble_over_slowest_step": ens / slowest,
             # Both steps share the same cores, so their work adds up: 1/(1/pre + 1/scorer).
             "ensemble_over_shared_core_bound": ens * (1 / pre + 1 / scorer),
             "preprocess_ms_per_image": self.baselines.preprocess_ms,

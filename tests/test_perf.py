@@ -42,7 +42,7 @@ def test_sampleiqa_perf_runs_against_the_server_and_writes_its_report(server, tm
     if not BIQ.exists():
         pytest.skip("BIQ2021 photos not found")
     code = main(["perf", "--url", server.url, "--images", str(BIQ / "images"), "--photos", "6", "--tensors", "2",
-                 "--concurrency", "4", "--measurement-ms", "800", "--stability", "100", "--max-trials", "3",
+                 "--concurrency", "4", "--request-count", "12",
                  "--batches", "1,2", "--baseline-seconds", "0.2", "--name", "smoke", "--out-dir", str(tmp_path)])
     assert code == 0
     report = (tmp_path / "smoke.md").read_text()
