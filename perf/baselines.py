@@ -13,7 +13,7 @@ from __future__ import annotations
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Callable
+from typing import Callable, NamedTuple
 
 import numpy as np
 
@@ -30,14 +30,19 @@ def ort_session(onnx_path: str | Path, threads: int):
     return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
-def images_per_second(step: Callable[[int], int], seconds: float) -> float:
+class Rate(NamedTuple):
+    images_per_s: float
+    core_ms_per_image: float  # CPU time of every thread of this process
+
+
+def images_per_second(step: Callable[[int], int], seconds: float) -> Rate:
     """Call step(i) (which returns the images it handled) until `seconds` pass, after one warm-up."""
     step(0)
-    done, i, t0 = 0, 1, time.perf_counter()
+    done, i, t0, cpu0 = 0, 1, time.perf_counter(), time.process_time()
     while (elapsed := time.perf_counter() - t0) < seconds or done == 0:
         done += step(i)
         i += 1
-    return done / elapsed
+    return Rate(done / elapsed, (time.process_time() - cpu0) * 1000 / done)
 
 
 def preprocess_ms_per_image(photos: list[bytes], seconds: float) -> float:
@@ -49,11 +54,11 @@ def preprocess_ms_per_image(photos: list[bytes], seconds: float) -> float:
         preprocess_bytes(photos[i % len(photos)], out=out)
         return 1
 
-    return 1000.0 / images_per_second(step, seconds)
+    return 1000.0 / images_per_second(step, seconds).images_per_s
 
 
-def model_only(session, tensors: list[np.ndarray], batch_sizes: list[int], seconds: float) -> dict[int, float]:
-    """{batch size: images/s} of ONNX Runtime on prepared tensors."""
+def model_only(session, tensors: list[np.ndarray], batch_sizes: list[int], seconds: float) -> dict[int, Rate]:
+    """{batch size: rate} of ONNX Runtime on prepared tensors."""
     name = session.get_inputs()[0].name
     result = {}
     for b in batch_sizes:
@@ -62,8 +67,8 @@ def model_only(session, tensors: list[np.ndarray], batch_sizes: list[int], secon
     return result
 
 
-def pipeline(session, photos: list[bytes], batch_sizes: list[int], threads: int, seconds: float) -> dict[int, float]:
-    """{batch size: images/s} of bytes -> score in this process, preprocessing on `threads` threads."""
+def pipeline(session, photos: list[bytes], batch_sizes: list[int], threads: int, seconds: float) -> dict[int, Rate]:
+    """{batch size: rate} of bytes -> score in this process, preprocessing on `threads` threads."""
     from sampleiqa.preprocessing import preprocess_bytes
 
     name = session.get_inputs()[0].name

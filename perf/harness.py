@@ -73,7 +73,7 @@ def run(args: argparse.Namespace) -> int:
             return 1
         url = server.url
     try:
-        report = run_sweeps(url, plan)
+        report = run_sweeps(url, plan, server.process.pid if server is not None else None)
     except PerfAnalyzerError as exc:
         print(f"sampleiqa perf: {exc}", file=sys.stderr)
         return 1

@@ -37,6 +37,11 @@ FIGURES = {
     "model_ms_per_image": "model, ms per image (ORT, best batch)",
     "scorer_mean_batch_ensemble_c4plus": "scorer mean executed batch, ensemble at concurrency >= 4",
     "scorer_mean_batch_alone_c4plus": "scorer mean executed batch, scorer alone at concurrency >= 4",
+    "ensemble_core_ms_per_image": "ensemble, server CPU ms per image (best level)",
+    "in_process_core_ms_per_image": "in-process pipeline, CPU ms per image (best batch)",
+    "steps_alone_core_ms_per_image": "preprocess alone + scorer alone, server CPU ms per image",
+    "in_process_cpu_over_ensemble_cpu": "CPU efficiency: in-process CPU / ensemble CPU",
+    "steps_cpu_over_ensemble_cpu": "CPU efficiency: steps alone CPU / ensemble CPU",
 }
 
 
@@ -68,6 +73,7 @@ def median_points(report: Report) -> dict[tuple[str, str], dict]:
                 batches[size] = batches.get(size, 0) + n
         fields = ("throughput", "p50_ms", "p95_ms", "p99_ms", "server_queue_ms", "server_compute_ms")
         out[key] = {f: statistics.median(getattr(p.measurement, f) for p in points) for f in fields}
+        out[key]["server_core_ms"] = statistics.median(p.server_core_ms for p in points)
         out[key].update(batch_model=points[0].batch_model, batches=dict(sorted(batches.items())))
     return out
 
@@ -120,16 +126,18 @@ def markdown(report: Report, name: str, plots: list[str]) -> str:
         v = report.median(key)
         out.append(f"| {label} | {v:.3g} | {'holds' if _passes(v, threshold, at_least) else 'misses'} |")
     out += ["", "## perf_analyzer sweeps (medians)", "",
-            "| model | level | img/s | p50 ms | p95 ms | p99 ms | server queue ms | server compute ms | executed batches (size: count) | mean batch |",
-            "|---|---|---|---|---|---|---|---|---|---|"]
+            "| model | level | img/s | p50 ms | p95 ms | p99 ms | server queue ms | server compute ms | server CPU ms/img | executed batches (size: count) | mean batch |",
+            "|---|---|---|---|---|---|---|---|---|---|---|"]
     for (model, level), v in median_points(report).items():
         batches = ", ".join(f"{s}: {n}" for s, n in v["batches"].items())
         out.append(f"| {model} | {level} | {v['throughput']:.1f} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | {v['p99_ms']:.1f} | "
-                   f"{v['server_queue_ms']:.1f} | {v['server_compute_ms']:.1f} | {v['batch_model']}: {batches} | "
+                   f"{v['server_queue_ms']:.1f} | {v['server_compute_ms']:.1f} | {v['server_core_ms']:.1f} | {v['batch_model']}: {batches} | "
                    f"{mean_batch(v['batches']):.2f} |")
-    out += ["", "## In-process baselines (images/s per batch size, per run)", "", "| batch | model only | pipeline |", "|---|---|---|"]
+    out += ["", "## In-process baselines (images/s per batch size, per run)", "", "| batch | model only img/s | pipeline img/s | model only CPU ms/img | pipeline CPU ms/img |", "|---|---|---|---|---|"]
     for b in plan.batches:
-        out.append(f"| {b} | {_fmt(r.baselines.model_only[b] for r in runs)} | {_fmt(r.baselines.pipeline[b] for r in runs)} |")
+        bl = [r.baselines for r in runs]
+        out.append(f"| {b} | {_fmt(x.model_only[b] for x in bl)} | {_fmt(x.pipeline[b] for x in bl)} | "
+                   f"{_fmt(x.model_core_ms[b] for x in bl)} | {_fmt(x.pipeline_core_ms[b] for x in bl)} |")
     out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(out) + "\n"
 

@@ -22,3 +22,8 @@ def executed_between(before: Counter, after: Counter) -> dict[int, int]:
 def mean_batch(executions: dict[int, int]) -> float:
     runs = sum(executions.values())
     return sum(size * n for size, n in executions.items()) / runs if runs else 0.0
+
+
+def inference_count(client, model: str) -> int:
+    stats = client.get_inference_statistics(model_name=model, as_json=True)
+    return sum(int(m.get("inference_count", 0)) for m in stats.get("model_stats", []))

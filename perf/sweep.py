@@ -15,7 +15,7 @@ from pathlib import Path
 from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
 
 from .analyzer import AnalyzerSettings, Load, Measurement, UnstableMeasurement, measure
-from .stats import batch_executions, executed_between, mean_batch
+from .stats import batch_executions, executed_between, inference_count, mean_batch
 
 
 @dataclass(frozen=True)
@@ -55,6 +55,7 @@ class Point:
     measurement: Measurement
     batch_model: str
     batches: dict[int, int]
+    server_core_ms: float  # server CPU (Triton + stubs) per inference; NaN when the server is not ours
 
 
 @dataclass(frozen=True)
@@ -62,6 +63,8 @@ class Baselines:
     preprocess_ms: float  # one thread, per photo
     model_only: dict[int, float]  # batch size -> images/s
     pipeline: dict[int, float]  # batch size -> images/s
+    model_core_ms: dict[int, float]  # batch size -> CPU ms per image
+    pipeline_core_ms: dict[int, float]
 
 
 @dataclass
@@ -84,9 +87,17 @@ class RunResult:
                     merged[size] = merged.get(size, 0) + n
         return mean_batch(merged) if merged else float("nan")
 
+    def core_ms_at_best(self, model: str) -> float:
+        points = [p for p in self.points if p.measurement.model == model]
+        return max(points, key=lambda p: p.measurement.throughput).server_core_ms if points else math.nan
+
     def figures(self) -> dict[str, float]:
         ens, pre, scorer = self.best(ENSEMBLE), self.best(PREPROCESS), self.best(SCORER)
-        pipeline = max(self.baselines.pipeline.values())
+        b = self.baselines
+        best_batch = max(b.pipeline, key=b.pipeline.get)
+        pipeline = b.pipeline[best_batch]
+        ens_cpu, in_process_cpu = self.core_ms_at_best(ENSEMBLE), b.pipeline_core_ms[best_batch]
+        steps_cpu = self.core_ms_at_best(PREPROCESS) + self.core_ms_at_best(SCORER)
         slowest = min(pre, scorer) if not math.isnan(pre + scorer) else math.nan
         return {
             "ensemble_img_s": ens,
@@ -101,6 +112,12 @@ class RunResult:
             "model_ms_per_image": 1000.0 / max(self.baselines.model_only.values()),
             "scorer_mean_batch_ensemble_c4plus": self.scorer_mean_batch(ENSEMBLE),
             "scorer_mean_batch_alone_c4plus": self.scorer_mean_batch(SCORER),
+            # CPU per image does not depend on what else the shared machine runs.
+            "ensemble_core_ms_per_image": ens_cpu,
+            "in_process_core_ms_per_image": in_process_cpu,
+            "steps_alone_core_ms_per_image": steps_cpu,
+            "in_process_cpu_over_ensemble_cpu": in_process_cpu / ens_cpu,
+            "steps_cpu_over_ensemble_cpu": steps_cpu / ens_cpu,
         }
 
 
@@ -108,12 +125,14 @@ def run_baselines(plan: SweepPlan, photos: list[bytes], tensors) -> Baselines:
     from .baselines import model_only, ort_session, pipeline, preprocess_ms_per_image
 
     session = ort_session(plan.onnx, plan.threads)
+    model = model_only(session, tensors, list(plan.batches), plan.baseline_seconds)
+    pipe = pipeline(session, photos, list(plan.batches), plan.threads, plan.baseline_seconds)
     return Baselines(preprocess_ms_per_image(photos, plan.baseline_seconds),
-                     model_only(session, tensors, list(plan.batches), plan.baseline_seconds),
-                     pipeline(session, photos, list(plan.batches), plan.threads, plan.baseline_seconds))
+                     {b: r.images_per_s for b, r in model.items()}, {b: r.images_per_s for b, r in pipe.items()},
+                     {b: r.core_ms_per_image for b, r in model.items()}, {b: r.core_ms_per_image for b, r in pipe.items()})
 
 
-def sweep(url: str, plan: SweepPlan, inputs: dict[str, Path], left_out: list[str]) -> list[Point]:
+def sweep(url: str, plan: SweepPlan, inputs: dict[str, Path], left_out: list[str], server_pid: int | None) -> list[Point]:
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
@@ -124,18 +143,27 @@ def sweep(url: str, plan: SweepPlan, inputs: dict[str, Path], left_out: list[str
             data = inputs["pixels"] if model == SCORER else inputs["image"]
             for load in plan.loads:
                 before = batch_executions(client, batch_model)
+                cpu0, count0 = _server_cpu_s(server_pid), inference_count(client, model)
                 try:
                     m = measure(url, model, data, load, plan.analyzer, shared_memory=plan.shared_memory and model == SCORER)
                 except UnstableMeasurement as exc:  # a noisy machine: the level is left out, the sweep goes on
                     print(f"  {model:10s} {load.label:>5s}: left out, {exc}", file=sys.stderr)
                     left_out.append(f"{model} {load.label}")
                     continue
-                points.append(Point(m, batch_model, executed_between(before, batch_executions(client, batch_model))))
+                core_ms = (_server_cpu_s(server_pid) - cpu0) * 1000 / max(1, inference_count(client, model) - count0)
+                points.append(Point(m, batch_model, executed_between(before, batch_executions(client, batch_model)), core_ms))
                 print(f"  {model:10s} {load.label:>5s}: {m.throughput:7.1f} img/s  p50 {m.p50_ms:7.1f} ms  "
-                      f"p99 {m.p99_ms:7.1f} ms  {batch_model} batches {points[-1].batches}", file=sys.stderr)
+                      f"p99 {m.p99_ms:7.1f} ms  {core_ms:5.1f} server core-ms/img  {batch_model} batches {points[-1].batches}",
+                      file=sys.stderr)
     finally:
         client.close()
     return points
+
+
+def _server_cpu_s(pid: int | None) -> float:
+    from .cpu_time import process_tree_cpu_s
+
+    return process_tree_cpu_s(pid) if pid else math.nan
 
 
 def server_settings(url: str) -> dict[str, dict]:
@@ -173,7 +201,8 @@ class Report:
         return "\n".join(summary_lines(self))
 
 
-def run_sweeps(url: str, plan: SweepPlan) -> Report:
+def run_sweeps(url: str, plan: SweepPlan, server_pid: int | None = None) -> Report:
+    """`server_pid`: the embedded server's process, whose CPU time is read around each level."""
     from .inputs import pick_photos, preprocessed, write_inputs
 
     photos = [p.read_bytes() for p in pick_photos(plan.images, plan.photos)]
@@ -185,7 +214,7 @@ def run_sweeps(url: str, plan: SweepPlan) -> Report:
         for k in range(plan.repeats):
             print(f"run {k + 1}/{plan.repeats}: in-process baselines ...", file=sys.stderr)
             run = RunResult(run_baselines(plan, photos, tensors), load_average=[os.getloadavg()[0]])
-            run.points = sweep(url, plan, inputs, run.left_out)
+            run.points = sweep(url, plan, inputs, run.left_out, server_pid)
             run.load_average.append(os.getloadavg()[0])
             runs.append(run)
             print("\n".join(f"  {k}: {v:.3g}" for k, v in run.figures().items()), file=sys.stderr)
