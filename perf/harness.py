@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if not url:
         from sampleiqa.clients.server import ServerError, TritonServer
 
-        server = TritonServer(args.repository, log_file=Path(args.out_dir) / f".{args.name}-triton.log")
+        server = TritonServer(args.repository)  # logs to ~/.cache/sampleiqa/triton-<port>.log
         print(f"starting the embedded Triton server ({args.repository}) ...", file=sys.stderr)
         try:
             server.start()

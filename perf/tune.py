@@ -54,7 +54,7 @@ def main(argv=None) -> int:
             args.repository, args.onnx, args.name = str(Path(scratch) / "repo"), str(onnx), f"{prefix}-{name}"
             args.note = f"variant {name}: {VARIANTS[name] or 'as committed'} over {args.base or 'the defaults'}"
             if run(args) != 0:
-                rows.append(f"| {name} | failed | | | | | | |")
+                rows.append(f"| {name} | failed (see the log) | | | | | | | | |")
                 continue
         rows.append(_row(Path(args.out_dir) / f"{args.name}.json", name))
     table = Path(args.out_dir) / f"{prefix}.md"
@@ -70,12 +70,13 @@ def _row(raw: Path, name: str) -> str:
     runs = json.loads(raw.read_text())["runs"]
 
     def med(key: str) -> float:
-        return statistics.median(r["figures"][key] for r in runs)
+        return statistics.median(r["figures"].get(key, float("nan")) for r in runs)
 
     return (f"| [{name}]({raw.with_suffix('.md').name}) | {VARIANTS[name] or 'as committed'} | {med('ensemble_img_s'):.1f} | "
             f"{med('ensemble_over_in_process'):.2f} | {med('ensemble_over_slowest_step'):.2f} | "
             f"{med('ensemble_over_shared_core_bound'):.2f} | {med('scorer_mean_batch_ensemble_c4plus'):.2f} | "
-            f"{med('preprocess_alone_img_s'):.0f} / {med('scorer_alone_img_s'):.0f} / {med('in_process_pipeline_img_s'):.0f} |")
+            f"{med('preprocess_alone_img_s'):.0f} / {med('scorer_alone_img_s'):.0f} / {med('in_process_pipeline_img_s'):.0f} | "
+            f"{med('ensemble_core_ms_per_image'):.1f} | {med('in_process_cpu_over_ensemble_cpu'):.2f} |")
 
 
 def _table(rows: list[str], args) -> str:
@@ -83,8 +84,9 @@ def _table(rows: list[str], args) -> str:
         "# Server settings tried (one change at a time)", "",
         f"Each row is one harness run on a repository built with that change over `{args.base or 'the defaults'}`"
         f" ({args.repeats} repeat(s), concurrency {args.concurrency}). Ratios are taken within each run.", "",
-        "| variant | change | ensemble img/s | / in-process | / slowest step | / shared-core bound | scorer batch (c>=4) | pre / scorer / in-process img/s |",
-        "|---|---|---|---|---|---|---|---|", *rows]) + "\n"
+        "| variant | change | ensemble img/s | / in-process | / slowest step | / shared-core bound | scorer batch (c>=4) "
+        "| pre / scorer / in-process img/s | ensemble server CPU ms/img | in-process CPU / ensemble CPU |",
+        "|---|---|---|---|---|---|---|---|---|---|", *rows]) + "\n"
 
 
 if __name__ == "__main__":
