@@ -109,7 +109,8 @@ def markdown(report: Report, name: str, plots: list[str]) -> str:
            (f"- perf_analyzer: {plan.analyzer.request_count} requests per level, " if plan.analyzer.request_count else
             f"- perf_analyzer: {plan.analyzer.measurement_ms} ms windows, stability {plan.analyzer.stability_percent}%, ") +
            f"batch 1 per request; repeats: {plan.repeats} (figures are medians; ratios are taken within each run)",
-           f"- in-process baselines: {plan.threads} threads, batches {list(plan.batches)}, scorer `{plan.onnx}`",
+           f"- in-process baselines: {plan.threads} threads, batches {list(plan.batches)}, scorer `{plan.onnx}`, "
+           "the faster of ORT spinning on and off at each batch",
            f"- server settings: " + "; ".join(f"{m}: {s['instances']} instance(s), queue delay {s['queue_delay_us']} us"
                                               + (f", {s['parameters']}" if s["parameters"] else "")
                                               for m, s in report.settings.items())]
