@@ -24,7 +24,7 @@ class RepositorySettings:
     preprocess_instances: int = 2
     scorer_instances: int = 1
     ort_threads: int = 2  # cpu scorer: ONNX Runtime intra-op threads per instance
-    ort_spinning: bool = True  # cpu scorer: ORT threads busy-wait between ops (costly when cores are shared)
+    ort_spinning: bool = False  # cpu scorer: busy-waiting ORT threads burn the cores preprocess needs (perf/results/tuning.md)
     preprocess_queue_delay_us: int = 0
     scorer_queue_delay_us: int = 2000
     preferred_batch_sizes: tuple[int, ...] = ()
