@@ -23,7 +23,7 @@ TARGETS = (
     ("ensemble >= 0.9 x slowest step alone", "ensemble_over_slowest_step", 0.9, True),
     ("scorer mean batch > 1 at concurrency >= 4 (ensemble)", "scorer_mean_batch_ensemble_c4plus", 1.0, True),
     ("ensemble >= 15 images/s", "ensemble_img_s", 15.0, True),
-    ("preprocessing <= 10 ms per photo", "preprocess_ms_per_image", 10.0, False),
+    ("preprocessing <= 10 ms per photo (CPU time of its one thread)", "preprocess_core_ms_per_image", 10.0, False),
 )
 FIGURES = {
     "ensemble_img_s": "ensemble, best level (img/s)",
@@ -33,8 +33,10 @@ FIGURES = {
     "ensemble_over_in_process": "ensemble / in-process pipeline",
     "ensemble_over_slowest_step": "ensemble / min(preprocess alone, scorer alone)",
     "ensemble_over_shared_core_bound": "ensemble / shared-core bound 1/(1/pre + 1/scorer)",
-    "preprocess_ms_per_image": "preprocessing, ms per photo (one thread)",
-    "model_ms_per_image": "model, ms per image (ORT, best batch)",
+    "preprocess_ms_per_image": "preprocessing, wall-clock ms per photo (one thread)",
+    "preprocess_core_ms_per_image": "preprocessing, CPU ms per photo (one thread)",
+    "model_ms_per_image": "model, wall-clock ms per image (ORT, best batch)",
+    "model_core_ms_per_image": "model, CPU ms per image (ORT, all its threads, same batch)",
     "scorer_mean_batch_ensemble_c4plus": "scorer mean executed batch, ensemble at concurrency >= 4",
     "scorer_mean_batch_alone_c4plus": "scorer mean executed batch, scorer alone at concurrency >= 4",
     "ensemble_core_ms_per_image": "ensemble, server CPU ms per image (best level)",
