@@ -262,6 +262,12 @@ def cmd_evaluate(args) -> int:
     return 0
 
 
+def cmd_perf(args) -> int:
+    from sampleiqa.perf.harness import run
+
+    return run(args)
+
+
 def build_parser() -> argparse.ArgumentParser:
     from sampleiqa.clients.server import DEFAULT_REPOSITORY
 
@@ -356,6 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--max-batch", type=int, default=64)
     p.add_argument("--timing-cache", default=None)
     p.set_defaults(func=cmd_build_engine)
+
+    from sampleiqa.perf.harness import add_arguments as add_perf_arguments
+
+    p = sub.add_parser("perf", help="perf_analyzer sweeps, in-process baselines and a report in perf/results/")
+    add_perf_arguments(p)
+    p.set_defaults(func=cmd_perf)
     return parser
 
 

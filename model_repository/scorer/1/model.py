@@ -21,11 +21,15 @@ PIXELS, SCORE = "PIXELS", "SCORE"
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
-        threads = int(config.get("parameters", {}).get("intra_op_threads", {}).get("string_value", "0"))
+        parameters = config.get("parameters", {})
+        threads = int(parameters.get("intra_op_threads", {}).get("string_value", "0"))
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
+        # Spinning threads burn the cores that the preprocess instances need between runs.
+        spinning = parameters.get("allow_spinning", {}).get("string_value", "1")
+        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
         self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name

@@ -1,0 +1,64 @@
+"""perf_analyzer's JSON input, made from a folder of real photos.
+
+IMAGE (TYPE_STRING) carries the file bytes as base64 of a 4-byte little-endian length
+followed by the bytes (perf_analyzer's serialised BYTES form). PIXELS carries real
+preprocessed tensors, made by sampleiqa.preprocessing from the same photos, as base64 of
+their raw little-endian float32 bytes.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import random
+import struct
+from pathlib import Path
+
+import numpy as np
+
+from sampleiqa.contracts import IMAGE, PIXELS
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+DEFAULT_IMAGES = REPO_ROOT.parent / "shared" / "data" / "biq2021" / "images"
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
+
+
+def pick_photos(folder: str | Path, count: int, seed: int = 0) -> list[Path]:
+    """`count` photos drawn at random (fixed seed) from a folder."""
+    paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+    if not paths:
+        raise FileNotFoundError(f"no photos in {folder}")
+    random.Random(seed).shuffle(paths)
+    return paths[:count]
+
+
+def _b64(raw: bytes) -> dict:
+    return {"b64": base64.b64encode(raw).decode("ascii")}
+
+
+def image_entry(data: bytes) -> dict:
+    return {IMAGE: {**_b64(struct.pack("<I", len(data)) + data), "shape": [1]}}
+
+
+def pixels_entry(pixels: np.ndarray) -> dict:
+    return {PIXELS: _b64(np.ascontiguousarray(pixels, dtype="<f4").tobytes())}
+
+
+def preprocessed(photos: list[bytes]) -> list[np.ndarray]:
+    from sampleiqa.preprocessing import preprocess_bytes
+
+    return [preprocess_bytes(data).pixels for data in photos]
+
+
+def write_input_json(path: str | Path, entries: list[dict]) -> Path:
+    path = Path(path)
+    path.write_text(json.dumps({"data": entries}))
+    return path
+
+
+def write_inputs(folder: Path, photos: list[bytes], tensors: list[np.ndarray]) -> dict[str, Path]:
+    """{'image': images.json, 'pixels': pixels.json} for perf_analyzer's --input-data."""
+    return {
+        "image": write_input_json(folder / "images.json", [image_entry(d) for d in photos]),
+        "pixels": write_input_json(folder / "pixels.json", [pixels_entry(t) for t in tensors]),
+    }
