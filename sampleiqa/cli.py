@@ -239,7 +239,7 @@ def cmd_evaluate(args) -> int:
     elif args.checkpoint:
         name, (scores, errors) = f"checkpoint {args.checkpoint}", ev.predict_checkpoint(args.checkpoint, dataset)
     else:
-        name, (scores, errors) = f"onnx {args.onnx}", ev.predict_onnx(args.onnx, dataset)
+        name, (scores, errors) = f"onnx {os.path.relpath(args.onnx)}", ev.predict_onnx(args.onnx, dataset)
     results = [ev.summarise(name, dataset, scores, errors)]
     if args.baselines:
         from sampleiqa.training.baselines import run_baselines
