@@ -140,10 +140,13 @@ class TritonServer:
         tls: ServerTLS | None = None,
         admin_key: str | None = None,
         restrict: bool = True,
+        open_apis: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
     ):
         """`admin_key`: the header value that unlocks the RESTRICTED APIs (default: the
         SAMPLEIQA_ADMIN_KEY environment variable, else a random key for this start).
+        `open_apis`: RESTRICTED entries left open (the perf harness's own loopback server opens
+        "shared-memory": perf_analyzer cannot send a gRPC admin header).
         `env`: extra environment for Triton and its python stubs (e.g. SAMPLEIQA_MAX_PIXELS)."""
         self.repository = Path(repository).resolve()
         self.host = host
@@ -155,6 +158,10 @@ class TritonServer:
         self.exit_timeout_s = exit_timeout_s
         self.tls = tls
         self.restrict = restrict
+        unknown = set(open_apis) - set(RESTRICTED)
+        if unknown:
+            raise ServerError(f"open_apis: unknown {sorted(unknown)}; choose from {RESTRICTED}")
+        self.restricted = tuple(api for api in RESTRICTED if api not in open_apis)
         self.admin_key = admin_key or os.environ.get(ADMIN_KEY_ENV) or secrets.token_urlsafe(24)
         if restrict and not re.fullmatch(r"[A-Za-z0-9._~+/-]{16,}", self.admin_key):
             # It rides in a flag (":" and "=" are separators there) and in a gRPC header.
@@ -180,15 +187,15 @@ class TritonServer:
             "--strict-readiness=true",
             "--log-verbose=0",
         ]
-        if self.restrict:
+        if self.restrict and self.restricted:
             # Visible in /proc/<pid>/cmdline to local users: it guards against remote clients.
-            args.append(f"--grpc-restricted-protocol={','.join(RESTRICTED)}:{ADMIN_HEADER}={self.admin_key}")
+            args.append(f"--grpc-restricted-protocol={','.join(self.restricted)}:{ADMIN_HEADER}={self.admin_key}")
         if self.tls:
             args += self.tls.args()
         if self.http_port:
             args += ["--allow-http=true", f"--http-address={self.host}", f"--http-port={self.http_port}"]
-            if self.restrict:
-                args.append(f"--http-restricted-api={','.join(RESTRICTED)}:{ADMIN_HEADER}={self.admin_key}")
+            if self.restrict and self.restricted:
+                args.append(f"--http-restricted-api={','.join(self.restricted)}:{ADMIN_HEADER}={self.admin_key}")
         else:
             args += ["--allow-http=false"]
         if self.metrics_port:

@@ -133,5 +133,7 @@ def _measure_once(url: str, model: str, input_json: str | Path, load: Load, sett
         if done.returncode != 0 or not out.exists():
             tail = "\n".join((done.stdout + done.stderr).strip().splitlines()[-8:])
             error = UnstableMeasurement if "stable measurement" in tail else PerfAnalyzerError
+            if "protocol is restricted" in tail:
+                tail += "\n(the server restricts shared memory: rerun with --no-shared-memory)"
             raise error(f"perf_analyzer failed on {model} {load.label} (exit {done.returncode}):\n{tail}")
         return parse_csv(out.read_text(), model, load)

@@ -64,7 +64,9 @@ def run(args: argparse.Namespace) -> int:
     if not url:
         from sampleiqa.clients.server import ServerError, TritonServer
 
-        server = TritonServer(args.repository)  # logs to ~/.cache/sampleiqa/triton-<port>.log
+        # Loopback only and owned by this run; perf_analyzer registers system shared memory
+        # for the scorer's tensors and cannot send the gRPC admin-key header.
+        server = TritonServer(args.repository, open_apis=("shared-memory",))  # logs to ~/.cache/sampleiqa/triton-<port>.log
         print(f"starting the embedded Triton server ({args.repository}) ...", file=sys.stderr)
         try:
             server.start()
