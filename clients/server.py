@@ -105,6 +105,18 @@ def default_log_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sampleiqa"
 
 
+def start_embedded(repository: str | Path, command: str, **kwargs) -> "TritonServer | None":
+    """Start the embedded server for a CLI command; on failure say why and return None."""
+    server = TritonServer(repository, **kwargs)
+    print(f"starting the embedded Triton server ({repository}) ...", file=sys.stderr)
+    try:
+        server.start()
+    except ServerError as exc:
+        print(f"sampleiqa {command}: the embedded server did not start: {exc}", file=sys.stderr)
+        return None
+    return server
+
+
 def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

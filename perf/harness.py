@@ -62,16 +62,12 @@ def run(args: argparse.Namespace) -> int:
     server = None
     url = args.url
     if not url:
-        from sampleiqa.clients.server import ServerError, TritonServer
+        from sampleiqa.clients.server import start_embedded
 
         # Loopback only and owned by this run; perf_analyzer registers system shared memory
         # for the scorer's tensors and cannot send the gRPC admin-key header.
-        server = TritonServer(args.repository, open_apis=("shared-memory",))  # logs to ~/.cache/sampleiqa/triton-<port>.log
-        print(f"starting the embedded Triton server ({args.repository}) ...", file=sys.stderr)
-        try:
-            server.start()
-        except ServerError as exc:
-            print(f"sampleiqa perf: the embedded server did not start: {exc}", file=sys.stderr)
+        server = start_embedded(args.repository, "perf", open_apis=("shared-memory",))
+        if server is None:
             return 1
         url = server.url
     try:

@@ -113,7 +113,7 @@ def markdown(report: Report, name: str, plots: list[str]) -> str:
            f"batch 1 per request; repeats: {plan.repeats} (figures are medians; ratios are taken within each run)",
            f"- in-process baselines: {plan.threads} threads, batches {list(plan.batches)}, scorer `{plan.onnx}`, "
            "the faster of ORT spinning on and off at each batch",
-           f"- server settings: " + "; ".join(f"{m}: {s['instances']} instance(s), queue delay {s['queue_delay_us']} us"
+           "- server settings: " + "; ".join(f"{m}: {s['instances']} instance(s), queue delay {s['queue_delay_us']} us"
                                               + (f", {s['parameters']}" if s["parameters"] else "")
                                               for m, s in report.settings.items())]
     left_out = [f"run {k + 1}: {', '.join(r.left_out)}" for k, r in enumerate(runs) if r.left_out]

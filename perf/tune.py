@@ -15,7 +15,7 @@ from pathlib import Path
 
 from sampleiqa.contracts import SCORER
 
-from .harness import REPO_ROOT, add_arguments, run
+from .harness import add_arguments, run
 
 VARIANTS = {
     "base": {},

@@ -75,7 +75,7 @@ def _shortest(path: Path) -> Path:
 def cmd_score(args) -> int:
     from sampleiqa.clients import RetryPolicy, ScoringClient
     from sampleiqa.clients.bulk import check_output, discover, score_files
-    from sampleiqa.clients.server import ServerError, TritonServer
+    from sampleiqa.clients.server import start_embedded
 
     fmt = args.format or ("jsonl" if str(args.out).endswith(".jsonl") else "csv")
     try:
@@ -90,12 +90,8 @@ def cmd_score(args) -> int:
     server = None
     urls = args.url
     if not urls:
-        server = TritonServer(args.repository, log_file=args.server_log)
-        print(f"starting the embedded Triton server ({args.repository}) ...", file=sys.stderr)
-        try:
-            server.start()
-        except ServerError as exc:
-            print(f"sampleiqa score: the embedded server did not start: {exc}", file=sys.stderr)
+        server = start_embedded(args.repository, "score", log_file=args.server_log)
+        if server is None:
             return 1
         urls = [server.url]
     try:

@@ -27,7 +27,7 @@ import numpy as np
 
 from sampleiqa.clients.progress import Progress
 from sampleiqa.contracts import CROP
-from sampleiqa.preprocessing import Box, CropPlan, PreprocessError, apply_plan, decode_bgr, find_face, plan_crop
+from sampleiqa.preprocessing import Box, PreprocessError, apply_plan, decode_bgr, find_face, plan_crop
 from sampleiqa.preprocessing.crops import _scale
 
 from .datasets import LabelledSet
