@@ -139,7 +139,7 @@ def _lr_at(step: int, total: int, stage: StageConfig) -> float:
     return stage.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
 
 
-def _init_weights(scorer: SwinScorer, path: str) -> None:
+def _init_weights(scorer: SwinScorer, path: str) -> set[str]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state.get("model", state))
     own = scorer.state_dict()
@@ -148,6 +148,7 @@ def _init_weights(scorer: SwinScorer, path: str) -> None:
     usable = {k: v for k, v in mapped.items() if k in own and own[k].shape == v.shape}
     scorer.load_state_dict(usable, strict=False)
     print(f"init: loaded {len(usable)}/{len(own)} tensors from {path}", flush=True)
+    return set(usable)
 
 
 def _fit_stats(scorer: SwinScorer, data: CachedSet, n: int) -> None:
@@ -190,8 +191,6 @@ class Trainer:
             plot_histograms(self.resampled, self.out / "resample.png", f"{self.train_set.name}: {cfg.resample.target}")
 
         self.scorer: SwinScorer = create_model(cfg.model)
-        self.scorer.score_mean.fill_(float(scores.mean()))
-        self.scorer.score_std.fill_(float(scores.std()))
         # done[i]: finished epochs of stage i; (stage, step_in_epoch): where an epoch stopped.
         self.state = {"done": [], "stage": 0, "step_in_epoch": 0, "global_step": 0, "best": -math.inf, "history": []}
         last = self.out / "last.pt"
@@ -204,10 +203,14 @@ class Trainer:
                 s = self.state
                 print(f"resuming from {last}: epochs done per stage {s['done']}, "
                       f"stage {s['stage']} step {s['step_in_epoch']}", flush=True)
-        elif cfg.init:
-            _init_weights(self.scorer, cfg.init)
+        loaded = _init_weights(self.scorer, cfg.init) if ckpt is None and cfg.init else set()
         if ckpt is None:
-            _fit_stats(self.scorer, self.train_data, cfg.stats_fit_images)
+            # This training set's score scale; the statistics' standardisation unless `init`
+            # brought the one its head was trained with.
+            self.scorer.score_mean.fill_(float(scores.mean()))
+            self.scorer.score_std.fill_(float(scores.std()))
+            if "stats.feature_mean" not in loaded:
+                _fit_stats(self.scorer, self.train_data, cfg.stats_fit_images)
         self.scorer.to(self.dist.device)
         self.twin = TwinScorer(self.scorer)
         if self.dist.world > 1:
