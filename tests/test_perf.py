@@ -36,12 +36,14 @@ def test_json_inputs_carry_length_prefixed_bytes_and_raw_float32():
 
 
 @pytest.mark.server
-def test_sampleiqa_perf_runs_against_the_server_and_writes_its_report(server, tmp_path):
+def test_sampleiqa_perf_runs_against_the_embedded_server_and_writes_its_report(tmp_path):
+    """The embedded server of `sampleiqa perf` (it opens shared memory for the scorer's
+    tensors, which the default locked-down server refuses without the admin key)."""
     from sampleiqa.cli import main
 
     if not BIQ.exists():
         pytest.skip("BIQ2021 photos not found")
-    code = main(["perf", "--url", server.url, "--images", str(BIQ / "images"), "--photos", "6", "--tensors", "2",
+    code = main(["perf", "--images", str(BIQ / "images"), "--photos", "6", "--tensors", "2",
                  "--concurrency", "4", "--request-count", "12",
                  "--batches", "1,2", "--baseline-seconds", "0.2", "--name", "smoke", "--out-dir", str(tmp_path)])
     assert code == 0
