@@ -1,0 +1,26 @@
+import sys, numpy as np, torch
+from sampleiqa.training.checkpoint import load_scorer
+from sampleiqa.training.models import create_model
+from sampleiqa.training.data.cache import build_cache
+from sampleiqa.training.data.datasets import load_biq2021
+from sampleiqa.training.loop import _batch_to_tensor
+from sampleiqa.training.metrics import correlations
+from sklearn.linear_model import Ridge
+torch.set_num_threads(2)
+src = sys.argv[1]
+if src == "random":
+    torch.manual_seed(0); m = create_model("swin_compact_stats").eval()
+else:
+    m, _ = load_scorer(src)
+tr = build_cache(load_biq2021('/work/shared/data/biq2021','train')); va = build_cache(load_biq2021('/work/shared/data/biq2021','val'))
+def feats(c, n):
+    idx = np.linspace(0, len(c)-1, n).astype(int)
+    F = []
+    with torch.no_grad():
+        for i in range(0, len(idx), 32):
+            F.append(m.backbone(_batch_to_tensor([np.asarray(c.eval_crop(j)) for j in idx[i:i+32]])))
+    return torch.cat(F).numpy(), c.scores[idx]
+ftr, ytr = feats(tr, 1500); fva, yva = feats(va, 500)
+mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
+best = max(((a, correlations(Ridge(alpha=a).fit((ftr-mu)/sd, ytr).predict((fva-mu)/sd), yva)) for a in (1, 10, 100, 1000)), key=lambda t: t[1]['srocc'])
+print(src, "ridge probe on Swin features (1500 train photos):", best[0], {k: round(v, 3) for k, v in best[1].items()})
