@@ -1,3 +1,7 @@
+"""Ridge probe on the scorer's pooled Swin features (see swin_feature_probe.md).
+
+Run from the repository root: python training/results/probe_swin_features.py CHECKPOINT|random
+"""
 import sys, numpy as np, torch
 from sampleiqa.training.checkpoint import load_scorer
 from sampleiqa.training.models import create_model
@@ -12,7 +16,7 @@ if src == "random":
     torch.manual_seed(0); m = create_model("swin_compact_stats").eval()
 else:
     m, _ = load_scorer(src)
-tr = build_cache(load_biq2021('/work/shared/data/biq2021','train')); va = build_cache(load_biq2021('/work/shared/data/biq2021','val'))
+tr = build_cache(load_biq2021('../shared/data/biq2021','train')); va = build_cache(load_biq2021('../shared/data/biq2021','val'))
 def feats(c, n):
     idx = np.linspace(0, len(c)-1, n).astype(int)
     F = []
