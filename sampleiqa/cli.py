@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import argparse
 import logging
+import math
 import os
 import signal
 import sys
@@ -242,8 +243,8 @@ def cmd_evaluate(args) -> int:
 
         train_set = create_dataset(_data_spec(args.baseline_train))
         for bname, pred in run_baselines(train_set, dataset).items():
-            results.append(ev.summarise(bname, dataset, pred, {str(s.path): "unreadable" for s, p in
-                                                             zip(dataset.samples, pred) if p != p}))
+            unreadable = {str(s.path): "unreadable" for s, p in zip(dataset.samples, pred) if math.isnan(p)}
+            results.append(ev.summarise(bname, dataset, pred, unreadable))
     for r in results:
         print(f"{r['model']} on {r['dataset']} ({r['failed']} failed)\n{format_result(r)}")
         for path, err in list(r["errors"].items())[:10]:

@@ -113,6 +113,14 @@ class PairBatches:
         return _batch_to_tensor(a_crops), _batch_to_tensor(b_crops), ya.float(), yb.float()
 
 
+def _eval_batches(data: CachedSet, indices, batch_size: int):
+    """(indices, tensor) batches of the served crops."""
+    indices = list(indices)
+    for start in range(0, len(indices), batch_size):
+        idx = indices[start : start + batch_size]
+        yield idx, _batch_to_tensor([np.asarray(data.eval_crop(i)) for i in idx])
+
+
 @torch.no_grad()
 def predict_cached(scorer: SwinScorer, data: CachedSet, batch_size: int = 32, device=None,
                    progress: bool = False) -> np.ndarray:
@@ -121,10 +129,8 @@ def predict_cached(scorer: SwinScorer, data: CachedSet, batch_size: int = 32, de
     device = device or next(scorer.parameters()).device
     out = []
     bar = Progress(len(data), "evaluating") if progress else None
-    for start in range(0, len(data), batch_size):
-        idx = range(start, min(len(data), start + batch_size))
-        x = _batch_to_tensor([np.asarray(data.eval_crop(i)) for i in idx]).to(device)
-        out.append(scorer(x).float().view(-1).cpu().numpy())
+    for idx, x in _eval_batches(data, range(len(data)), batch_size):
+        out.append(scorer(x.to(device)).float().view(-1).cpu().numpy())
         if bar:
             bar.update(len(idx))
     if bar:
@@ -156,8 +162,7 @@ def _fit_stats(scorer: SwinScorer, data: CachedSet, n: int) -> None:
         return
     idx = np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)
     with torch.no_grad():
-        raw = torch.cat([scorer.stats.raw(_batch_to_tensor([np.asarray(data.eval_crop(i)) for i in idx[s : s + 64]]))
-                         for s in range(0, len(idx), 64)])
+        raw = torch.cat([scorer.stats.raw(x) for _, x in _eval_batches(data, idx, 64)])
     scorer.stats.fit(raw)
 
 
@@ -175,14 +180,13 @@ class Trainer:
             self.out.mkdir(parents=True, exist_ok=True)
             for ds in filter(None, (self.train_set, self.val_set)):
                 print(ds.describe(), flush=True)
-        # rank 0 builds the caches first; the others then read them
-        if self.dist.main:
-            self.train_data = build_cache(self.train_set)
-            self.val_data = build_cache(self.val_set) if self.val_set else None
-        self.dist.barrier()
+        # rank 0 builds the caches first (one barrier on each side); the others then read them
         if not self.dist.main:
-            self.train_data = build_cache(self.train_set)
-            self.val_data = build_cache(self.val_set) if self.val_set else None
+            self.dist.barrier()
+        self.train_data = build_cache(self.train_set)
+        self.val_data = build_cache(self.val_set) if self.val_set else None
+        if self.dist.main:
+            self.dist.barrier()
         scores = self.train_data.scores
         self.z = ((scores - scores.mean()) / scores.std()).astype(np.float32)
         self.resampled = resample(scores, cfg.resample)
@@ -243,9 +247,6 @@ class Trainer:
         use_amp = cfg.amp and device.type == "cuda"
         log = (self.out / "log.jsonl").open("a") if self.dist.main else None
         result, optimizer, scaler = None, None, None
-        if "epoch" in self.state:  # checkpoints written before per-stage counts
-            old = self.state.pop("epoch")
-            self.state["done"] = [cfg.stages[i].epochs for i in range(self.state["stage"])] + [old]
         done = self.state["done"]
         done += [0] * (len(cfg.stages) - len(done))
         for stage_index, stage in enumerate(cfg.stages):

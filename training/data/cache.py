@@ -28,7 +28,7 @@ import numpy as np
 from sampleiqa.clients.progress import Progress
 from sampleiqa.contracts import CROP
 from sampleiqa.preprocessing import Box, PreprocessError, apply_plan, decode_bgr, find_face, plan_crop
-from sampleiqa.preprocessing.crops import _scale
+from sampleiqa.preprocessing.crops import _scale, _scaled_dims
 
 from .datasets import LabelledSet
 
@@ -68,11 +68,9 @@ def _prepare(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, i
     h, w = bgr.shape[:2]
     eval_crop = apply_plan(bgr, plan_crop(w, h, face))
     s = _scale(w, h, face, CROP)
+    sw, sh = _scaled_dims(w, h, s, CROP)
     if s != 1.0:
-        sw, sh = max(CROP, round(w * s)), max(CROP, round(h * s))
         bgr = cv2.resize(bgr, (sw, sh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    else:
-        sw, sh = w, h
     if face is None:
         rx, ry = max(0, (sw - 2 * CROP) // 2), max(0, (sh - 2 * CROP) // 2)
         return eval_crop, bgr[ry : ry + 2 * CROP, rx : rx + 2 * CROP], None

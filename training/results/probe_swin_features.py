@@ -7,7 +7,7 @@ from sampleiqa.training.checkpoint import load_scorer
 from sampleiqa.training.models import create_model
 from sampleiqa.training.data.cache import build_cache
 from sampleiqa.training.data.datasets import load_biq2021
-from sampleiqa.training.loop import _batch_to_tensor
+from sampleiqa.training.loop import _eval_batches
 from sampleiqa.training.metrics import correlations
 from sklearn.linear_model import Ridge
 torch.set_num_threads(2)
@@ -19,10 +19,8 @@ else:
 tr = build_cache(load_biq2021('../shared/data/biq2021','train')); va = build_cache(load_biq2021('../shared/data/biq2021','val'))
 def feats(c, n):
     idx = np.linspace(0, len(c)-1, n).astype(int)
-    F = []
     with torch.no_grad():
-        for i in range(0, len(idx), 32):
-            F.append(m.backbone(_batch_to_tensor([np.asarray(c.eval_crop(j)) for j in idx[i:i+32]])))
+        F = [m.backbone(x) for _, x in _eval_batches(c, idx, 32)]
     return torch.cat(F).numpy(), c.scores[idx]
 ftr, ytr = feats(tr, 1500); fva, yva = feats(va, 500)
 mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
