@@ -42,10 +42,12 @@ def _labelled_folder(tmp_path: Path, n: int, name: str) -> Path:
 def _config(tmp_path: Path, epochs: int = 1, stages: str = "both") -> Path:
     train = _labelled_folder(tmp_path, 24, "train")
     syn = '[[stages]]\nname = "synthetic"\nkind = "synthetic"\nepochs = 1\nepoch_size = 8\nbatch_size = 8\nwarmup_steps = 1\n'
-    mos = (f'[[stages]]\nname = "mos"\nepochs = {epochs}\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n')
+    fit = '[[stages]]\nname = "stats"\nkind = "stats"\nepochs = 3\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n'
+    mos = (f'[[stages]]\nname = "mos"\nepochs = {epochs}\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n'
+           'freeze = ["stats_head"]\n')
     text = (f'model = "swin_test_micro"\nout_dir = "{tmp_path / "run"}"\nseed = 3\nthreads = 1\n'
             f'[data]\ntrain = {{ kind = "csv", path = "{train}" }}\nval = {{ kind = "csv", path = "{train}" }}\n'
-            f'[resample]\nbins = 4\nmax_repeat = 2\n' + (syn if stages == "both" else "") + mos)
+            f'[resample]\nbins = 4\nmax_repeat = 2\n' + (syn if stages == "both" else "") + fit + mos)
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(text)
     return cfg
@@ -124,7 +126,7 @@ def test_train_resume_and_evaluate_agree_on_every_path(tmp_path, server):
         assert (run / name).exists(), name
     assert "world size 1" in first.stdout
     history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [h["stage"] for h in history] == ["synthetic", "mos"]
+    assert [h["stage"] for h in history] == ["synthetic", "stats", "mos"]
     assert all(np.isfinite(h["loss"]) for h in history)
 
     # --resume with a longer schedule continues after the finished epoch instead of restarting.
@@ -134,7 +136,7 @@ def test_train_resume_and_evaluate_agree_on_every_path(tmp_path, server):
     assert again.returncode == 0, again.stderr[-3000:]
     assert "resuming from" in again.stdout
     history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
-    assert [(h["stage"], h["epoch"]) for h in history] == [("synthetic", 1), ("mos", 1), ("mos", 2)]
+    assert [(h["stage"], h["epoch"]) for h in history] == [("synthetic", 1), ("stats", 3), ("mos", 1), ("mos", 2)]
 
     # The checkpoint, its ONNX export in ONNX Runtime, and the same model served by the real
     # Triton ensemble give the same scores on the same photos.
@@ -173,10 +175,10 @@ def test_ddp_two_gloo_processes(tmp_path):
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world size 2" in r.stdout
     history = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
-    assert len(history) == 1  # one epoch, logged once (rank 0), with a validation figure
-    assert "val_srocc" in history[0]
+    assert [h["stage"] for h in history] == ["stats", "mos"]  # logged once (rank 0), with validation figures
+    assert all("val_srocc" in h for h in history)
     ckpt = torch.load(tmp_path / "run" / "last.pt", map_location="cpu", weights_only=False)
-    assert ckpt["train_state"]["done"] == [1]
+    assert ckpt["train_state"]["done"] == [3, 1]
 
 
 def test_a_local_timm_weights_file_initialises_the_backbone(tmp_path):
@@ -218,3 +220,25 @@ def test_cache_keeps_only_the_region_face_crops_come_from(tmp_path):
         crop = random_face_crop(np.asarray(image), face, rng, hflip_p=0)
         assert crop.shape == (448, 448, 3)
     assert find_face(big) is not None and max(face.w, face.h) <= 448  # a large face is scaled to fit
+
+
+def test_stats_stage_fits_the_head_and_a_frozen_head_stays_put(tmp_path):
+    import dataclasses
+
+    from sampleiqa.training.config import load_config
+    from sampleiqa.training.loop import Trainer
+
+    cfg = load_config(_config(tmp_path, stages="mos"))
+    assert [s.kind for s in cfg.stages] == ["stats", "mos"]
+    first = Trainer(dataclasses.replace(cfg, stages=cfg.stages[:1]))
+    initial = {k: v.clone() for k, v in first.scorer.stats_head.state_dict().items()}
+    first.run()
+    fitted = {k: v.clone() for k, v in first.scorer.stats_head.state_dict().items()}
+    assert any(not torch.equal(initial[k], fitted[k]) for k in fitted)  # the stats stage trained the head
+
+    second = Trainer(cfg, resume=True)  # the mos stage (freeze = ["stats_head"]) continues the run
+    backbone = second.scorer.backbone.patch_embed.proj.weight.clone()
+    second.run()
+    for k, v in second.scorer.stats_head.state_dict().items():
+        assert torch.equal(v, fitted[k]), k
+    assert not torch.equal(backbone, second.scorer.backbone.patch_embed.proj.weight)  # the backbone trained

@@ -2,10 +2,10 @@
 
 - `laplacian_variance`: the variance of the Laplacian of the grey image, a sharpness
   measure with no learning.
-- `stats_gbm`: gradient boosting (scikit-learn) on cheap whole-image statistics: the same
-  multi-scale Laplacian/gradient energies, noise floor, brightness, contrast, clipping,
-  saturation and colourfulness the scorer fuses (training/models/stats.py), plus the file
-  size. Fitted on the training split.
+- `stats_gbm`: gradient boosting (scikit-learn) on cheap whole-image statistics: the basic
+  group of the statistics the scorer fuses (training/models/stats.py: multi-scale
+  Laplacian/gradient energies, noise floor, brightness, contrast, clipping, saturation,
+  colourfulness), plus the file size. Fitted on the training split.
 """
 
 from __future__ import annotations
@@ -31,10 +31,10 @@ def image_features(paths: list[Path], label: str = "features") -> tuple[np.ndarr
     """[N, F] statistics and [N] Laplacian variances of whole images (NaN rows: unreadable)."""
     import torch
 
-    from .models.stats import QualityStats
+    from .models.stats import BASIC_NAMES, QualityStats
 
     stats = QualityStats()
-    feats = np.full((len(paths), stats.num_features + 1), np.nan, dtype=np.float64)
+    feats = np.full((len(paths), len(BASIC_NAMES) + 1), np.nan, dtype=np.float64)
     lapvar = np.full(len(paths), np.nan)
     bar = Progress(len(paths), label)
     for i, p in enumerate(paths):
@@ -45,7 +45,7 @@ def image_features(paths: list[Path], label: str = "features") -> tuple[np.ndarr
             bar.update(unreadable=1)
             continue
         with torch.no_grad():
-            feats[i, :-1] = stats.raw(torch.from_numpy(to_tensor(bgr))[None]).numpy()[0]
+            feats[i, :-1] = stats.basic(torch.from_numpy(to_tensor(bgr))[None]).numpy()[0]
         feats[i, -1] = math.log(len(data))
         lapvar[i] = laplacian_variance(bgr)
         bar.update()

@@ -1,8 +1,9 @@
 """Training configuration: a TOML file read into dataclasses (configs are data, not code).
 
 A run is a list of stages. A `synthetic` stage pre-trains the twin on synthetic quality
-rankings of the training photos (no labels used); an `mos` stage trains on the labels
-with MSE + rank loss. See training/configs/*.toml.
+rankings of the training photos (no labels used); a `stats` stage fits the head on the
+fixed image statistics of the served crops (fast: the statistics are computed once); an
+`mos` stage trains the twin on the labels with MSE + rank loss. See training/configs/*.toml.
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ from .resample import ResampleConfig
 @dataclass(frozen=True)
 class StageConfig:
     name: str
-    kind: str = "mos"  # mos | synthetic
+    kind: str = "mos"  # mos | synthetic | stats
     epochs: int = 1
     lr: float = 3e-4
     weight_decay: float = 0.05
@@ -27,6 +28,7 @@ class StageConfig:
     rank_weight: float = 1.0
     mse_weight: float = 1.0
     epoch_size: int | None = None  # images per epoch; default: the re-sampled epoch / the training set
+    freeze: tuple[str, ...] = ()  # scorer modules this stage leaves alone (kept in eval mode), e.g. "stats_head"
 
 
 @dataclass(frozen=True)

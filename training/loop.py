@@ -28,7 +28,7 @@ from .data.cache import CachedSet, build_cache
 from .data.crops import random_face_crop
 from .data.datasets import create_dataset
 from .data.synthetic import ranked_pair
-from .losses import twin_loss
+from .losses import RANK_LOSSES, twin_loss
 from .metrics import evaluate_scores, format_result, headline
 from .models import SwinScorer, TwinScorer, create_model
 from .resample import plot_histograms, resample
@@ -157,13 +157,65 @@ def _init_weights(scorer: SwinScorer, path: str) -> set[str]:
     return set(usable)
 
 
+def _raw_stats(scorer: SwinScorer, data: CachedSet, indices, label: str | None = None) -> torch.Tensor:
+    """Raw statistics [len(indices), F] of the served crops."""
+    indices = list(indices)
+    bar = Progress(len(indices), label) if label else None
+    out = []
+    with torch.no_grad():
+        for idx, x in _eval_batches(data, indices, 64):
+            out.append(scorer.stats.raw(x))
+            if bar:
+                bar.update(len(idx))
+    if bar:
+        bar.close()
+    return torch.cat(out)
+
+
 def _fit_stats(scorer: SwinScorer, data: CachedSet, n: int) -> None:
     if scorer.stats is None:
         return
-    idx = np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)
-    with torch.no_grad():
-        raw = torch.cat([scorer.stats.raw(x) for _, x in _eval_batches(data, idx, 64)])
-    scorer.stats.fit(raw)
+    scorer.stats.fit(_raw_stats(scorer, data, np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)))
+
+
+def fit_stats_head(scorer: SwinScorer, features: torch.Tensor, z: torch.Tensor, stage: StageConfig,
+                   seed: int, progress: bool = True) -> dict[str, float]:
+    """A `stats` stage: train each MLP of the statistics head on standardised statistics of
+    the served crops, with MSE + the rank loss over every pair in a batch (statistics are
+    fixed, so this takes seconds per epoch, not minutes)."""
+    head = scorer.stats_head
+    head.train()
+    device = next(head.parameters()).device
+    features, z = features.to(device), z.to(device)
+    gen = torch.Generator().manual_seed(seed)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
+    rank_loss = RANK_LOSSES[stage.rank_loss]
+    steps_per_epoch = math.ceil(len(z) / stage.batch_size)
+    total = steps_per_epoch * stage.epochs
+    bar = Progress(stage.epochs, stage.name) if progress else None
+    running: dict[str, float] = {}
+    for epoch in range(stage.epochs):
+        order = torch.randperm(len(z), generator=gen)
+        for step in range(steps_per_epoch):
+            j = order[step * stage.batch_size : (step + 1) * stage.batch_size]
+            for g in optimizer.param_groups:
+                g["lr"] = _lr_at(epoch * steps_per_epoch + step, total, stage)
+            pred, y = head.each(features[j]), z[j]
+            a, b = torch.triu_indices(len(j), len(j), 1)
+            mse = ((pred - y[:, None]) ** 2).mean(0).sum()
+            rank = sum(rank_loss(pred[a, h], pred[b, h], y[a], y[b]) for h in range(pred.shape[1]))
+            loss = stage.mse_weight * mse + stage.rank_weight * rank
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            for k, v in {"loss": float(loss.detach()), "mse": float(mse.detach()), "rank": float(rank.detach())}.items():
+                running[k] = 0.95 * running.get(k, v) + 0.05 * v
+        if bar:
+            bar.label = f"{stage.name} loss {running['loss']:.3f} mse {running['mse']:.3f} rank {running['rank']:.3f}"
+            bar.update()
+    if bar:
+        bar.close()
+    return running
 
 
 class Trainer:
@@ -223,8 +275,10 @@ class Trainer:
         self._ckpt = ckpt
 
     def _optimizer(self, stage: StageConfig) -> torch.optim.Optimizer:
-        decay = [p for n, p in self.scorer.named_parameters() if p.ndim > 1 and "pos" not in n]
-        other = [p for n, p in self.scorer.named_parameters() if not (p.ndim > 1 and "pos" not in n)]
+        frozen = tuple(f"{name}." for name in stage.freeze)
+        params = [(n, p) for n, p in self.scorer.named_parameters() if not n.startswith(frozen)]
+        decay = [p for n, p in params if p.ndim > 1 and "pos" not in n]
+        other = [p for n, p in params if not (p.ndim > 1 and "pos" not in n)]
         return torch.optim.AdamW([{"params": decay, "weight_decay": stage.weight_decay},
                                   {"params": other, "weight_decay": 0.0}], lr=stage.lr)
 
@@ -242,6 +296,50 @@ class Trainer:
         self.scorer.train()
         return evaluate_scores(pred, self.val_data.scores, self.val_data.scenes)
 
+    def _end_epoch(self, stage: StageConfig, epoch: int, running: dict, log, optimizer, scaler) -> dict | None:
+        """Validate, log, keep the best checkpoint (on labelled stages) and the last one."""
+        result = None
+        if self.dist.main:
+            result = self.evaluate()
+            record = {"stage": stage.name, "epoch": epoch + 1, "step": self.state["global_step"],
+                      "loss": running.get("loss"), "mse": running.get("mse"), "rank": running.get("rank")}
+            if result is not None:
+                record.update({f"val_{k}": v for k, v in headline(result).items()})
+                print(f"[{stage.name} epoch {epoch + 1}] val {self.val_set.name}\n{format_result(result)}", flush=True)
+                if stage.kind != "synthetic" and headline(result)["srocc"] > self.state["best"]:
+                    self.state["best"] = headline(result)["srocc"]
+                    self._save("best.pt", optimizer, scaler, {"val": result})
+                    print(f"new best SROCC {self.state['best']:.4f} -> {self.out / 'best.pt'}", flush=True)
+            self.state["history"].append(record)
+            log.write(json.dumps(record) + "\n")
+            log.flush()
+            self._save("last.pt", optimizer, scaler)
+            plot_history(self.state["history"], self.out / "training.png")
+        self.dist.barrier()
+        return result
+
+    def _run_stats_stage(self, stage_index: int, stage: StageConfig, log) -> dict | None:
+        """Fit the statistics head on rank 0 and broadcast it: one unit, so `done` jumps to
+        `epochs` and the stage reruns whole if a run stops inside it."""
+        if self.scorer.stats is None:
+            raise ValueError(f"stage {stage.name!r}: model {self.cfg.model} has no statistics head")
+        running: dict[str, float] = {}
+        if self.dist.main:
+            raw = _raw_stats(self.scorer, self.train_data, range(len(self.train_data)),
+                             f"statistics of {self.train_set.name}")
+            with torch.no_grad():
+                features = (raw.to(self.scorer.stats.feature_mean.device) - self.scorer.stats.feature_mean) / \
+                    self.scorer.stats.feature_std
+            running = fit_stats_head(self.scorer, features, torch.from_numpy(self.z), stage,
+                                     self.cfg.seed)
+        if self.dist.world > 1:
+            for p in self.scorer.stats_head.parameters():
+                dist.broadcast(p.data, 0)
+        self.state["done"][stage_index] = stage.epochs
+        self.state["global_step"] += 1
+        optimizer = self._optimizer(stage)
+        return self._end_epoch(stage, stage.epochs - 1, running, log, optimizer, None)
+
     def run(self) -> dict:
         cfg, device = self.cfg, self.dist.device
         use_amp = cfg.amp and device.type == "cuda"
@@ -254,6 +352,9 @@ class Trainer:
                 continue
             if self.state["stage"] != stage_index:
                 self.state.update(stage=stage_index, step_in_epoch=0)
+            if stage.kind == "stats":
+                result = self._run_stats_stage(stage_index, stage, log)
+                continue
             batches = PairBatches(self.train_data, self.resampled.indices() if stage.kind == "mos"
                                   else np.arange(len(self.train_data)), stage, cfg.seed)
             steps_per_epoch = len(batches.steps(batches.pairs(stage_index, 0), self.dist.world, self.dist.rank))
@@ -272,6 +373,8 @@ class Trainer:
                 if bar:
                     bar.done = self.state["step_in_epoch"]
                 self.twin.train()
+                for name in stage.freeze:
+                    getattr(self.scorer, name).eval()
                 last_save = time.monotonic()
                 running: dict[str, float] = {}
                 for step in range(self.state["step_in_epoch"], len(steps)):
@@ -310,23 +413,7 @@ class Trainer:
                     bar.close()
                 done[stage_index] = epoch + 1
                 self.state["step_in_epoch"] = 0
-                if self.dist.main:
-                    result = self.evaluate()
-                    record = {"stage": stage.name, "epoch": epoch + 1, "step": self.state["global_step"],
-                              "loss": running.get("loss"), "mse": running.get("mse"), "rank": running.get("rank")}
-                    if result is not None:
-                        record.update({f"val_{k}": v for k, v in headline(result).items()})
-                        print(f"[{stage.name} epoch {epoch + 1}] val {self.val_set.name}\n{format_result(result)}", flush=True)
-                        if stage.kind == "mos" and headline(result)["srocc"] > self.state["best"]:
-                            self.state["best"] = headline(result)["srocc"]
-                            self._save("best.pt", optimizer, scaler, {"val": result})
-                            print(f"new best SROCC {self.state['best']:.4f} -> {self.out / 'best.pt'}", flush=True)
-                    self.state["history"].append(record)
-                    log.write(json.dumps(record) + "\n")
-                    log.flush()
-                    self._save("last.pt", optimizer, scaler)
-                    plot_history(self.state["history"], self.out / "training.png")
-                self.dist.barrier()
+                result = self._end_epoch(stage, epoch, running, log, optimizer, scaler)
         if self.dist.main:
             log.close()
         self.dist.close()

@@ -1,13 +1,29 @@
-"""Cheap, fixed image statistics computed inside the network, fused into the scorer's head.
+"""Fixed image statistics computed inside the network, fused into the scorer's head.
 
-Sharpness, noise and exposure explain much of perceived quality, and a transformer trained
-from scratch on a few thousand photos learns them slowly. These statistics are computed
-from the same normalised crop the backbone sees, with ops that export to ONNX (conv,
-pooling, TopK), so the served model stays one graph with one input. Nothing here is
-learned; a standardisation fitted on the training set is kept in buffers.
+Sharpness, noise, compression and exposure explain much of perceived quality, and a
+transformer trained from scratch on a few thousand photos learns them slowly. These
+statistics are computed from the same normalised crop the backbone sees, with ops that
+export to ONNX (conv, pooling, TopK), so the served model stays one graph with one input.
+Nothing here is learned; a standardisation fitted on the training set is kept in buffers.
+
+Groups (see `FEATURE_NAMES`):
+- basic: multi-scale Laplacian/gradient energy and its spread over 16px blocks, exposure,
+  clipping, saturation, colourfulness, local contrast. Any image size; the `stats_gbm`
+  baseline uses this group alone.
+- dct: log energy and zero fraction of each of the 63 AC coefficients of the 8x8 DCT of the
+  luma, at full and half resolution: the spectrum that blur, noise and JPEG quantisation
+  reshape (the crop sits on the JPEG block grid when its offset is a multiple of 8).
+- mscn: BRISQUE-style moments of mean-subtracted contrast-normalised luma and of its
+  products with the four neighbours, at two scales: naturalness.
+- tone: a 16-bin luma histogram, its entropy, luma quantiles, per-channel mean and spread.
+- layout: quantiles and a 4x4 map of local sharpness at two scales (depth of field, motion
+  blur), saturation levels and a 4x4 brightness map (composition, vignetting).
+The dct, tone and layout groups assume the scorer's square CROP input.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 import torch.nn.functional as F
@@ -19,12 +35,49 @@ SCALES = 3  # 448, 224, 112
 BLOCK = 16  # block size for the distribution of local detail energy
 TAIL = 0.1  # fraction of blocks in the "flattest" and "most detailed" tails
 EPS = 1e-6
+QUANTILES = (0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98)
+LUMA_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+HIST_BINS = 16
+SAT_LEVELS = (0.1, 0.2, 0.35, 0.5, 0.7)
+NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))
 
-FEATURE_NAMES = tuple(
+BASIC_NAMES = tuple(
     [f"s{s}_{n}" for s in range(SCALES) for n in
      ("log_lap_energy", "log_grad_mean", "log_block_energy_mean", "log_block_energy_low", "log_block_energy_high")]
     + ["luma_mean", "luma_std", "clip_dark", "clip_bright", "sat_mean", "sat_std", "colourfulness", "local_contrast"]
 )
+FEATURE_NAMES = (
+    BASIC_NAMES
+    + tuple(f"dct{s}_{kind}_{k}" for s in range(2) for kind in ("log_energy", "zero") for k in range(1, 64))
+    + tuple(f"mscn{s}_{n}" for s in range(2) for n in
+            ["var", "abs_ratio", "kurtosis", "skew"]
+            + [f"pair{dy}{dx}_{m}" for dy, dx in NEIGHBOURS for m in ("mean", "abs", "sq")])
+    + tuple(f"luma_hist_{i}" for i in range(HIST_BINS)) + ("luma_entropy",)
+    + tuple(f"luma_q{q}" for q in LUMA_QUANTILES) + tuple(f"{c}_{m}" for m in ("mean", "std") for c in "rgb")
+    + tuple(f"sharp{s}_{n}" for s in range(2) for n in
+            [f"q{q}" for q in QUANTILES] + [f"grid{i}" for i in range(16)] + ["spread"])
+    + tuple(f"sat_below_{t}" for t in SAT_LEVELS) + tuple(f"luma_grid{i}" for i in range(16))
+)
+
+
+def _dct_basis(n: int = 8) -> torch.Tensor:
+    """The n*n 2-D DCT-II basis as conv kernels [n*n, 1, n, n] (orthonormal)."""
+    k = torch.arange(n, dtype=torch.float64)
+    rows = torch.stack([math.sqrt((1 if u == 0 else 2) / n) * torch.cos((2 * k + 1) * u * math.pi / (2 * n))
+                        for u in range(n)])
+    return torch.einsum("ui,vj->uvij", rows, rows).reshape(n * n, 1, n, n).float()
+
+
+def _gaussian(sigma: float = 7 / 6, size: int = 7) -> torch.Tensor:
+    x = torch.arange(size, dtype=torch.float32) - size // 2
+    g = torch.exp(-x**2 / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None]).view(1, 1, size, size)  # one 7x7 conv beats two 1-D passes on CPU
+
+
+def _pick(sorted_rows: torch.Tensor, quantiles) -> torch.Tensor:
+    n = int(sorted_rows.shape[1])  # fixed by the crop size: a constant in the exported graph
+    return sorted_rows[:, [round(q * (n - 1)) for q in quantiles]]
 
 
 class QualityStats(nn.Module):
@@ -38,6 +91,8 @@ class QualityStats(nn.Module):
         lap = torch.tensor([[0.0, 1.0, 0.0], [1.0, -4.0, 1.0], [0.0, 1.0, 0.0]])
         sobel_x = torch.tensor([[-1.0, 0.0, 1.0], [-2.0, 0.0, 2.0], [-1.0, 0.0, 1.0]]) / 4
         self.register_buffer("kernels", torch.stack([lap, sobel_x, sobel_x.T]).unsqueeze(1))
+        self.register_buffer("dct", _dct_basis())
+        self.register_buffer("gaussian", _gaussian())
         n = len(FEATURE_NAMES)
         self.register_buffer("feature_mean", torch.zeros(n))
         self.register_buffer("feature_std", torch.ones(n))
@@ -46,10 +101,13 @@ class QualityStats(nn.Module):
     def num_features(self) -> int:
         return len(FEATURE_NAMES)
 
-    def raw(self, x: torch.Tensor) -> torch.Tensor:
-        x = x.float()
-        rgb = (x * self.std + self.mean).clamp(0, 1)
-        gray = (rgb * self.luma).sum(1, keepdim=True)
+    def _rgb_gray(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        rgb = (x.float() * self.std + self.mean).clamp(0, 1)
+        return rgb, (rgb * self.luma).sum(1, keepdim=True)
+
+    def basic(self, x: torch.Tensor) -> torch.Tensor:
+        """The basic group [N, len(BASIC_NAMES)], for any image size."""
+        rgb, gray = self._rgb_gray(x)
         feats = []
         g = gray
         for _ in range(SCALES):
@@ -81,6 +139,60 @@ class QualityStats(nn.Module):
         ]
         return torch.stack(feats, 1)
 
+    def _dct(self, gray: torch.Tensor) -> torch.Tensor:
+        c = F.conv2d(gray * 255, self.dct, stride=8)[:, 1:]  # AC coefficients of each 8x8 block
+        return torch.cat([torch.log((c * c).mean((2, 3)) + 1e-3), (c.abs() < 0.5).float().mean((2, 3))], 1)
+
+    def _mscn(self, gray: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        g = gray
+        r = self.gaussian.shape[-1] // 2
+        for _ in range(2):
+            n = g.shape[0]  # the batch: stays symbolic in the exported graph
+            blurred = F.conv2d(torch.cat([g, g * g], 0), self.gaussian)  # local mean and second moment
+            mu, sigma = blurred[:n], (blurred[n:] - blurred[:n] ** 2).clamp_min(0).sqrt()
+            m = ((g[:, :, r:-r, r:-r] - mu) / (sigma + 1 / 255))[:, :, 1:-1, 1:-1]
+            m2 = (m * m).mean((1, 2, 3))
+            feats += [m2, m.abs().mean((1, 2, 3)) / m2.sqrt(), (m**4).mean((1, 2, 3)) / m2**2,
+                      (m**3).mean((1, 2, 3)) / m2**1.5]
+            h, w = m.shape[2], m.shape[3]
+            for dy, dx in NEIGHBOURS:
+                p = m[:, :, : h - dy, max(0, -dx) : w - max(0, dx)] * m[:, :, dy:, max(0, dx) : w - max(0, -dx)]
+                feats += [p.mean((1, 2, 3)), p.abs().mean((1, 2, 3)), (p * p).mean((1, 2, 3))]
+            g = F.avg_pool2d(g, 2)
+        return feats
+
+    def _tone(self, rgb: torch.Tensor, gray: torch.Tensor) -> list[torch.Tensor]:
+        luma = gray.flatten(1)[:, ::7]  # every 7th pixel is plenty for a histogram
+        edges = [i / HIST_BINS for i in range(HIST_BINS + 1)]
+        hist = torch.stack([((luma >= lo) & ((luma < hi) if i < HIST_BINS - 1 else (luma <= hi))).float().mean(1)
+                            for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))], 1)
+        entropy = -(hist * torch.log(hist + EPS)).sum(1, keepdim=True)
+        quantiles = _pick(torch.sort(luma, dim=1).values, LUMA_QUANTILES)
+        return [hist, entropy, quantiles, rgb.mean((2, 3)), rgb.flatten(2).std(2)]
+
+    def _layout(self, rgb: torch.Tensor, gray: torch.Tensor) -> list[torch.Tensor]:
+        feats = []
+        g = gray
+        for _ in range(2):
+            lap2 = F.conv2d(g, self.kernels[:1]) ** 2
+            blocks = torch.log(F.avg_pool2d(lap2, BLOCK) + EPS)  # [N,1,bh,bw]
+            flat = blocks.flatten(1)
+            feats += [_pick(torch.sort(flat, dim=1).values, QUANTILES),
+                      F.avg_pool2d(blocks, (int(blocks.shape[2]) // 4, int(blocks.shape[3]) // 4)).flatten(1)[:, :16],
+                      flat.std(1, keepdim=True)]
+            g = F.avg_pool2d(g, 2)
+        hi, lo = rgb.amax(1), rgb.amin(1)
+        sat = ((hi - lo) / (hi + EPS)).flatten(1)
+        feats.append(torch.stack([(sat < t).float().mean(1) for t in SAT_LEVELS], 1))
+        feats.append(F.avg_pool2d(gray, (int(gray.shape[2]) // 4, int(gray.shape[3]) // 4)).flatten(1)[:, :16])
+        return feats
+
+    def raw(self, x: torch.Tensor) -> torch.Tensor:
+        rgb, gray = self._rgb_gray(x)
+        return torch.cat([self.basic(x), self._dct(gray), self._dct(F.avg_pool2d(gray, 2)),
+                          torch.stack(self._mscn(gray), 1), *self._tone(rgb, gray), *self._layout(rgb, gray)], 1)
+
     @torch.no_grad()
     def fit(self, raw_features: torch.Tensor) -> None:
         """Set the standardisation from raw statistics of training images."""
@@ -89,3 +201,25 @@ class QualityStats(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return (self.raw(x) - self.feature_mean) / self.feature_std
+
+
+class StatsHead(nn.Module):
+    """Standardised statistics -> standardised score: the mean of `heads` small MLPs.
+
+    Heads differ only in their initialisation and dropout, so averaging them removes the
+    variance of a single MLP fitted on a few thousand photos (+.01-.02 validation SROCC on
+    BIQ2021, see training/results)."""
+
+    def __init__(self, num_features: int, hidden: int, heads: int = 1, dropout: float = 0.0):
+        super().__init__()
+        self.mlps = nn.ModuleList(
+            nn.Sequential(nn.Dropout(dropout / 3), nn.Linear(num_features, hidden), nn.GELU(), nn.Dropout(dropout),
+                          nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
+            for _ in range(heads))
+
+    def each(self, features: torch.Tensor) -> torch.Tensor:
+        """Every head's score [N, heads], for training the heads independently."""
+        return torch.cat([mlp(features) for mlp in self.mlps], 1)
+
+    def forward(self, features: torch.Tensor) -> torch.Tensor:
+        return self.each(features).mean(1, keepdim=True)

@@ -24,8 +24,10 @@ class ScorerConfig:
     img_size: int = CROP
     drop_path_rate: float = 0.1
     head_hidden: int = 0  # 0: a single linear layer on the pooled features
-    stats: bool = False  # fuse fixed sharpness/noise/exposure statistics into the head
-    stats_hidden: int = 64
+    stats: bool = False  # fuse fixed image statistics into the head (training/models/stats.py)
+    stats_hidden: int = 256
+    stats_heads: int = 5  # an ensemble of MLPs on the statistics, averaged
+    stats_dropout: float = 0.3
     notes: str = field(default="", compare=False)
 
     def to_dict(self) -> dict:
@@ -44,12 +46,12 @@ def register(cfg: ScorerConfig) -> ScorerConfig:
 # ~1.7 GFLOP and 4.8M parameters per image.
 register(ScorerConfig("swin_compact", embed_dim=40, depths=(2, 2, 6, 2), num_heads=(2, 4, 8, 16), patch_size=8,
                       notes="CPU default, ~1.7 GFLOP/img at 448"))
-# The shipped CPU default: swin_compact plus the in-graph quality statistics in the head.
+# The shipped CPU default: swin_compact plus the in-graph quality statistics and their head.
 register(ScorerConfig("swin_compact_stats", embed_dim=40, depths=(2, 2, 6, 2), num_heads=(2, 4, 8, 16), patch_size=8,
                       stats=True, notes="CPU default with fused statistics, ~1.7 GFLOP/img at 448"))
 # A few-kFLOP network for the test suite's end-to-end training runs.
 register(ScorerConfig("swin_test_micro", embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), patch_size=8,
-                      stats=True, stats_hidden=8, drop_path_rate=0.0, notes="tests only"))
+                      stats=True, stats_hidden=8, stats_heads=2, drop_path_rate=0.0, notes="tests only"))
 # Full-resolution tokens (patch 4) at a small width: ~4.3 GFLOP, 3.1M parameters.
 register(ScorerConfig("swin_compact_p4", embed_dim=32, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8),
                       notes="finer tokens, ~4.3 GFLOP/img at 448"))
@@ -76,6 +78,8 @@ class SwinScorer(nn.Module):
     Training works on standardised scores (`forward_z`), so losses and learning rates do not
     depend on a dataset's score scale; `forward` maps back to that scale with the buffers
     `score_mean` / `score_std`, so the exported model returns scores on the label scale.
+    With `stats`, the score is the statistics head's plus the backbone head's, which starts
+    at zero and learns what the statistics miss.
     """
 
     def __init__(self, cfg: ScorerConfig):
@@ -89,26 +93,28 @@ class SwinScorer(nn.Module):
             drop_path_rate=cfg.drop_path_rate, num_classes=0,
         )
         width = self.backbone.num_features
-        self.stats = None
-        if cfg.stats:
-            from .stats import QualityStats
-
-            self.stats = QualityStats()
-            self.stats_mlp = nn.Sequential(nn.Linear(self.stats.num_features, cfg.stats_hidden), nn.GELU(),
-                                           nn.Linear(cfg.stats_hidden, cfg.stats_hidden), nn.GELU())
-            width += cfg.stats_hidden
         if cfg.head_hidden:
             self.head = nn.Sequential(nn.Linear(width, cfg.head_hidden), nn.GELU(), nn.Linear(cfg.head_hidden, 1))
         else:
             self.head = nn.Linear(width, 1)
+        self.stats = None
+        if cfg.stats:
+            from .stats import QualityStats, StatsHead
+
+            self.stats = QualityStats()
+            self.stats_head = StatsHead(self.stats.num_features, cfg.stats_hidden, cfg.stats_heads, cfg.stats_dropout)
+            # The backbone's head starts at zero: it learns what the statistics' score misses.
+            last = self.head[-1] if cfg.head_hidden else self.head
+            nn.init.zeros_(last.weight)
+            nn.init.zeros_(last.bias)
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
 
     def forward_z(self, x: torch.Tensor) -> torch.Tensor:
-        features = self.backbone(x)
+        score = self.head(self.backbone(x))
         if self.stats is not None:
-            features = torch.cat([features, self.stats_mlp(self.stats(x))], dim=1)
-        return self.head(features)
+            score = score + self.stats_head(self.stats(x))
+        return score
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_z(x) * self.score_std + self.score_mean
