@@ -112,6 +112,30 @@ def test_stats_fusion_exports_and_scores_on_the_label_scale():
     assert feats.shape == (2, model.stats.num_features) and torch.isfinite(feats).all()
 
 
+def test_statistics_move_the_way_each_distortion_should():
+    import cv2
+
+    from sampleiqa.preprocessing import to_tensor
+    from sampleiqa.training.models.stats import BASIC_NAMES as BASIC
+    from sampleiqa.training.models.stats import FEATURE_NAMES, QualityStats
+
+    img = cv2.imread(str(biq_images(1)[0]))[32:480, 32:480]  # on the JPEG block grid, like the served crop
+    blurred = cv2.GaussianBlur(img, (0, 0), 2.5)
+    noisy = np.clip(img + np.random.default_rng(0).normal(0, 12, img.shape), 0, 255).astype(np.uint8)
+    jpeg = cv2.imdecode(cv2.imencode(".jpg", img, [cv2.IMWRITE_JPEG_QUALITY, 8])[1], cv2.IMREAD_COLOR)
+    stats = QualityStats()
+    with torch.no_grad():
+        raw = stats.raw(torch.from_numpy(np.stack([to_tensor(x) for x in (img, blurred, noisy, jpeg)])))
+    assert raw.shape == (4, len(FEATURE_NAMES)) and torch.isfinite(raw).all()
+    f = {name: raw[:, i] for i, name in enumerate(FEATURE_NAMES)}
+    clean, blur, noise, comp = 0, 1, 2, 3
+    assert f["dct0_log_energy_27"][blur] < f["dct0_log_energy_27"][clean] - 2  # blur removes high frequencies
+    assert f["sharp0_q0.9"][blur] < f["sharp0_q0.9"][clean] - 1
+    assert f["s0_log_block_energy_low"][noise] > f["s0_log_block_energy_low"][clean] + 3  # noise lifts the floor
+    assert f["dct0_zero_9"][comp] > f["dct0_zero_9"][clean] + 0.5  # coarse quantisation zeroes coefficients
+    assert torch.allclose(stats.basic(torch.from_numpy(to_tensor(img))[None])[0], raw[0, : len(BASIC)], atol=1e-5)
+
+
 def _run_train(args, cwd=ROOT, env=None, timeout=600):
     return subprocess.run([sys.executable, "-m", "sampleiqa.cli", "train", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
