@@ -273,6 +273,8 @@ class Trainer:
             self.twin = torch.nn.parallel.DistributedDataParallel(
                 self.twin, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None)
         self._ckpt = ckpt
+        # The stage the run stopped in: self.state (the same dict) moves on as stages start.
+        self._ckpt_stage = ckpt["train_state"]["stage"] if ckpt else None
 
     def _optimizer(self, stage: StageConfig) -> torch.optim.Optimizer:
         frozen = tuple(f"{name}." for name in stage.freeze)
@@ -361,7 +363,7 @@ class Trainer:
             total_steps = steps_per_epoch * stage.epochs
             optimizer = self._optimizer(stage)
             scaler = torch.amp.GradScaler("cuda") if use_amp else None
-            if self._ckpt is not None and self._ckpt["train_state"]["stage"] == stage_index and self._ckpt.get("optimizer"):
+            if self._ckpt is not None and self._ckpt_stage == stage_index and self._ckpt.get("optimizer"):
                 optimizer.load_state_dict(self._ckpt["optimizer"])
                 if scaler and self._ckpt.get("scaler"):
                     scaler.load_state_dict(self._ckpt["scaler"])
