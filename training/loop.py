@@ -158,13 +158,14 @@ def _init_weights(scorer: SwinScorer, path: str) -> set[str]:
 
 
 def _raw_stats(scorer: SwinScorer, data: CachedSet, indices, label: str | None = None) -> torch.Tensor:
-    """Raw statistics [len(indices), F] of the served crops."""
+    """Raw statistics [len(indices), F] of the served crops, on the scorer's device."""
     indices = list(indices)
+    device = scorer.stats.mean.device
     bar = Progress(len(indices), label) if label else None
     out = []
     with torch.no_grad():
         for idx, x in _eval_batches(data, indices, 64):
-            out.append(scorer.stats.raw(x))
+            out.append(scorer.stats.raw(x.to(device)))
             if bar:
                 bar.update(len(idx))
     if bar:
@@ -330,10 +331,8 @@ class Trainer:
             raw = _raw_stats(self.scorer, self.train_data, range(len(self.train_data)),
                              f"statistics of {self.train_set.name}")
             with torch.no_grad():
-                features = (raw.to(self.scorer.stats.feature_mean.device) - self.scorer.stats.feature_mean) / \
-                    self.scorer.stats.feature_std
-            running = fit_stats_head(self.scorer, features, torch.from_numpy(self.z), stage,
-                                     self.cfg.seed)
+                features = (raw - self.scorer.stats.feature_mean) / self.scorer.stats.feature_std
+            running = fit_stats_head(self.scorer, features, torch.from_numpy(self.z), stage, self.cfg.seed)
         if self.dist.world > 1:
             for p in self.scorer.stats_head.parameters():
                 dist.broadcast(p.data, 0)
