@@ -105,16 +105,28 @@ class QualityStats(nn.Module):
         rgb = (x.float() * self.std + self.mean).clamp(0, 1)
         return rgb, (rgb * self.luma).sum(1, keepdim=True)
 
+    def _pyramid(self, gray: torch.Tensor) -> list[torch.Tensor]:
+        """The luma at full, half and quarter resolution, shared by every group."""
+        grays = [gray]
+        for _ in range(SCALES - 1):
+            grays.append(F.avg_pool2d(grays[-1], 2))
+        return grays
+
     def basic(self, x: torch.Tensor) -> torch.Tensor:
         """The basic group [N, len(BASIC_NAMES)], for any image size."""
         rgb, gray = self._rgb_gray(x)
-        feats = []
-        g = gray
-        for _ in range(SCALES):
+        return self._basic(rgb, self._pyramid(gray))[0]
+
+    def _basic(self, rgb: torch.Tensor, grays: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The basic group, and the maps of log Laplacian energy per 16px block at each scale
+        [N,1,bh,bw] (the layout group reads them too)."""
+        feats, block_maps = [], []
+        for g in grays:
             r = F.conv2d(g, self.kernels)  # [N,3,h,w]: laplacian, gx, gy
             lap2 = r[:, :1] ** 2
             grad = torch.sqrt(r[:, 1:2] ** 2 + r[:, 2:3] ** 2 + EPS)
-            blocks = torch.log(F.avg_pool2d(lap2, BLOCK).flatten(1) + EPS)  # [N, B]
+            block_maps.append(torch.log(F.avg_pool2d(lap2, BLOCK) + EPS))
+            blocks = block_maps[-1].flatten(1)  # [N, B]
             k = max(1, int(blocks.shape[1] * TAIL))
             feats += [
                 torch.log(lap2.mean((1, 2, 3)) + EPS),
@@ -123,7 +135,7 @@ class QualityStats(nn.Module):
                 -torch.topk(-blocks, k, dim=1).values.mean(1),  # flattest blocks: the noise floor
                 torch.topk(blocks, k, dim=1).values.mean(1),  # most detailed blocks: peak sharpness
             ]
-            g = F.avg_pool2d(g, 2)
+        gray = grays[0]
         luma = gray.flatten(1)
         sat = rgb.amax(1) - rgb.amin(1)
         rg = rgb[:, 0] - rgb[:, 1]
@@ -137,17 +149,16 @@ class QualityStats(nn.Module):
             sat.flatten(1).mean(1), sat.flatten(1).std(1), colourfulness,
             torch.sqrt(local_var + EPS).flatten(1).mean(1),
         ]
-        return torch.stack(feats, 1)
+        return torch.stack(feats, 1), block_maps
 
     def _dct(self, gray: torch.Tensor) -> torch.Tensor:
         c = F.conv2d(gray * 255, self.dct, stride=8)[:, 1:]  # AC coefficients of each 8x8 block
         return torch.cat([torch.log((c * c).mean((2, 3)) + 1e-3), (c.abs() < 0.5).float().mean((2, 3))], 1)
 
-    def _mscn(self, gray: torch.Tensor) -> list[torch.Tensor]:
+    def _mscn(self, grays: list[torch.Tensor]) -> list[torch.Tensor]:
         feats = []
-        g = gray
         r = self.gaussian.shape[-1] // 2
-        for _ in range(2):
+        for g in grays[:2]:
             n = g.shape[0]  # the batch: stays symbolic in the exported graph
             blurred = F.conv2d(torch.cat([g, g * g], 0), self.gaussian)  # local mean and second moment
             mu, sigma = blurred[:n], (blurred[n:] - blurred[:n] ** 2).clamp_min(0).sqrt()
@@ -159,7 +170,6 @@ class QualityStats(nn.Module):
             for dy, dx in NEIGHBOURS:
                 p = m[:, :, : h - dy, max(0, -dx) : w - max(0, dx)] * m[:, :, dy:, max(0, dx) : w - max(0, -dx)]
                 feats += [p.mean((1, 2, 3)), p.abs().mean((1, 2, 3)), (p * p).mean((1, 2, 3))]
-            g = F.avg_pool2d(g, 2)
         return feats
 
     def _tone(self, rgb: torch.Tensor, gray: torch.Tensor) -> list[torch.Tensor]:
@@ -171,17 +181,13 @@ class QualityStats(nn.Module):
         quantiles = _pick(torch.sort(luma, dim=1).values, LUMA_QUANTILES)
         return [hist, entropy, quantiles, rgb.mean((2, 3)), rgb.flatten(2).std(2)]
 
-    def _layout(self, rgb: torch.Tensor, gray: torch.Tensor) -> list[torch.Tensor]:
+    def _layout(self, rgb: torch.Tensor, gray: torch.Tensor, block_maps: list[torch.Tensor]) -> list[torch.Tensor]:
         feats = []
-        g = gray
-        for _ in range(2):
-            lap2 = F.conv2d(g, self.kernels[:1]) ** 2
-            blocks = torch.log(F.avg_pool2d(lap2, BLOCK) + EPS)  # [N,1,bh,bw]
+        for blocks in block_maps[:2]:
             flat = blocks.flatten(1)
             feats += [_pick(torch.sort(flat, dim=1).values, QUANTILES),
                       F.avg_pool2d(blocks, (int(blocks.shape[2]) // 4, int(blocks.shape[3]) // 4)).flatten(1)[:, :16],
                       flat.std(1, keepdim=True)]
-            g = F.avg_pool2d(g, 2)
         hi, lo = rgb.amax(1), rgb.amin(1)
         sat = ((hi - lo) / (hi + EPS)).flatten(1)
         feats.append(torch.stack([(sat < t).float().mean(1) for t in SAT_LEVELS], 1))
@@ -190,8 +196,10 @@ class QualityStats(nn.Module):
 
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         rgb, gray = self._rgb_gray(x)
-        return torch.cat([self.basic(x), self._dct(gray), self._dct(F.avg_pool2d(gray, 2)),
-                          torch.stack(self._mscn(gray), 1), *self._tone(rgb, gray), *self._layout(rgb, gray)], 1)
+        grays = self._pyramid(gray)
+        basic, block_maps = self._basic(rgb, grays)
+        return torch.cat([basic, self._dct(grays[0]), self._dct(grays[1]), torch.stack(self._mscn(grays), 1),
+                          *self._tone(rgb, gray), *self._layout(rgb, gray, block_maps)], 1)
 
     @torch.no_grad()
     def fit(self, raw_features: torch.Tensor) -> None:
