@@ -113,12 +113,19 @@ class PairBatches:
         return _batch_to_tensor(a_crops), _batch_to_tensor(b_crops), ya.float(), yb.float()
 
 
-def _eval_batches(data: CachedSet, indices, batch_size: int):
-    """(indices, tensor) batches of the served crops."""
+def _eval_batches(data: CachedSet, indices, batch_size: int, label: str | None = None):
+    """(indices, tensor) batches of the served crops; with `label`, a progress line."""
     indices = list(indices)
-    for start in range(0, len(indices), batch_size):
-        idx = indices[start : start + batch_size]
-        yield idx, _batch_to_tensor([np.asarray(data.eval_crop(i)) for i in idx])
+    bar = Progress(len(indices), label) if label else None
+    try:
+        for start in range(0, len(indices), batch_size):
+            idx = indices[start : start + batch_size]
+            yield idx, _batch_to_tensor([np.asarray(data.eval_crop(i)) for i in idx])
+            if bar:
+                bar.update(len(idx))
+    finally:
+        if bar:
+            bar.close()
 
 
 @torch.no_grad()
@@ -127,14 +134,8 @@ def predict_cached(scorer: SwinScorer, data: CachedSet, batch_size: int = 32, de
     """Scores of the served crops (exactly what the `preprocess` model produces)."""
     scorer.eval()
     device = device or next(scorer.parameters()).device
-    out = []
-    bar = Progress(len(data), "evaluating") if progress else None
-    for idx, x in _eval_batches(data, range(len(data)), batch_size):
-        out.append(scorer(x.to(device)).float().view(-1).cpu().numpy())
-        if bar:
-            bar.update(len(idx))
-    if bar:
-        bar.close()
+    out = [scorer(x.to(device)).float().view(-1).cpu().numpy()
+           for _, x in _eval_batches(data, range(len(data)), batch_size, "evaluating" if progress else None)]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -159,18 +160,9 @@ def _init_weights(scorer: SwinScorer, path: str) -> set[str]:
 
 def _raw_stats(scorer: SwinScorer, data: CachedSet, indices, label: str | None = None) -> torch.Tensor:
     """Raw statistics [len(indices), F] of the served crops, on the scorer's device."""
-    indices = list(indices)
     device = scorer.stats.mean.device
-    bar = Progress(len(indices), label) if label else None
-    out = []
     with torch.no_grad():
-        for idx, x in _eval_batches(data, indices, 64):
-            out.append(scorer.stats.raw(x.to(device)))
-            if bar:
-                bar.update(len(idx))
-    if bar:
-        bar.close()
-    return torch.cat(out)
+        return torch.cat([scorer.stats.raw(x.to(device)) for _, x in _eval_batches(data, indices, 64, label)])
 
 
 def _fit_stats(scorer: SwinScorer, data: CachedSet, n: int) -> None:
@@ -288,7 +280,8 @@ class Trainer:
     def _save(self, name: str, optimizer, scaler, extra: dict | None = None) -> None:
         if not self.dist.main:
             return
-        save_checkpoint(self.out / name, self.scorer, train_state=self.state, optimizer=optimizer.state_dict(),
+        save_checkpoint(self.out / name, self.scorer, train_state=self.state,
+                        optimizer=optimizer.state_dict() if optimizer else None,
                         scaler=scaler.state_dict() if scaler else None, config_file=str(self.cfg.source),
                         **(extra or {}))
 
@@ -338,8 +331,7 @@ class Trainer:
                 dist.broadcast(p.data, 0)
         self.state["done"][stage_index] = stage.epochs
         self.state["global_step"] += 1
-        optimizer = self._optimizer(stage)
-        return self._end_epoch(stage, stage.epochs - 1, running, log, optimizer, None)
+        return self._end_epoch(stage, stage.epochs - 1, running, log, None, None)  # nothing to resume inside it
 
     def run(self) -> dict:
         cfg, device = self.cfg, self.dist.device
