@@ -22,16 +22,13 @@ Predictions = tuple[np.ndarray, dict[str, str]]  # scores (NaN = failed), path -
 
 
 def predict_checkpoint(checkpoint: str | Path, dataset: LabelledSet, batch_size: int = 32) -> Predictions:
-    import torch
-
     from .checkpoint import load_scorer
     from .data.cache import build_cache
     from .loop import predict_cached
 
     scorer, _ = load_scorer(checkpoint)
     data = build_cache(dataset)
-    with torch.no_grad():
-        scores = predict_cached(scorer, data, batch_size, progress=True)
+    scores = predict_cached(scorer, data, batch_size, progress=True)  # no_grad inside
     by_path = dict(zip(data.paths, scores))
     return np.array([by_path.get(str(s.path), np.nan) for s in dataset.samples]), dict(data.unreadable)
 
