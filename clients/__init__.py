@@ -1,9 +1,18 @@
 """gRPC clients for the `sampleiqa` ensemble, the embedded server and the bulk CLI.
 
-Nothing on this path imports torch.
+Nothing on this path imports torch. The exports load on first use, so that training code
+importing `sampleiqa.clients.progress` does not need tritonclient.
 """
 
-from .client import ScoringClient
-from .protocol import RetryPolicy, ScoreResult, TLSConfig, TransportError
+from importlib import import_module
 
-__all__ = ["RetryPolicy", "ScoreResult", "ScoringClient", "TLSConfig", "TransportError"]
+_EXPORTS = {"ScoringClient": ".client", "RetryPolicy": ".protocol", "ScoreResult": ".protocol",
+            "TLSConfig": ".protocol", "TransportError": ".protocol"}
+
+__all__ = sorted(_EXPORTS)
+
+
+def __getattr__(name: str):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+    return getattr(import_module(_EXPORTS[name], __name__), name)

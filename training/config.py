@@ -43,6 +43,7 @@ class TrainConfig:
     resample: ResampleConfig = ResampleConfig()
     amp: bool = True  # mixed precision on GPU; ignored on CPU
     threads: int = 0  # torch threads on CPU; 0 = all cores
+    loader_threads: int = 0  # threads loading batches ahead; 0 = up to 16 on a GPU, 1 on a CPU
     checkpoint_every_s: float = 600.0  # mid-epoch checkpoints, so a killed run loses little
     eval_batch_size: int = 32
     stats_fit_images: int = 1000

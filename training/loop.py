@@ -3,8 +3,9 @@
 One process per device; with `torchrun` it runs DistributedDataParallel (NCCL on GPUs,
 gloo on CPU). Every step sees batch_size/2 pairs drawn from the re-sampled epoch: within a
 scene when the labels have scenes (PIQ23 scores are comparable only inside one), otherwise
-consecutive images of the shuffled epoch. The epoch order is a pure function of (seed,
-stage, epoch), so `--resume` continues mid-epoch from the last checkpoint.
+consecutive images of the shuffled epoch. The epoch order, and every step's crops and
+distortions, are pure functions of (seed, stage, epoch, rank, step): `--resume` continues
+mid-epoch from the last checkpoint, and batches are loaded ahead in threads.
 """
 
 from __future__ import annotations
@@ -13,6 +14,8 @@ import json
 import math
 import os
 import time
+from collections import deque
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import numpy as np
@@ -97,6 +100,7 @@ class PairBatches:
         return [pairs[(s * world + rank) * per_step : (s * world + rank + 1) * per_step] for s in range(n_steps)]
 
     def load(self, step_pairs: np.ndarray, rng: np.random.Generator, z_scores: np.ndarray):
+        """(a, b, score_a, score_b) tensors of one step."""
         a_crops, b_crops = [], []
         for i, j in step_pairs:
             ca = random_face_crop(self.data.train_image(i), self.data.faces[i], rng)
@@ -111,6 +115,19 @@ class PairBatches:
         else:
             ya, yb = torch.from_numpy(z_scores[step_pairs[:, 0]]), torch.from_numpy(z_scores[step_pairs[:, 1]])
         return _batch_to_tensor(a_crops), _batch_to_tensor(b_crops), ya.float(), yb.float()
+
+
+def _loaded_ahead(load, steps: list, first: int, rng_key: list[int], threads: int, ahead: int):
+    """Yield load(steps[i], rng_i) for i >= first, computed `ahead` steps early in `threads`
+    threads (decoding, cropping and distortions run in OpenCV/NumPy, outside the GIL)."""
+    with ThreadPoolExecutor(threads) as pool:
+        pending: deque = deque()
+        for i in range(first, len(steps)):
+            pending.append(pool.submit(load, steps[i], np.random.default_rng([*rng_key, i])))
+            if len(pending) > ahead:
+                yield pending.popleft().result()
+        while pending:
+            yield pending.popleft().result()
 
 
 def _eval_batches(data: CachedSet, indices, batch_size: int, label: str | None = None):
@@ -253,6 +270,7 @@ class Trainer:
                 print(f"resuming from {last}: epochs done per stage {s['done']}, "
                       f"stage {s['stage']} step {s['step_in_epoch']}", flush=True)
         loaded = _init_weights(self.scorer, cfg.init) if ckpt is None and cfg.init else set()
+        self.scorer.to(self.dist.device)
         if ckpt is None:
             # This training set's score scale; the statistics' standardisation unless `init`
             # brought the one its head was trained with.
@@ -260,7 +278,6 @@ class Trainer:
             self.scorer.score_std.fill_(float(scores.std()))
             if "stats.feature_mean" not in loaded:
                 _fit_stats(self.scorer, self.train_data, cfg.stats_fit_images)
-        self.scorer.to(self.dist.device)
         self.twin = TwinScorer(self.scorer)
         if self.dist.world > 1:
             self.twin = torch.nn.parallel.DistributedDataParallel(
@@ -298,7 +315,8 @@ class Trainer:
         if self.dist.main:
             result = self.evaluate()
             record = {"stage": stage.name, "epoch": epoch + 1, "step": self.state["global_step"],
-                      "loss": running.get("loss"), "mse": running.get("mse"), "rank": running.get("rank")}
+                      "loss": running.get("loss"), "mse": running.get("mse"), "rank": running.get("rank"),
+                      "seconds": running.get("seconds")}
             if result is not None:
                 record.update({f"val_{k}": v for k, v in headline(result).items()})
                 print(f"[{stage.name} epoch {epoch + 1}] val {self.val_set.name}\n{format_result(result)}", flush=True)
@@ -320,12 +338,14 @@ class Trainer:
         if self.scorer.stats is None:
             raise ValueError(f"stage {stage.name!r}: model {self.cfg.model} has no statistics head")
         running: dict[str, float] = {}
+        started = time.monotonic()
         if self.dist.main:
             raw = _raw_stats(self.scorer, self.train_data, range(len(self.train_data)),
                              f"statistics of {self.train_set.name}")
             with torch.no_grad():
                 features = (raw - self.scorer.stats.feature_mean) / self.scorer.stats.feature_std
             running = fit_stats_head(self.scorer, features, torch.from_numpy(self.z), stage, self.cfg.seed)
+            running["seconds"] = time.monotonic() - started
         if self.dist.world > 1:
             for p in self.scorer.stats_head.parameters():
                 dist.broadcast(p.data, 0)
@@ -336,6 +356,8 @@ class Trainer:
     def run(self) -> dict:
         cfg, device = self.cfg, self.dist.device
         use_amp = cfg.amp and device.type == "cuda"
+        # Loader threads: on a GPU they keep it fed; on a CPU torch needs the cores.
+        threads = cfg.loader_threads or (min(16, os.cpu_count() or 1) if device.type == "cuda" else 1)
         log = (self.out / "log.jsonl").open("a") if self.dist.main else None
         result, optimizer, scaler = None, None, None
         done = self.state["done"]
@@ -361,18 +383,19 @@ class Trainer:
             self._ckpt = None
             for epoch in range(done[stage_index], stage.epochs):
                 steps = batches.steps(batches.pairs(stage_index, epoch), self.dist.world, self.dist.rank)
-                rng = np.random.default_rng([cfg.seed, stage_index, epoch, self.dist.rank, self.state["step_in_epoch"]])
+                loaded = _loaded_ahead(lambda pairs, rng: batches.load(pairs, rng, self.z), steps,
+                                       self.state["step_in_epoch"], [cfg.seed, stage_index, epoch, self.dist.rank],
+                                       threads, ahead=2 * threads)
                 bar = Progress(len(steps), f"{stage.name} {epoch + 1}/{stage.epochs}") if self.dist.main else None
                 if bar:
                     bar.done = self.state["step_in_epoch"]
                 self.twin.train()
                 for name in stage.freeze:
                     getattr(self.scorer, name).eval()
-                last_save = time.monotonic()
+                last_save = started = time.monotonic()
                 running: dict[str, float] = {}
-                for step in range(self.state["step_in_epoch"], len(steps)):
-                    a, b, ya, yb = batches.load(steps[step], rng, self.z)
-                    a, b, ya, yb = (t.to(device, non_blocking=True) for t in (a, b, ya, yb))
+                for step, batch in enumerate(loaded, start=self.state["step_in_epoch"]):
+                    a, b, ya, yb = (t.to(device, non_blocking=True) for t in batch)
                     lr = _lr_at(epoch * steps_per_epoch + step, total_steps, stage)
                     for g in optimizer.param_groups:
                         g["lr"] = lr
@@ -404,6 +427,7 @@ class Trainer:
                         last_save = time.monotonic()
                 if bar:
                     bar.close()
+                running["seconds"] = time.monotonic() - started
                 done[stage_index] = epoch + 1
                 self.state["step_in_epoch"] = 0
                 result = self._end_epoch(stage, epoch, running, log, optimizer, scaler)

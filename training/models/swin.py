@@ -113,7 +113,10 @@ class SwinScorer(nn.Module):
     def forward_z(self, x: torch.Tensor) -> torch.Tensor:
         score = self.head(self.backbone(x))
         if self.stats is not None:
-            score = score + self.stats_head(self.stats(x))
+            # FP32 under autocast too: the head was fitted on FP32 statistics, and logs of
+            # small energies lose their meaning in FP16.
+            with torch.autocast(x.device.type, enabled=False):
+                score = score.float() + self.stats_head(self.stats(x.float()))
         return score
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
