@@ -42,7 +42,7 @@ def _labelled_folder(tmp_path: Path, n: int, name: str) -> Path:
 def _config(tmp_path: Path, epochs: int = 1, stages: str = "both") -> Path:
     train = _labelled_folder(tmp_path, 24, "train")
     syn = '[[stages]]\nname = "synthetic"\nkind = "synthetic"\nepochs = 1\nepoch_size = 8\nbatch_size = 8\nwarmup_steps = 1\n'
-    fit = '[[stages]]\nname = "stats"\nkind = "stats"\nepochs = 3\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n'
+    fit = '[[stages]]\nname = "stats"\nkind = "stats"\ncross_fit = true\nepochs = 3\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n'
     mos = (f'[[stages]]\nname = "mos"\nepochs = {epochs}\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n'
            'freeze = ["stats_head"]\n')
     text = (f'model = "swin_test_micro"\nout_dir = "{tmp_path / "run"}"\nseed = 3\nthreads = 1\n'
@@ -266,3 +266,35 @@ def test_stats_stage_fits_the_head_and_a_frozen_head_stays_put(tmp_path):
     for k, v in second.scorer.stats_head.state_dict().items():
         assert torch.equal(v, fitted[k]), k
     assert not torch.equal(backbone, second.scorer.backbone.patch_embed.proj.weight)  # the backbone trained
+
+
+def test_cross_fitted_stats_head_never_learns_an_image_with_the_mlp_that_scores_it():
+    from sampleiqa.training.config import StageConfig
+    from sampleiqa.training.loop import cross_fit_folds, fit_stats_head
+    from sampleiqa.training.models import create_model
+
+    torch.manual_seed(0)
+    scorer = create_model("swin_test_micro")
+    heads = len(scorer.stats_head.mlps)
+    folds = cross_fit_folds(40, heads, seed=0)
+    assert sorted(np.bincount(folds)) == [20, 20]  # balanced, and a pure function of the seed
+    assert np.array_equal(folds, cross_fit_folds(40, heads, seed=0))
+
+    features, z = torch.randn(40, scorer.stats.num_features), torch.randn(40)
+    stage = StageConfig("stats", kind="stats", epochs=3, lr=1e-2, weight_decay=0.0, batch_size=8, warmup_steps=1)
+    before = [{k: v.clone() for k, v in m.state_dict().items()} for m in scorer.stats_head.mlps]
+    only_fold_0 = torch.zeros(40, dtype=torch.long)  # every image is held out from MLP 0
+    fit_stats_head(scorer, features, z, stage, seed=0, progress=False, folds=only_fold_0)
+    after = [m.state_dict() for m in scorer.stats_head.mlps]
+    assert all(torch.equal(before[0][k], after[0][k]) for k in after[0])  # MLP 0 saw none of them
+    assert any(not torch.equal(before[1][k], after[1][k]) for k in after[1])  # MLP 1 learned from all
+
+    # Training scores each image with its own MLP; serving averages them.
+    scorer.eval()
+    x = torch.randn(4, 3, 448, 448)
+    member = torch.tensor([0, 1, 1, 0])
+    with torch.no_grad():
+        each = scorer.stats_head.each(scorer.stats(x))
+        base = scorer.head(scorer.backbone(x))
+        assert torch.allclose(scorer.forward_z(x, member), base + each.gather(1, member[:, None]), atol=1e-5)
+        assert torch.allclose(scorer.forward_z(x), base + each.mean(1, keepdim=True), atol=1e-5)

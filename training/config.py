@@ -29,6 +29,10 @@ class StageConfig:
     mse_weight: float = 1.0
     epoch_size: int | None = None  # images per epoch; default: the re-sampled epoch / the training set
     freeze: tuple[str, ...] = ()  # scorer modules this stage leaves alone (kept in eval mode), e.g. "stats_head"
+    # stats stage: MLP k of the head never trains on fold k of the images; later stages then
+    # score each training image with the MLP that did not see it, so the backbone learns the
+    # statistics' out-of-fold error, not a memorised one.
+    cross_fit: bool = False
 
 
 @dataclass(frozen=True)

@@ -188,15 +188,23 @@ def _fit_stats(scorer: SwinScorer, data: CachedSet, n: int) -> None:
     scorer.stats.fit(_raw_stats(scorer, data, np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)))
 
 
+def cross_fit_folds(n: int, heads: int, seed: int) -> np.ndarray:
+    """The fold (= the statistics MLP that never sees it) of each of n training images."""
+    return (np.random.default_rng([seed, 7]).permutation(n) % heads).astype(np.int64)
+
+
 def fit_stats_head(scorer: SwinScorer, features: torch.Tensor, z: torch.Tensor, stage: StageConfig,
-                   seed: int, progress: bool = True) -> dict[str, float]:
+                   seed: int, progress: bool = True, folds: torch.Tensor | None = None) -> dict[str, float]:
     """A `stats` stage: train each MLP of the statistics head on standardised statistics of
     the served crops, with MSE + the rank loss over every pair in a batch (statistics are
-    fixed, so this takes seconds per epoch, not minutes)."""
+    fixed, so this takes seconds per epoch, not minutes). With `folds`, MLP k learns nothing
+    from the images of fold k."""
     head = scorer.stats_head
     head.train()
     device = next(head.parameters()).device
     features, z = features.to(device), z.to(device)
+    heads = torch.arange(len(head.mlps), device=device)
+    folds = folds.to(device) if folds is not None else torch.full_like(z, -1, dtype=torch.long)
     gen = torch.Generator().manual_seed(seed)
     optimizer = torch.optim.AdamW(head.parameters(), lr=stage.lr, weight_decay=stage.weight_decay)
     rank_loss = RANK_LOSSES[stage.rank_loss]
@@ -211,9 +219,11 @@ def fit_stats_head(scorer: SwinScorer, features: torch.Tensor, z: torch.Tensor, 
             for g in optimizer.param_groups:
                 g["lr"] = _lr_at(epoch * steps_per_epoch + step, total, stage)
             pred, y = head.each(features[j]), z[j]
-            a, b = torch.triu_indices(len(j), len(j), 1)
-            mse = ((pred - y[:, None]) ** 2).mean(0).sum()
-            rank = sum(rank_loss(pred[a, h], pred[b, h], y[a], y[b]) for h in range(pred.shape[1]))
+            seen = folds[j][:, None] != heads[None]  # [batch, heads]: may MLP h learn from image i
+            a, b = torch.triu_indices(len(j), len(j), 1, device=device)
+            mse = (((pred - y[:, None]) ** 2) * seen).sum(0).div(seen.sum(0).clamp_min(1)).sum()
+            rank = sum(rank_loss(pred[a[k], h], pred[b[k], h], y[a[k]], y[b[k]])
+                       for h in range(pred.shape[1]) if (k := seen[a, h] & seen[b, h]).any())
             loss = stage.mse_weight * mse + stage.rank_weight * rank
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
@@ -283,6 +293,9 @@ class Trainer:
             self.twin = torch.nn.parallel.DistributedDataParallel(
                 self.twin, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None)
         self._ckpt = ckpt
+        self.folds = None
+        if any(s.kind == "stats" and s.cross_fit for s in cfg.stages):
+            self.folds = cross_fit_folds(len(self.train_data), len(self.scorer.stats_head.mlps), cfg.seed)
         # The stage the run stopped in: self.state (the same dict) moves on as stages start.
         self._ckpt_stage = ckpt["train_state"]["stage"] if ckpt else None
 
@@ -344,7 +357,8 @@ class Trainer:
                              f"statistics of {self.train_set.name}")
             with torch.no_grad():
                 features = (raw - self.scorer.stats.feature_mean) / self.scorer.stats.feature_std
-            running = fit_stats_head(self.scorer, features, torch.from_numpy(self.z), stage, self.cfg.seed)
+            folds = torch.from_numpy(self.folds) if stage.cross_fit else None
+            running = fit_stats_head(self.scorer, features, torch.from_numpy(self.z), stage, self.cfg.seed, folds=folds)
             running["seconds"] = time.monotonic() - started
         if self.dist.world > 1:
             for p in self.scorer.stats_head.parameters():
@@ -396,11 +410,13 @@ class Trainer:
                 running: dict[str, float] = {}
                 for step, batch in enumerate(loaded, start=self.state["step_in_epoch"]):
                     a, b, ya, yb = (t.to(device, non_blocking=True) for t in batch)
+                    members = ((None, None) if self.folds is None else
+                               (torch.from_numpy(self.folds[steps[step][:, k]]).to(device) for k in (0, 1)))
                     lr = _lr_at(epoch * steps_per_epoch + step, total_steps, stage)
                     for g in optimizer.param_groups:
                         g["lr"] = lr
                     with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
-                        sa, sb = self.twin(a, b)
+                        sa, sb = self.twin(a, b, *members)
                     loss, parts = twin_loss(sa, sb, ya, yb, stage.rank_weight, stage.rank_loss,
                                             0.0 if stage.kind == "synthetic" else stage.mse_weight)
                     optimizer.zero_grad(set_to_none=True)

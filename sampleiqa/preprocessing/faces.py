@@ -38,6 +38,9 @@ class HaarFaceDetector:
 
     def __init__(self, cascade: str = "haarcascade_frontalface_alt2.xml", min_neighbors: int = 3,
                  scale_factor: float = 1.2, min_size_fraction: float = 0.12):
+        if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 dropped the Haar cascades
+            raise RuntimeError(f"OpenCV {cv2.__version__} has no Haar cascades; install "
+                               "opencv-python-headless<4.12 as pyproject.toml pins it")
         path = cv2.data.haarcascades + cascade
         self._cascade = cv2.CascadeClassifier(path)
         if self._cascade.empty():

@@ -110,13 +110,19 @@ class SwinScorer(nn.Module):
         self.register_buffer("score_mean", torch.zeros(()))
         self.register_buffer("score_std", torch.ones(()))
 
-    def forward_z(self, x: torch.Tensor) -> torch.Tensor:
+    def forward_z(self, x: torch.Tensor, member: torch.Tensor | None = None) -> torch.Tensor:
+        """Standardised score [N, 1]. `member` [N] (training only) scores image n with
+        statistics MLP member[n] alone instead of their mean: after a cross-fitted `stats`
+        stage, the one MLP that never saw that image."""
         score = self.head(self.backbone(x))
         if self.stats is not None:
             # FP32 under autocast too: the head was fitted on FP32 statistics, and logs of
             # small energies lose their meaning in FP16.
             with torch.autocast(x.device.type, enabled=False):
-                score = score.float() + self.stats_head(self.stats(x.float()))
+                features = self.stats(x.float())
+                stats_score = (self.stats_head(features) if member is None
+                               else self.stats_head.each(features).gather(1, member.view(-1, 1)))
+                score = score.float() + stats_score
         return score
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -130,10 +136,12 @@ class TwinScorer(nn.Module):
         super().__init__()
         self.scorer = scorer
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardised scores of both images. One pass over the concatenation: same
-        weights, one kernel launch per layer."""
-        scores = self.scorer.forward_z(torch.cat([a, b], dim=0))
+    def forward(self, a: torch.Tensor, b: torch.Tensor, member_a: torch.Tensor | None = None,
+                member_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Standardised scores of both images (see `SwinScorer.forward_z` for members). One
+        pass over the concatenation: same weights, one kernel launch per layer."""
+        member = None if member_a is None else torch.cat([member_a, member_b])
+        scores = self.scorer.forward_z(torch.cat([a, b], dim=0), member)
         return scores[: a.shape[0]], scores[a.shape[0] :]
 
 
