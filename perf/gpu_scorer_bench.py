@@ -85,12 +85,12 @@ def variants(name: str, device: str, modes: list[str]):
         if mode == "fp32":
             yield mode, base, torch.float32
         elif mode == "fp16":
-            yield mode, create_model(name).eval().to(device).half().requires_grad_(False), torch.float16
+            yield mode, create_model(name).eval().to(device).half_backbone().requires_grad_(False), torch.float16
         elif mode == "compile-fp16":
             for limit in ("recompile_limit", "cache_size_limit"):  # one graph per batch size, 9 sizes
                 if hasattr(torch._dynamo.config, limit):
                     setattr(torch._dynamo.config, limit, 64)
-            half = create_model(name).eval().to(device).half().requires_grad_(False)
+            half = create_model(name).eval().to(device).half_backbone().requires_grad_(False)
             yield mode, torch.compile(half, dynamic=False), torch.float16
         else:
             raise ValueError(f"unknown mode {mode}")

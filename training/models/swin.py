@@ -128,6 +128,15 @@ class SwinScorer(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.forward_z(x) * self.score_std + self.score_mean
 
+    def half_backbone(self) -> SwinScorer:
+        """FP16 weights for the backbone and its head; the statistics and their head stay FP32,
+        as in the FP16 ONNX copy (logs of small energies need FP32)."""
+        self.half()
+        if self.stats is not None:
+            self.stats.float()
+            self.stats_head.float()
+        return self
+
 
 class TwinScorer(nn.Module):
     """Two branches with shared weights: (a, b) -> (score_a, score_b), for MSE + rank loss."""
