@@ -298,3 +298,18 @@ def test_cross_fitted_stats_head_never_learns_an_image_with_the_mlp_that_scores_
         base = scorer.head(scorer.backbone(x))
         assert torch.allclose(scorer.forward_z(x, member), base + each.gather(1, member[:, None]), atol=1e-5)
         assert torch.allclose(scorer.forward_z(x), base + each.mean(1, keepdim=True), atol=1e-5)
+
+
+def test_half_backbone_keeps_the_statistics_in_fp32_and_scores_like_fp32():
+    from sampleiqa.training.models import create_model
+
+    torch.manual_seed(0)
+    model = create_model("swin_test_micro").eval()
+    torch.nn.init.normal_(model.head.weight, std=0.1)  # the backbone must count in the score
+    x = torch.randn(2, 3, 448, 448)
+    with torch.no_grad():
+        full = model(x)
+        half = model.half_backbone()(x.half())
+    assert model.backbone.patch_embed.proj.weight.dtype == torch.float16
+    assert model.stats.kernels.dtype == torch.float32 and next(model.stats_head.parameters()).dtype == torch.float32
+    assert torch.allclose(full, half.float(), atol=2e-2)
