@@ -410,8 +410,8 @@ class Trainer:
                 running: dict[str, float] = {}
                 for step, batch in enumerate(loaded, start=self.state["step_in_epoch"]):
                     a, b, ya, yb = (t.to(device, non_blocking=True) for t in batch)
-                    members = ((None, None) if self.folds is None else
-                               (torch.from_numpy(self.folds[steps[step][:, k]]).to(device) for k in (0, 1)))
+                    members = ((None, None) if self.folds is None else  # the MLP that never saw each image
+                               tuple(torch.from_numpy(self.folds[steps[step][:, k]]).to(device) for k in (0, 1)))
                     lr = _lr_at(epoch * steps_per_epoch + step, total_steps, stage)
                     for g in optimizer.param_groups:
                         g["lr"] = lr
