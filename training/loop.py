@@ -356,7 +356,7 @@ class Trainer:
             raw = _raw_stats(self.scorer, self.train_data, range(len(self.train_data)),
                              f"statistics of {self.train_set.name}")
             with torch.no_grad():
-                features = (raw - self.scorer.stats.feature_mean) / self.scorer.stats.feature_std
+                features = self.scorer.stats.standardise(raw)
             folds = torch.from_numpy(self.folds) if stage.cross_fit else None
             running = fit_stats_head(self.scorer, features, torch.from_numpy(self.z), stage, self.cfg.seed, folds=folds)
             running["seconds"] = time.monotonic() - started

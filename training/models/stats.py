@@ -207,16 +207,20 @@ class QualityStats(nn.Module):
         self.feature_mean.copy_(raw_features.mean(0))
         self.feature_std.copy_(raw_features.std(0).clamp_min(1e-4))
 
+    def standardise(self, raw_features: torch.Tensor) -> torch.Tensor:
+        return (raw_features - self.feature_mean) / self.feature_std
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return (self.raw(x) - self.feature_mean) / self.feature_std
+        return self.standardise(self.raw(x))
 
 
 class StatsHead(nn.Module):
     """Standardised statistics -> standardised score: the mean of `heads` small MLPs.
 
-    Heads differ only in their initialisation and dropout, so averaging them removes the
-    variance of a single MLP fitted on a few thousand photos (+.01-.02 validation SROCC on
-    BIQ2021, see training/results)."""
+    Heads differ in their initialisation and dropout (and, in a cross-fitted `stats` stage,
+    in the fold of photos each never sees), so averaging them removes the variance of a
+    single MLP fitted on a few thousand photos (+.01-.02 validation SROCC on BIQ2021, see
+    training/results)."""
 
     def __init__(self, num_features: int, hidden: int, heads: int = 1, dropout: float = 0.0):
         super().__init__()
