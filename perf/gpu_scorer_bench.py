@@ -9,7 +9,8 @@ sizes 1..256: images/s and the achieved fraction of the card's dense FP16 tensor
 peak. FLOPs per image are counted by torch.utils.flop_counter on one FP32 forward
 (matmuls and convolutions, 2 FLOPs per multiply-add; softmax, LayerNorm and GELU are
 not counted). A time budget (default 7.5 min) keeps it under 8 minutes: whatever does
-not fit is skipped and says so. Writes <out>/gpu_scorer_<card>_<model>.{md,json,png}.
+not fit is skipped and says so. Writes <out>/gpu_scorer_<card>_<model>.{md,json,png} after
+every point, so a run killed by an outer timeout keeps what it measured.
 """
 
 from __future__ import annotations
@@ -96,7 +97,9 @@ def variants(name: str, device: str, modes: list[str]):
             raise ValueError(f"unknown mode {mode}")
 
 
-def run(args) -> dict:
+def run(args, measured=lambda results: None) -> dict:
+    """Measure every (mode, batch); `measured(results)` runs after each point, so a run
+    stopped by a caller's timeout keeps what it measured."""
     device = args.device
     card = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
     peak = args.peak_tflops or (peak_tflops(card) if device.startswith("cuda") else None)
@@ -122,6 +125,7 @@ def run(args) -> dict:
             results["rows"].append(row)
             print(f"{mode:13s} batch {batch:4d}: {ips:10.1f} img/s  {tflops:7.2f} TFLOP/s"
                   + (f"  {row['fraction_of_fp16_peak']:.1%} of FP16 peak" if peak else ""), flush=True)
+            measured(results)
         del model
         if device.startswith("cuda"):
             torch.cuda.empty_cache()
@@ -170,14 +174,18 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.modes = args.modes.split(",")
-    r = run(args)
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    stem = out / f"gpu_scorer_{re.sub(r'[^A-Za-z0-9]+', '_', r['card']).strip('_')}_{r['model']}"
     command = "python perf/gpu_scorer_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
-    stem.with_suffix(".json").write_text(json.dumps(r, indent=1))
-    stem.with_suffix(".md").write_text(markdown(r, command.strip()))
-    plot(r, stem.with_suffix(".png"))
+
+    def write(r: dict) -> Path:
+        stem = out / f"gpu_scorer_{re.sub(r'[^A-Za-z0-9]+', '_', r['card']).strip('_')}_{r['model']}"
+        stem.with_suffix(".json").write_text(json.dumps(r, indent=1))
+        stem.with_suffix(".md").write_text(markdown(r, command.strip()))
+        plot(r, stem.with_suffix(".png"))
+        return stem
+
+    stem = write(run(args, measured=write))
     print(f"wrote {stem}.md/.json/.png")
     return 0
 
