@@ -42,9 +42,9 @@ def _labelled_folder(tmp_path: Path, n: int, name: str) -> Path:
 def _config(tmp_path: Path, epochs: int = 1, stages: str = "both") -> Path:
     train = _labelled_folder(tmp_path, 24, "train")
     syn = '[[stages]]\nname = "synthetic"\nkind = "synthetic"\nepochs = 1\nepoch_size = 8\nbatch_size = 8\nwarmup_steps = 1\n'
-    fit = '[[stages]]\nname = "stats"\nkind = "stats"\ncross_fit = true\nepochs = 3\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n'
+    fit = '[[stages]]\nname = "stats"\nkind = "stats"\ncross_fit = 2\nepochs = 3\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n'
     mos = (f'[[stages]]\nname = "mos"\nepochs = {epochs}\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n'
-           'freeze = ["stats_head"]\n')
+           'freeze = ["stats_head"]\nema_decay = 0.9\n')
     text = (f'model = "swin_test_micro"\nout_dir = "{tmp_path / "run"}"\nseed = 3\nthreads = 1\n'
             f'[data]\ntrain = {{ kind = "csv", path = "{train}" }}\nval = {{ kind = "csv", path = "{train}" }}\n'
             f'[resample]\nbins = 4\nmax_repeat = 2\n' + (syn if stages == "both" else "") + fit + mos)
@@ -275,10 +275,10 @@ def test_cross_fitted_stats_head_never_learns_an_image_with_the_mlp_that_scores_
 
     torch.manual_seed(0)
     scorer = create_model("swin_test_micro")
-    heads = len(scorer.stats_head.mlps)
-    folds = cross_fit_folds(40, heads, seed=0)
+    assert len(scorer.stats_head.mlps) == 3
+    folds = cross_fit_folds(40, 2, seed=0)
     assert sorted(np.bincount(folds)) == [20, 20]  # balanced, and a pure function of the seed
-    assert np.array_equal(folds, cross_fit_folds(40, heads, seed=0))
+    assert np.array_equal(folds, cross_fit_folds(40, 2, seed=0))
 
     features, z = torch.randn(40, scorer.stats.num_features), torch.randn(40)
     stage = StageConfig("stats", kind="stats", epochs=3, lr=1e-2, weight_decay=0.0, batch_size=8, warmup_steps=1)
@@ -287,7 +287,8 @@ def test_cross_fitted_stats_head_never_learns_an_image_with_the_mlp_that_scores_
     fit_stats_head(scorer, features, z, stage, seed=0, progress=False, folds=only_fold_0)
     after = [m.state_dict() for m in scorer.stats_head.mlps]
     assert all(torch.equal(before[0][k], after[0][k]) for k in after[0])  # MLP 0 saw none of them
-    assert any(not torch.equal(before[1][k], after[1][k]) for k in after[1])  # MLP 1 learned from all
+    for h in (1, 2):  # MLP 1 (fold 1 is empty here) and MLP 2 (beyond the folds) learned from all
+        assert any(not torch.equal(before[h][k], after[h][k]) for k in after[h])
 
     # Training scores each image with its own MLP; serving averages them.
     scorer.eval()
@@ -313,3 +314,68 @@ def test_half_backbone_keeps_the_statistics_in_fp32_and_scores_like_fp32():
     assert model.backbone.patch_embed.proj.weight.dtype == torch.float16
     assert model.stats.kernels.dtype == torch.float32 and next(model.stats_head.parameters()).dtype == torch.float32
     assert torch.allclose(full, half.float(), atol=2e-2)
+
+
+def test_weight_average_warms_up_then_follows_the_decay():
+    from sampleiqa.training.ema import WeightAverage
+
+    model = torch.nn.Linear(1, 1, bias=False)
+    model.register_buffer("steps", torch.zeros((), dtype=torch.long))
+    ema = WeightAverage(model, decay=0.9)
+    expected = float(model.weight.detach())
+    for t in range(1, 30):
+        with torch.no_grad():
+            model.weight.fill_(float(t))
+            model.steps.fill_(t)
+        ema.update(model)
+        d = min(0.9, (1 + t) / (10 + t))
+        expected = d * expected + (1 - d) * t
+        assert float(ema.model.weight) == pytest.approx(expected, rel=1e-5)
+    assert int(ema.model.steps) == 29  # integer buffers are copied, not averaged
+    again = WeightAverage(model, decay=0.9)
+    again.load_state_dict(ema.state_dict())
+    assert again.updates == 29 and torch.equal(again.model.weight, ema.model.weight)
+    with pytest.raises(ValueError):
+        WeightAverage(model, decay=1.0)
+
+
+def test_a_stage_with_a_weight_average_validates_ships_and_resumes_it_exactly(tmp_path, monkeypatch):
+    """The average is what the log's figures describe and what the run ends with; a run that
+    dies mid-epoch and resumes ends with the same weights as one that never stopped."""
+    import dataclasses
+
+    from sampleiqa.training import ema as ema_module
+    from sampleiqa.training.config import load_config
+    from sampleiqa.training.loop import Trainer, predict_cached
+    from sampleiqa.training.metrics import evaluate_scores, headline
+
+    cfg = load_config(_config(tmp_path, epochs=1, stages="mos"))
+    assert cfg.stages[-1].ema_decay == 0.9
+    cfg = dataclasses.replace(cfg, checkpoint_every_s=0.0)  # a checkpoint after every step
+    whole = Trainer(dataclasses.replace(cfg, out_dir=str(tmp_path / "whole")))
+    whole.run()
+    final = whole.scorer.state_dict()
+    history = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
+    logged = history[-1]["val_srocc"]
+    shipped = evaluate_scores(predict_cached(whole.scorer, whole.val_data), whole.val_data.scores)
+    assert headline(shipped)["srocc"] == pytest.approx(logged, abs=1e-9)
+
+    calls = {"n": 0}
+    update = ema_module.WeightAverage.update
+
+    def dies_at_step_2(self, model):
+        calls["n"] += 1
+        if calls["n"] == 2:
+            raise KeyboardInterrupt("killed mid-epoch")
+        update(self, model)
+
+    monkeypatch.setattr(ema_module.WeightAverage, "update", dies_at_step_2)
+    broken = dataclasses.replace(cfg, out_dir=str(tmp_path / "broken"))
+    with pytest.raises(KeyboardInterrupt):
+        Trainer(broken).run()
+    monkeypatch.setattr(ema_module.WeightAverage, "update", update)
+    resumed = Trainer(broken, resume=True)
+    assert resumed.state["done"] == [3, 0] and resumed.state["step_in_epoch"] == 1  # mid-epoch
+    resumed.run()
+    for k, v in resumed.scorer.state_dict().items():
+        assert torch.allclose(v, final[k], atol=1e-6), k

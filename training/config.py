@@ -29,10 +29,14 @@ class StageConfig:
     mse_weight: float = 1.0
     epoch_size: int | None = None  # images per epoch; default: the re-sampled epoch / the training set
     freeze: tuple[str, ...] = ()  # scorer modules this stage leaves alone (kept in eval mode), e.g. "stats_head"
-    # stats stage: MLP k of the head never trains on fold k of the images; later stages then
-    # score each training image with the MLP that did not see it, so the backbone learns the
-    # statistics' out-of-fold error, not a memorised one.
-    cross_fit: bool = False
+    # stats stage: the number of folds (0 = off; true = one per MLP). MLP k < folds never
+    # trains on fold k of the images, and later stages score each training image with the MLP
+    # that did not see it, so the backbone learns the statistics' out-of-fold error, not a
+    # memorised one. MLPs beyond the folds learn from every image; serving averages all.
+    cross_fit: int = 0
+    # mos/synthetic stages: evaluate, keep and pass on an exponential moving average of the
+    # weights with this decay (0 = off); see training/ema.py.
+    ema_decay: float = 0.0
 
 
 @dataclass(frozen=True)

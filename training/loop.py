@@ -31,6 +31,7 @@ from .data.cache import CachedSet, build_cache
 from .data.crops import random_face_crop
 from .data.datasets import create_dataset
 from .data.synthetic import ranked_pair
+from .ema import WeightAverage
 from .losses import RANK_LOSSES, twin_loss
 from .metrics import evaluate_scores, format_result, headline
 from .models import SwinScorer, TwinScorer, create_model
@@ -188,9 +189,18 @@ def _fit_stats(scorer: SwinScorer, data: CachedSet, n: int) -> None:
     scorer.stats.fit(_raw_stats(scorer, data, np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)))
 
 
-def cross_fit_folds(n: int, heads: int, seed: int) -> np.ndarray:
+def cross_fit_folds(n: int, folds: int, seed: int) -> np.ndarray:
     """The fold (= the statistics MLP that never sees it) of each of n training images."""
-    return (np.random.default_rng([seed, 7]).permutation(n) % heads).astype(np.int64)
+    return (np.random.default_rng([seed, 7]).permutation(n) % folds).astype(np.int64)
+
+
+def fold_count(stage: StageConfig, heads: int) -> int:
+    """A `stats` stage's number of folds: `cross_fit = true` means one per MLP."""
+    folds = heads if stage.cross_fit is True else int(stage.cross_fit)
+    if not 2 <= folds <= heads:
+        raise ValueError(f"stage {stage.name!r}: cross_fit = {stage.cross_fit!r} needs 2 to {heads} folds "
+                         f"(one MLP of the statistics head per fold)")
+    return folds
 
 
 def fit_stats_head(scorer: SwinScorer, features: torch.Tensor, z: torch.Tensor, stage: StageConfig,
@@ -198,7 +208,7 @@ def fit_stats_head(scorer: SwinScorer, features: torch.Tensor, z: torch.Tensor, 
     """A `stats` stage: train each MLP of the statistics head on standardised statistics of
     the served crops, with MSE + the rank loss over every pair in a batch (statistics are
     fixed, so this takes seconds per epoch, not minutes). With `folds`, MLP k learns nothing
-    from the images of fold k."""
+    from the images of fold k; MLPs numbered beyond the last fold learn from every image."""
     head = scorer.stats_head
     head.train()
     device = next(head.parameters()).device
@@ -294,8 +304,10 @@ class Trainer:
                 self.twin, device_ids=[self.dist.local_rank] if self.dist.device.type == "cuda" else None)
         self._ckpt = ckpt
         self.folds = None
-        if any(s.kind == "stats" and s.cross_fit for s in cfg.stages):
-            self.folds = cross_fit_folds(len(self.train_data), len(self.scorer.stats_head.mlps), cfg.seed)
+        fit = next((s for s in cfg.stages if s.kind == "stats" and s.cross_fit), None)
+        if fit is not None:
+            folds = fold_count(fit, len(self.scorer.stats_head.mlps))
+            self.folds = cross_fit_folds(len(self.train_data), folds, cfg.seed)
         # The stage the run stopped in: self.state (the same dict) moves on as stages start.
         self._ckpt_stage = ckpt["train_state"]["stage"] if ckpt else None
 
@@ -307,26 +319,33 @@ class Trainer:
         return torch.optim.AdamW([{"params": decay, "weight_decay": stage.weight_decay},
                                   {"params": other, "weight_decay": 0.0}], lr=stage.lr)
 
-    def _save(self, name: str, optimizer, scaler, extra: dict | None = None) -> None:
+    def _save(self, name: str, optimizer, scaler, extra: dict | None = None, model: SwinScorer | None = None) -> None:
         if not self.dist.main:
             return
-        save_checkpoint(self.out / name, self.scorer, train_state=self.state,
+        save_checkpoint(self.out / name, model or self.scorer, train_state=self.state,
                         optimizer=optimizer.state_dict() if optimizer else None,
                         scaler=scaler.state_dict() if scaler else None, config_file=str(self.cfg.source),
                         **(extra or {}))
 
-    def evaluate(self) -> dict | None:
+    def evaluate(self, model: SwinScorer | None = None) -> dict | None:
         if self.val_data is None:
             return None
-        pred = predict_cached(self.scorer, self.val_data, self.cfg.eval_batch_size, self.dist.device)
+        pred = predict_cached(model or self.scorer, self.val_data, self.cfg.eval_batch_size, self.dist.device)
         self.scorer.train()
         return evaluate_scores(pred, self.val_data.scores, self.val_data.scenes)
 
-    def _end_epoch(self, stage: StageConfig, epoch: int, running: dict, log, optimizer, scaler) -> dict | None:
-        """Validate, log, keep the best checkpoint (on labelled stages) and the last one."""
+    def _end_epoch(self, stage: StageConfig, epoch: int, running: dict, log, optimizer, scaler,
+                   ema: WeightAverage | None = None) -> dict | None:
+        """Validate, log, keep the best checkpoint (on labelled stages) and the last one. With
+        `ema`, the average is what is validated and kept as best, and at the stage's end it
+        replaces the weights (in the same save, so a resume never sees one without the other)."""
+        shown = ema.model if ema else self.scorer
+        if ema and epoch + 1 == stage.epochs:
+            self.scorer.load_state_dict(ema.model.state_dict())
+            ema = None
         result = None
         if self.dist.main:
-            result = self.evaluate()
+            result = self.evaluate(shown)
             record = {"stage": stage.name, "epoch": epoch + 1, "step": self.state["global_step"],
                       "loss": running.get("loss"), "mse": running.get("mse"), "rank": running.get("rank"),
                       "seconds": running.get("seconds")}
@@ -335,12 +354,12 @@ class Trainer:
                 print(f"[{stage.name} epoch {epoch + 1}] val {self.val_set.name}\n{format_result(result)}", flush=True)
                 if stage.kind != "synthetic" and headline(result)["srocc"] > self.state["best"]:
                     self.state["best"] = headline(result)["srocc"]
-                    self._save("best.pt", optimizer, scaler, {"val": result})
+                    self._save("best.pt", optimizer, scaler, {"val": result}, model=shown)
                     print(f"new best SROCC {self.state['best']:.4f} -> {self.out / 'best.pt'}", flush=True)
             self.state["history"].append(record)
             log.write(json.dumps(record) + "\n")
             log.flush()
-            self._save("last.pt", optimizer, scaler)
+            self._save("last.pt", optimizer, scaler, {"ema": ema.state_dict()} if ema else None)
             plot_history(self.state["history"], self.out / "training.png")
         self.dist.barrier()
         return result
@@ -389,11 +408,15 @@ class Trainer:
             steps_per_epoch = len(batches.steps(batches.pairs(stage_index, 0), self.dist.world, self.dist.rank))
             total_steps = steps_per_epoch * stage.epochs
             optimizer = self._optimizer(stage)
+            trained = [p for g in optimizer.param_groups for p in g["params"]]
             scaler = torch.amp.GradScaler("cuda") if use_amp else None
             if self._ckpt is not None and self._ckpt_stage == stage_index and self._ckpt.get("optimizer"):
                 optimizer.load_state_dict(self._ckpt["optimizer"])
                 if scaler and self._ckpt.get("scaler"):
                     scaler.load_state_dict(self._ckpt["scaler"])
+            ema = WeightAverage(self.scorer, stage.ema_decay) if stage.ema_decay else None
+            if ema and self._ckpt is not None and self._ckpt_stage == stage_index and self._ckpt.get("ema"):
+                ema.load_state_dict(self._ckpt["ema"])
             self._ckpt = None
             for epoch in range(done[stage_index], stage.epochs):
                 steps = batches.steps(batches.pairs(stage_index, epoch), self.dist.world, self.dist.rank)
@@ -419,17 +442,21 @@ class Trainer:
                         sa, sb = self.twin(a, b, *members)
                     loss, parts = twin_loss(sa, sb, ya, yb, stage.rank_weight, stage.rank_loss,
                                             0.0 if stage.kind == "synthetic" else stage.mse_weight)
-                    optimizer.zero_grad(set_to_none=True)
+                    # All of the scorer's gradients, not only the optimizer's: a frozen module's
+                    # would pile up step after step and swamp the clipping norm below.
+                    self.scorer.zero_grad(set_to_none=True)
                     if scaler:
                         scaler.scale(loss).backward()
                         scaler.unscale_(optimizer)
-                        torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), 5.0)
+                        torch.nn.utils.clip_grad_norm_(trained, 5.0)
                         scaler.step(optimizer)
                         scaler.update()
                     else:
                         loss.backward()
-                        torch.nn.utils.clip_grad_norm_(self.scorer.parameters(), 5.0)
+                        torch.nn.utils.clip_grad_norm_(trained, 5.0)
                         optimizer.step()
+                    if ema:
+                        ema.update(self.scorer)
                     for k, v in {"loss": float(loss.detach()), **parts}.items():
                         running[k] = 0.98 * running.get(k, v) + 0.02 * v
                     self.state["step_in_epoch"] = step + 1
@@ -439,14 +466,14 @@ class Trainer:
                                      f"mse {running['mse']:.3f} rank {running['rank']:.3f} lr {lr:.1e}")
                         bar.update()
                     if time.monotonic() - last_save > cfg.checkpoint_every_s:
-                        self._save("last.pt", optimizer, scaler)
+                        self._save("last.pt", optimizer, scaler, {"ema": ema.state_dict()} if ema else None)
                         last_save = time.monotonic()
                 if bar:
                     bar.close()
                 running["seconds"] = time.monotonic() - started
                 done[stage_index] = epoch + 1
                 self.state["step_in_epoch"] = 0
-                result = self._end_epoch(stage, epoch, running, log, optimizer, scaler)
+                result = self._end_epoch(stage, epoch, running, log, optimizer, scaler, ema)
         if self.dist.main:
             log.close()
         self.dist.close()
