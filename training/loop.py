@@ -410,13 +410,14 @@ class Trainer:
             optimizer = self._optimizer(stage)
             trained = [p for g in optimizer.param_groups for p in g["params"]]
             scaler = torch.amp.GradScaler("cuda") if use_amp else None
-            if self._ckpt is not None and self._ckpt_stage == stage_index and self._ckpt.get("optimizer"):
-                optimizer.load_state_dict(self._ckpt["optimizer"])
-                if scaler and self._ckpt.get("scaler"):
-                    scaler.load_state_dict(self._ckpt["scaler"])
             ema = WeightAverage(self.scorer, stage.ema_decay) if stage.ema_decay else None
-            if ema and self._ckpt is not None and self._ckpt_stage == stage_index and self._ckpt.get("ema"):
-                ema.load_state_dict(self._ckpt["ema"])
+            stopped_here = self._ckpt if self._ckpt is not None and self._ckpt_stage == stage_index else {}
+            if stopped_here.get("optimizer"):
+                optimizer.load_state_dict(stopped_here["optimizer"])
+                if scaler and stopped_here.get("scaler"):
+                    scaler.load_state_dict(stopped_here["scaler"])
+            if ema and stopped_here.get("ema"):
+                ema.load_state_dict(stopped_here["ema"])
             self._ckpt = None
             for epoch in range(done[stage_index], stage.epochs):
                 steps = batches.steps(batches.pairs(stage_index, epoch), self.dist.world, self.dist.rank)
