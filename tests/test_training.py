@@ -133,7 +133,27 @@ def test_statistics_move_the_way_each_distortion_should():
     assert f["sharp0_q0.9"][blur] < f["sharp0_q0.9"][clean] - 1
     assert f["s0_log_block_energy_low"][noise] > f["s0_log_block_energy_low"][clean] + 3  # noise lifts the floor
     assert f["dct0_zero_9"][comp] > f["dct0_zero_9"][clean] + 0.5  # coarse quantisation zeroes coefficients
+    assert f["rg_mscn_sigma"][noise] > 3 * f["rg_mscn_sigma"][clean]  # chroma noise
+    assert f["lbp0_9"][noise] > f["lbp0_9"][clean] + 0.2  # noise breaks local patterns into non-uniform ones
+    smooth = [f"grad0_hist_{b}" for b in range(4)]  # gradients under 10^0.25 grey levels
+    assert sum(f[n][blur] for n in smooth) > sum(f[n][clean] for n in smooth) + 0.2
     assert torch.allclose(stats.basic(torch.from_numpy(to_tensor(img))[None])[0], raw[0, : len(BASIC)], atol=1e-5)
+
+
+def test_statistics_of_flat_and_grey_images_are_finite_and_hueless():
+    import cv2
+
+    from sampleiqa.preprocessing import to_tensor
+    from sampleiqa.training.models.stats import FEATURE_NAMES, QualityStats
+
+    grey = cv2.cvtColor(cv2.cvtColor(cv2.imread(str(biq_images(1)[0]))[32:480, 32:480], cv2.COLOR_BGR2GRAY),
+                        cv2.COLOR_GRAY2BGR)
+    flat = np.full_like(grey, 128)
+    with torch.no_grad():
+        raw = QualityStats().raw(torch.from_numpy(np.stack([to_tensor(x) for x in (grey, flat)])))
+    assert torch.isfinite(raw).all()  # a flat image has no contrast to normalise by: no NaN reaches the head
+    hue = [i for i, n in enumerate(FEATURE_NAMES) if n.startswith("hue_")]
+    assert len(hue) == 8 and raw[:, hue].abs().max() == 0
 
 
 def _run_train(args, cwd=ROOT, env=None, timeout=600):

@@ -3,7 +3,7 @@
 Sharpness, noise, compression and exposure explain much of perceived quality, and a
 transformer trained from scratch on a few thousand photos learns them slowly. These
 statistics are computed from the same normalised crop the backbone sees, with ops that
-export to ONNX (conv, pooling, TopK), so the served model stays one graph with one input.
+export to ONNX (conv, pooling, TopK, Atan2), so the served model stays one graph with one input.
 Nothing here is learned; a standardisation fitted on the training set is kept in buffers.
 
 Groups (see `FEATURE_NAMES`):
@@ -13,8 +13,14 @@ Groups (see `FEATURE_NAMES`):
 - dct: log energy and zero fraction of each of the 63 AC coefficients of the 8x8 DCT of the
   luma, at full and half resolution: the spectrum that blur, noise and JPEG quantisation
   reshape (the crop sits on the JPEG block grid when its offset is a multiple of 8).
-- mscn: BRISQUE-style moments of mean-subtracted contrast-normalised luma and of its
-  products with the four neighbours, at two scales: naturalness.
+- mscn: BRISQUE-style moments (spread, shape, skew, left and right spread) of
+  mean-subtracted contrast-normalised luma at three scales, and of its products with the
+  four neighbours at two: naturalness.
+- colour: the same moments of the two opponent chroma channels (chroma noise, bleeding)
+  and a hue histogram weighted by chroma (colour grading), at half resolution.
+- texture: histograms of log gradient magnitude at three scales, GM-LOG-style histograms of
+  jointly normalised gradient and Laplacian responses at two (Xue et al. 2014: local
+  structure, contrast-invariant), and rotation-invariant uniform local binary patterns.
 - tone: a 16-bin luma histogram, its entropy, luma quantiles, per-channel mean and spread.
 - layout: quantiles and a 4x4 map of local sharpness at two scales (depth of field, motion
   blur), saturation levels and a 4x4 brightness map (composition, vignetting).
@@ -40,6 +46,13 @@ LUMA_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
 HIST_BINS = 16
 SAT_LEVELS = (0.1, 0.2, 0.35, 0.5, 0.7)
 NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))
+MOMENTS = ("var", "abs_ratio", "kurtosis", "skew", "left", "right")
+# log10 of gradient magnitude in 8-bit levels; jointly normalised GM / |LoG| responses (max 5).
+GRAD_EDGES = (-1.0, -0.5, 0.0, 0.25, 0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+GMLOG_EDGES = (0.1, 0.2, 0.35, 0.5, 0.7, 0.9, 1.1, 1.4, 1.8)
+HUE_EDGES = tuple(-math.pi + k * math.pi / 4 for k in range(1, 8))
+LBP_THRESHOLD = 2 / 255  # a neighbour counts as brighter only past sensor-noise level
+LBP_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))  # in circular order
 
 BASIC_NAMES = tuple(
     [f"s{s}_{n}" for s in range(SCALES) for n in
@@ -49,14 +62,19 @@ BASIC_NAMES = tuple(
 FEATURE_NAMES = (
     BASIC_NAMES
     + tuple(f"dct{s}_{kind}_{k}" for s in range(2) for kind in ("log_energy", "zero") for k in range(1, 64))
-    + tuple(f"mscn{s}_{n}" for s in range(2) for n in
-            ["var", "abs_ratio", "kurtosis", "skew"]
-            + [f"pair{dy}{dx}_{m}" for dy, dx in NEIGHBOURS for m in ("mean", "abs", "sq")])
+    + tuple(f"mscn{s}_{n}" for s in range(SCALES) for n in
+            MOMENTS + (tuple(f"pair{dy}{dx}_{m}" for dy, dx in NEIGHBOURS for m in ("mean", "abs", "sq"))
+                       if s < 2 else ()))
     + tuple(f"luma_hist_{i}" for i in range(HIST_BINS)) + ("luma_entropy",)
     + tuple(f"luma_q{q}" for q in LUMA_QUANTILES) + tuple(f"{c}_{m}" for m in ("mean", "std") for c in "rgb")
     + tuple(f"sharp{s}_{n}" for s in range(2) for n in
             [f"q{q}" for q in QUANTILES] + [f"grid{i}" for i in range(16)] + ["spread"])
     + tuple(f"sat_below_{t}" for t in SAT_LEVELS) + tuple(f"luma_grid{i}" for i in range(16))
+    + tuple(f"{c}_mscn_{n}" for c in ("rg", "yb") for n in MOMENTS + ("sigma",))
+    + tuple(f"hue_{k}" for k in range(len(HUE_EDGES) + 1))
+    + tuple(f"grad{s}_hist_{b}" for s in range(SCALES) for b in range(len(GRAD_EDGES) + 1))
+    + tuple(f"gmlog{s}_{kind}_{b}" for s in range(2) for kind in ("grad", "lap") for b in range(len(GMLOG_EDGES) + 1))
+    + tuple(f"lbp{s}_{k}" for s in range(2) for k in range(10))
 )
 
 
@@ -73,6 +91,38 @@ def _gaussian(sigma: float = 7 / 6, size: int = 7) -> torch.Tensor:
     g = torch.exp(-x**2 / (2 * sigma**2))
     g = g / g.sum()
     return (g[:, None] * g[None]).view(1, 1, size, size)  # one 7x7 conv beats two 1-D passes on CPU
+
+
+def _histogram(values: torch.Tensor, inner_edges, weights: torch.Tensor | None = None) -> torch.Tensor:
+    """Share of each row of values [N,P] in each bin [N, len(inner_edges) + 1] (open at both
+    ends); with weights [N,P], the share of their total. One comparison per edge: the bins
+    are differences of the cumulative shares."""
+    if weights is None:
+        below = [(values < e).float().mean(1) for e in inner_edges]
+        total = torch.ones_like(below[0])
+    else:
+        below = [((values < e).float() * weights).sum(1) for e in inner_edges]
+        total = weights.sum(1)
+    cumulative = torch.stack([torch.zeros_like(total)] + below + [total], 1)
+    return (cumulative[:, 1:] - cumulative[:, :-1]) / (total[:, None] + (EPS if weights is not None else 0))
+
+
+def _opponent(rgb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """The red-green and yellow-blue opponent channels [N,1,H,W] of colourfulness metrics."""
+    r, g, b = rgb[:, :1], rgb[:, 1:2], rgb[:, 2:]
+    return r - g, 0.5 * (r + g) - b
+
+
+def _moments(m: torch.Tensor) -> list[torch.Tensor]:
+    """Spread, shape, skew and left/right spread of an MSCN map [N,1,h,w] (what BRISQUE's
+    asymmetric generalised Gaussian fit summarises); finite on a flat image."""
+    m2 = (m * m).mean((1, 2, 3))
+    neg = (m < 0).float()
+    pos = 1 - neg
+    return [m2, m.abs().mean((1, 2, 3)) / (m2 + EPS).sqrt(), (m**4).mean((1, 2, 3)) / (m2**2 + EPS),
+            (m**3).mean((1, 2, 3)) / (m2**1.5 + EPS),
+            torch.sqrt((m * m * neg).sum((1, 2, 3)) / neg.sum((1, 2, 3)).clamp_min(1)),
+            torch.sqrt((m * m * pos).sum((1, 2, 3)) / pos.sum((1, 2, 3)).clamp_min(1))]
 
 
 def _pick(sorted_rows: torch.Tensor, quantiles) -> torch.Tensor:
@@ -112,17 +162,22 @@ class QualityStats(nn.Module):
             grays.append(F.avg_pool2d(grays[-1], 2))
         return grays
 
+    def _responses(self, grays: list[torch.Tensor]) -> list[torch.Tensor]:
+        """Laplacian, horizontal and vertical Sobel responses [N,3,h,w] at each scale."""
+        return [F.conv2d(g, self.kernels) for g in grays]
+
     def basic(self, x: torch.Tensor) -> torch.Tensor:
         """The basic group [N, len(BASIC_NAMES)], for any image size."""
         rgb, gray = self._rgb_gray(x)
-        return self._basic(rgb, self._pyramid(gray))[0]
+        grays = self._pyramid(gray)
+        return self._basic(rgb, grays, self._responses(grays))[0]
 
-    def _basic(self, rgb: torch.Tensor, grays: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _basic(self, rgb: torch.Tensor, grays: list[torch.Tensor],
+               responses: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The basic group, and the maps of log Laplacian energy per 16px block at each scale
         [N,1,bh,bw] (the layout group reads them too)."""
         feats, block_maps = [], []
-        for g in grays:
-            r = F.conv2d(g, self.kernels)  # [N,3,h,w]: laplacian, gx, gy
+        for r in responses:
             lap2 = r[:, :1] ** 2
             grad = torch.sqrt(r[:, 1:2] ** 2 + r[:, 2:3] ** 2 + EPS)
             block_maps.append(torch.log(F.avg_pool2d(lap2, BLOCK) + EPS))
@@ -138,10 +193,9 @@ class QualityStats(nn.Module):
         gray = grays[0]
         luma = gray.flatten(1)
         sat = rgb.amax(1) - rgb.amin(1)
-        rg = rgb[:, 0] - rgb[:, 1]
-        yb = 0.5 * (rgb[:, 0] + rgb[:, 1]) - rgb[:, 2]
-        colourfulness = torch.sqrt(rg.var((1, 2)) + yb.var((1, 2)) + EPS) + 0.3 * torch.sqrt(
-            rg.mean((1, 2)) ** 2 + yb.mean((1, 2)) ** 2 + EPS)
+        rg, yb = _opponent(rgb)
+        colourfulness = torch.sqrt(rg.var((1, 2, 3)) + yb.var((1, 2, 3)) + EPS) + 0.3 * torch.sqrt(
+            rg.mean((1, 2, 3)) ** 2 + yb.mean((1, 2, 3)) ** 2 + EPS)
         local_mean = F.avg_pool2d(gray, 8)
         local_var = (F.avg_pool2d(gray * gray, 8) - local_mean * local_mean).clamp_min(0)
         feats += [
@@ -155,17 +209,21 @@ class QualityStats(nn.Module):
         c = F.conv2d(gray * 255, self.dct, stride=8)[:, 1:]  # AC coefficients of each 8x8 block
         return torch.cat([torch.log((c * c).mean((2, 3)) + 1e-3), (c.abs() < 0.5).float().mean((2, 3))], 1)
 
+    def _mscn_map(self, g: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The MSCN map of one channel [N,1,h,w] and its local deviation."""
+        r = self.gaussian.shape[-1] // 2
+        n = g.shape[0]  # the batch: stays symbolic in the exported graph
+        blurred = F.conv2d(torch.cat([g, g * g], 0), self.gaussian)  # local mean and second moment
+        mu, sigma = blurred[:n], (blurred[n:] - blurred[:n] ** 2).clamp_min(0).sqrt()
+        return ((g[:, :, r:-r, r:-r] - mu) / (sigma + 1 / 255))[:, :, 1:-1, 1:-1], sigma
+
     def _mscn(self, grays: list[torch.Tensor]) -> list[torch.Tensor]:
         feats = []
-        r = self.gaussian.shape[-1] // 2
-        for g in grays[:2]:
-            n = g.shape[0]  # the batch: stays symbolic in the exported graph
-            blurred = F.conv2d(torch.cat([g, g * g], 0), self.gaussian)  # local mean and second moment
-            mu, sigma = blurred[:n], (blurred[n:] - blurred[:n] ** 2).clamp_min(0).sqrt()
-            m = ((g[:, :, r:-r, r:-r] - mu) / (sigma + 1 / 255))[:, :, 1:-1, 1:-1]
-            m2 = (m * m).mean((1, 2, 3))
-            feats += [m2, m.abs().mean((1, 2, 3)) / m2.sqrt(), (m**4).mean((1, 2, 3)) / m2**2,
-                      (m**3).mean((1, 2, 3)) / m2**1.5]
+        for s, g in enumerate(grays):
+            m = self._mscn_map(g)[0]
+            feats += _moments(m)
+            if s >= 2:
+                continue
             h, w = m.shape[2], m.shape[3]
             for dy, dx in NEIGHBOURS:
                 p = m[:, :, : h - dy, max(0, -dx) : w - max(0, dx)] * m[:, :, dy:, max(0, dx) : w - max(0, -dx)]
@@ -174,9 +232,7 @@ class QualityStats(nn.Module):
 
     def _tone(self, rgb: torch.Tensor, gray: torch.Tensor) -> list[torch.Tensor]:
         luma = gray.flatten(1)[:, ::7]  # every 7th pixel is plenty for a histogram
-        edges = [i / HIST_BINS for i in range(HIST_BINS + 1)]
-        hist = torch.stack([((luma >= lo) & ((luma < hi) if i < HIST_BINS - 1 else (luma <= hi))).float().mean(1)
-                            for i, (lo, hi) in enumerate(zip(edges[:-1], edges[1:]))], 1)
+        hist = _histogram(luma, [i / HIST_BINS for i in range(1, HIST_BINS)])
         entropy = -(hist * torch.log(hist + EPS)).sum(1, keepdim=True)
         quantiles = _pick(torch.sort(luma, dim=1).values, LUMA_QUANTILES)
         return [hist, entropy, quantiles, rgb.mean((2, 3)), rgb.flatten(2).std(2)]
@@ -194,12 +250,46 @@ class QualityStats(nn.Module):
         feats.append(F.avg_pool2d(gray, (int(gray.shape[2]) // 4, int(gray.shape[3]) // 4)).flatten(1)[:, :16])
         return feats
 
+    def _colour(self, rgb: torch.Tensor) -> list[torch.Tensor]:
+        rgb = F.avg_pool2d(rgb, 2)  # JPEG keeps chroma at half resolution (4:2:0): nothing is lost
+        feats = []
+        for c in _opponent(rgb):
+            m, sigma = self._mscn_map(c)
+            feats += _moments(m) + [sigma.mean((1, 2, 3))]
+        r, g, b = rgb[:, 0], rgb[:, 1], rgb[:, 2]
+        hue = torch.atan2(math.sqrt(3) * (g - b), 2 * r - g - b).flatten(1)
+        chroma = (rgb.amax(1) - rgb.amin(1)).flatten(1)
+        chroma = chroma * (chroma > 2 / 255)  # within two levels of grey a pixel has no hue
+        return [torch.stack(feats, 1), _histogram(hue, HUE_EDGES, weights=chroma)]
+
+    def _texture(self, grays: list[torch.Tensor], responses: list[torch.Tensor]) -> list[torch.Tensor]:
+        feats = []
+        for r in responses:
+            g2 = r[:, 1:2] ** 2 + r[:, 2:3] ** 2
+            feats.append(_histogram(torch.log10(torch.sqrt(g2 + 1e-10) * 255 + 1e-2).flatten(1), GRAD_EDGES))
+        for r in responses[:2]:
+            gm, lap = torch.sqrt(r[:, 1:2] ** 2 + r[:, 2:3] ** 2 + EPS), r[:, :1].abs()
+            norm = torch.sqrt(F.avg_pool2d(gm**2 + lap**2, 5, 1, 2)) + 0.2 / 255  # joint adaptive normalisation
+            feats += [_histogram((gm / norm).flatten(1), GMLOG_EDGES), _histogram((lap / norm).flatten(1), GMLOG_EDGES)]
+        for g in grays[:2]:
+            centre = g[:, :, 1:-1, 1:-1]
+            h, w = centre.shape[2], centre.shape[3]
+            bits = [(g[:, :, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] >= centre + LBP_THRESHOLD).float()
+                    for dy, dx in LBP_NEIGHBOURS]
+            ones = sum(bits)
+            transitions = sum((bits[i] - bits[(i + 1) % 8]).abs() for i in range(8))
+            code = torch.where(transitions <= 2, ones, torch.full_like(ones, 9)).flatten(1)  # 9: not uniform
+            feats.append(torch.stack([(code == k).float().mean(1) for k in range(10)], 1))
+        return feats
+
     def raw(self, x: torch.Tensor) -> torch.Tensor:
         rgb, gray = self._rgb_gray(x)
         grays = self._pyramid(gray)
-        basic, block_maps = self._basic(rgb, grays)
+        responses = self._responses(grays)
+        basic, block_maps = self._basic(rgb, grays, responses)
         return torch.cat([basic, self._dct(grays[0]), self._dct(grays[1]), torch.stack(self._mscn(grays), 1),
-                          *self._tone(rgb, gray), *self._layout(rgb, gray, block_maps)], 1)
+                          *self._tone(rgb, gray), *self._layout(rgb, gray, block_maps), *self._colour(rgb),
+                          *self._texture(grays, responses)], 1)
 
     @torch.no_grad()
     def fit(self, raw_features: torch.Tensor) -> None:

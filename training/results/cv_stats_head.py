@@ -1,15 +1,19 @@
-"""Paired 5-fold cross-validation of the statistics head's training on BIQ2021 `train`
-(`val` untouched): does each MLP drawing its own batches beat training them side by side?
+"""Paired 5-fold cross-validation of the statistics head on BIQ2021 `train` (`val`
+untouched): which way of training it, and which statistics, generalise to new photos?
 
     python training/results/cv_stats_head.py side        # the `stats` stage as shipped
     python training/results/cv_stats_head.py independent # each MLP its own shuffled batches
+    python training/results/cv_stats_head.py side v1,all # the 406 statistics of v1 against all
 
-Five MLPs, the default `stats` stage's settings, the same folds and seeds for both; prints
-each fold's SROCC and the out-of-fold SROCC / PLCC over all 4,500 photos. 2026-11-26, 2-core
-CPU, about 8 minutes each after the statistics pass: side 0.7105 / 0.7825, independent
-0.7092 / 0.7820 (per fold within ±0.006 of each other). No gain, so the stage kept training
-its MLPs side by side. (Those figures came from this code run on the statistics saved by
-`statistics_study.md`, the same 406 features up to the histogram's pixel stride.)
+Five MLPs, the default `stats` stage's settings, the same folds and seeds for every run;
+prints each fold's SROCC and the out-of-fold SROCC / PLCC over all 4,500 photos. 2-core CPU,
+about 8 minutes per run after the statistics pass (4 minutes).
+
+- Batches (2026-11-26, v1 statistics): side 0.7105 / 0.7825, independent 0.7092 / 0.7820
+  (per fold within ±0.006 of each other). No gain, so the stage kept training its MLPs side
+  by side. (Those figures came from this code run on the statistics saved by
+  `statistics_study.md`, the same 406 features up to the histogram's pixel stride.)
+- Statistics (see `statistics_study.md`, v2): FIGURES_V2
 """
 
 import math
@@ -25,8 +29,14 @@ from sampleiqa.training.data.datasets import load_biq2021
 from sampleiqa.training.loop import _lr_at, _raw_stats, fit_stats_head
 from sampleiqa.training.losses import RANK_LOSSES
 from sampleiqa.training.models import create_model
-from sampleiqa.training.models.stats import StatsHead
+from sampleiqa.training.models.stats import FEATURE_NAMES, StatsHead
 
+# What v2 added: colour and texture groups, and the third MSCN scale and left/right spreads.
+V2_ONLY = ("rg_", "yb_", "hue_", "grad", "gmlog", "lbp", "mscn2_")
+FEATURE_SETS = {
+    "all": [i for i, _ in enumerate(FEATURE_NAMES)],
+    "v1": [i for i, n in enumerate(FEATURE_NAMES) if not n.startswith(V2_ONLY) and not n.endswith(("_left", "_right"))],
+}
 STAGE = StageConfig("stats", kind="stats", epochs=150, lr=1e-3, weight_decay=1e-2, batch_size=64, warmup_steps=2000)
 
 
@@ -60,19 +70,22 @@ def fit_independent(head: StatsHead, x: torch.Tensor, z: torch.Tensor, seed: int
 variant = sys.argv[1] if len(sys.argv) > 1 else "side"
 data = build_cache(load_biq2021("../shared/data/biq2021", "train"))
 raw = _raw_stats(create_model("swin_compact_stats"), data, range(len(data)), "statistics")
-x = (raw - raw.mean(0)) / raw.std(0).clamp_min(1e-6)
 z = torch.from_numpy(((data.scores - data.scores.mean()) / data.scores.std()).astype(np.float32))
 folds = np.random.default_rng(123).permutation(len(z)) % 5
-oof = np.zeros(len(z))
-for k in range(5):
-    train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
-    torch.manual_seed(k)
-    head = StatsHead(x.shape[1], 256, heads=5, dropout=0.3)
-    if variant == "side":
-        fit_stats_head(_Holder(head), x[train], z[train], STAGE, seed=k, progress=False)
-    else:
-        fit_independent(head, x[train], z[train], seed=k)
-    with torch.no_grad():
-        oof[test] = head.eval()(x[test]).view(-1).numpy()
-    print(f"{variant} fold {k}: SROCC {spearmanr(oof[test], z[test])[0]:.4f}", flush=True)
-print(f"{variant}: out-of-fold SROCC {spearmanr(oof, z)[0]:.4f} PLCC {pearsonr(oof, z)[0]:.4f}")
+for features in (sys.argv[2] if len(sys.argv) > 2 else "all").split(","):
+    x = raw[:, FEATURE_SETS[features]]
+    x = (x - x.mean(0)) / x.std(0).clamp_min(1e-6)
+    oof = np.zeros(len(z))
+    for k in range(5):
+        train, test = np.flatnonzero(folds != k), np.flatnonzero(folds == k)
+        torch.manual_seed(k)
+        head = StatsHead(x.shape[1], 256, heads=5, dropout=0.3)
+        if variant == "side":
+            fit_stats_head(_Holder(head), x[train], z[train], STAGE, seed=k, progress=False)
+        else:
+            fit_independent(head, x[train], z[train], seed=k)
+        with torch.no_grad():
+            oof[test] = head.eval()(x[test]).view(-1).numpy()
+        print(f"{variant} {features} fold {k}: SROCC {spearmanr(oof[test], z[test])[0]:.4f}", flush=True)
+    print(f"{variant} {features} ({x.shape[1]} statistics): out-of-fold SROCC {spearmanr(oof, z)[0]:.4f} "
+          f"PLCC {pearsonr(oof, z)[0]:.4f}", flush=True)
