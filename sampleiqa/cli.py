@@ -210,6 +210,26 @@ def cmd_train(args) -> int:
     return 0
 
 
+def cmd_cache(args) -> int:
+    from sampleiqa.training.data.cache import default_root, list_caches, prune_caches
+
+    root = Path(args.root) if args.root else default_root()
+    if args.prune_older_than is not None:
+        doomed = prune_caches(args.prune_older_than, root, dry_run=args.dry_run)
+        verb = "would delete" if args.dry_run else "deleted"
+        for e in doomed:
+            print(f"{verb} {e.folder} ({e.dataset}, {e.bytes / 1e9:.2f} GB)")
+        print(f"{verb} {len(doomed)} cache(s), {sum(e.bytes for e in doomed) / 1e9:.2f} GB")
+        return 0
+    entries = list_caches(root)
+    print(f"{len(entries)} cache(s) under {root}, {sum(e.bytes for e in entries) / 1e9:.2f} GB")
+    for e in entries:
+        state = "" if e.complete else "  (incomplete: a killed or running build)"
+        print(f"  {e.folder.name}  {e.dataset:24s} {e.images:6d} images {e.bytes / 1e9:6.2f} GB  "
+              f"last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(e.last_used))}{state}")
+    return 0
+
+
 def _data_spec(pairs: list[str]) -> dict:
     spec = {}
     for pair in pairs:
@@ -307,6 +327,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="continue from OUT_DIR/last.pt")
     p.add_argument("--out-dir", help="override the config's out_dir")
     p.set_defaults(func=cmd_train)
+
+    p = sub.add_parser("cache", help="list the training crop caches, or prune those not used for a while")
+    p.add_argument("--root", help="cache folder (default: $SAMPLEIQA_CACHE or ~/.cache/sampleiqa/crops)")
+    p.add_argument("--prune-older-than", type=float, metavar="DAYS",
+                   help="delete caches not used for DAYS days (0: all), and leftovers of killed builds")
+    p.add_argument("--dry-run", action="store_true", help="with --prune-older-than: only say what would go")
+    p.set_defaults(func=cmd_cache)
 
     p = sub.add_parser("evaluate", help="PLCC/SROCC/KRCC of a model on a labelled set (per scene where scenes exist)")
     model = p.add_mutually_exclusive_group()

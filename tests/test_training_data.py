@@ -122,3 +122,39 @@ def test_metrics_match_scipy_and_handle_scenes():
     assert per["scene_mean"]["srocc"] == pytest.approx(expect)
     assert per["scene_median"]["srocc"] == pytest.approx(expect)  # median of two = mean
     assert set(per["per_scene"]) == {"a", "b"}
+
+
+def test_crop_caches_are_shared_across_spellings_listed_and_pruned(tmp_path, monkeypatch):
+    import os
+    import subprocess
+    import sys
+
+    from sampleiqa.training.data.cache import build_cache, list_caches, prune_caches
+
+    photos = tmp_path / "photos"
+    photos.mkdir()
+    for p in biq_images(2):
+        shutil.copy(p, photos / p.name)
+    (photos / "labels.csv").write_text("path,score\n" + "".join(f"{p.name},0.5\n" for p in biq_images(2)))
+    root = tmp_path / "caches"
+    first = build_cache(load_csv(photos / "labels.csv"), root=root, workers=1)
+    monkeypatch.chdir(tmp_path)
+    again = build_cache(load_csv("photos/labels.csv"), root=root, workers=1)  # a relative spelling
+    assert again.root == first.root and len(again) == 2
+
+    killed = root / "0123456789abcdef.tmp999999999"  # a build whose process is gone
+    (killed / "train").mkdir(parents=True)
+    running = root / f"fedcba9876543210.tmp{os.getpid()}"  # a build still running
+    (running / "train").mkdir(parents=True)
+    entries = {e.folder.name: e for e in list_caches(root)}
+    assert (entries[first.root.name].dataset, entries[first.root.name].images) == ("csv[labels.csv]", 2)
+    assert entries[first.root.name].complete and not entries[killed.name].complete
+
+    assert [e.folder for e in prune_caches(1, root)] == [killed]  # used just now: kept
+    os.utime(first.root, (0, 0))  # last used long ago
+    doomed = prune_caches(1, root, dry_run=True)
+    assert [e.folder for e in doomed] == [first.root] and first.root.exists()
+    out = subprocess.run([sys.executable, "-m", "sampleiqa.cli", "cache", "--root", str(root),
+                          "--prune-older-than", "1"], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and "deleted 1 cache(s)" in out.stdout, out.stderr
+    assert not first.root.exists() and running.exists()

@@ -10,6 +10,10 @@ every epoch. The cache keeps, per sample:
   pixels, for `random_plan`. A 12-megapixel phone photo then costs ~2 MB, not 36.
 Unreadable images are reported by the builder and listed in the index, never dropped
 silently.
+
+A cache is a few GB per dataset and a new one is made whenever the photos or the
+preprocessing code change, so each reuse stamps the folder, and `sampleiqa cache` lists them
+and prunes those not used for a while (and leftovers of builds that were killed).
 """
 
 from __future__ import annotations
@@ -18,6 +22,7 @@ import hashlib
 import json
 import os
 import shutil
+import time
 from dataclasses import dataclass
 from multiprocessing import get_context
 from pathlib import Path
@@ -54,7 +59,7 @@ def _key(dataset: LabelledSet) -> str:
     h.update(_preprocessing_fingerprint())
     for s in dataset.samples:
         st = s.path.stat()
-        h.update(f"{s.path}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())
+        h.update(f"{s.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())  # one cache per photo set
     return h.hexdigest()[:16]
 
 
@@ -119,6 +124,7 @@ def build_cache(dataset: LabelledSet, root: Path | None = None, workers: int | N
     index_path = folder / "index.json"
     if not index_path.exists():
         _write(dataset, folder, workers or os.cpu_count() or 1)
+    os.utime(folder)  # last use, for `sampleiqa cache --prune-older-than`
     index = json.loads(index_path.read_text())
     return CachedSet(folder, np.asarray(index["scores"], dtype=np.float32), index["scenes"], index["paths"],
                      [Box(*f) if f else None for f in index["faces"]], index["unreadable"])
@@ -149,7 +155,7 @@ def _write(dataset: LabelledSet, folder: Path, workers: int) -> None:
     np.save(tmp / "eval.npy", np.asarray(evals[: len(kept)]))
     del evals
     (tmp / "eval.all.npy").unlink()
-    index = {"paths": [str(s.path) for s in kept], "scores": [s.score for s in kept],
+    index = {"dataset": dataset.name, "paths": [str(s.path) for s in kept], "scores": [s.score for s in kept],
              "scenes": [s.scene for s in kept], "faces": faces, "unreadable": unreadable}
     (tmp / "index.json").write_text(json.dumps(index))
     try:
@@ -161,3 +167,54 @@ def _write(dataset: LabelledSet, folder: Path, workers: int) -> None:
         print(f"warning: {len(unreadable)} unreadable images left out of {dataset.name}:", flush=True)
         for p, err in list(unreadable.items())[:10]:
             print(f"  {p}: {err}", flush=True)
+
+
+@dataclass
+class CacheEntry:
+    folder: Path
+    dataset: str  # "?" for caches written before the name was kept
+    images: int
+    bytes: int
+    last_used: float  # epoch seconds
+    complete: bool  # False: a build that was killed (or is still running)
+
+
+def _size(folder: Path) -> int:
+    return sum(f.stat().st_size for f in folder.rglob("*") if f.is_file())
+
+
+def _writer_alive(folder: Path) -> bool:
+    pid = folder.name.rpartition(".tmp")[2]
+    try:
+        os.kill(int(pid), 0)
+    except (ValueError, ProcessLookupError):
+        return False
+    except PermissionError:  # someone else's live process
+        return True
+    return True
+
+
+def list_caches(root: Path | None = None) -> list[CacheEntry]:
+    """Every cache under root (default: $SAMPLEIQA_CACHE or ~/.cache/sampleiqa/crops), the
+    least recently used first."""
+    root = Path(root or default_root())
+    entries = []
+    for folder in (p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
+        index_path = folder / "index.json"
+        complete = ".tmp" not in folder.name and index_path.exists()
+        index = json.loads(index_path.read_text()) if complete else {}
+        entries.append(CacheEntry(folder, index.get("dataset", "?"), len(index.get("paths", ())), _size(folder),
+                                  folder.stat().st_mtime, complete))
+    return sorted(entries, key=lambda e: e.last_used)
+
+
+def prune_caches(older_than_days: float, root: Path | None = None, dry_run: bool = False) -> list[CacheEntry]:
+    """Delete the caches not used for `older_than_days`, and leftovers of builds whose process
+    is gone; returns what was (or, with dry_run, would be) deleted."""
+    cutoff = time.time() - older_than_days * 86400
+    doomed = [e for e in list_caches(root)
+              if (e.complete and e.last_used < cutoff) or (not e.complete and not _writer_alive(e.folder))]
+    if not dry_run:
+        for e in doomed:
+            shutil.rmtree(e.folder, ignore_errors=True)
+    return doomed
