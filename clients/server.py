@@ -105,6 +105,16 @@ def default_log_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sampleiqa"
 
 
+KEPT_LOGS = 20  # default log names carry the (random) port, so old ones would pile up
+
+
+def prune_logs(folder: Path, keep: int = KEPT_LOGS) -> None:
+    """Delete all but the `keep` most recently written default-named Triton logs in folder."""
+    logs = sorted(folder.glob("triton-*.log"), key=lambda p: p.stat().st_mtime, reverse=True)
+    for old in logs[keep:]:
+        old.unlink(missing_ok=True)
+
+
 def start_embedded(repository: str | Path, command: str, **kwargs) -> "TritonServer | None":
     """Start the embedded server for a CLI command; on failure say why and return None."""
     server = TritonServer(repository, **kwargs)
@@ -165,6 +175,7 @@ class TritonServer:
         self.grpc_port = grpc_port or free_port()
         self.http_port = http_port
         self.metrics_port = metrics_port
+        self.default_log = not log_file
         self.log_file = Path(log_file) if log_file else default_log_dir() / f"triton-{self.grpc_port}.log"
         self.extra_args = list(extra_args)
         self.exit_timeout_s = exit_timeout_s
@@ -220,6 +231,8 @@ class TritonServer:
         if not (self.repository / ENSEMBLE / "config.pbtxt").exists():
             raise ServerError(f"{self.repository} is not a SampleIQA model repository (no {ENSEMBLE}/config.pbtxt)")
         self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        if self.default_log:
+            prune_logs(self.log_file.parent)
         log_handle = open(self.log_file, "ab")
         self._log_offset = log_handle.tell()
         cmd = self.command()

@@ -109,3 +109,17 @@ def test_per_request_timeout_gives_timeout_rows_not_a_hang(server, client, tmp_p
     assert all(r["status"] == "error" and r["error"].startswith("[timeout] ") for r in got), got
     assert "timeout 3" in res.stderr  # the summary counts them
     assert client.score(biq_images(1)[0].read_bytes()).ok  # the server is fine afterwards
+
+
+def test_old_default_triton_logs_are_pruned_not_piled_up(tmp_path):
+    from sampleiqa.clients.server import KEPT_LOGS, prune_logs
+
+    for i in range(KEPT_LOGS + 5):
+        log = tmp_path / f"triton-{50000 + i}.log"
+        log.write_text("x")
+        os.utime(log, (1_000_000 + i, 1_000_000 + i))  # 50000 is the oldest
+    (tmp_path / "mine.log").write_text("a log the user named")
+    prune_logs(tmp_path)
+    left = sorted(p.name for p in tmp_path.glob("triton-*.log"))
+    assert left == [f"triton-{50000 + i}.log" for i in range(5, KEPT_LOGS + 5)]
+    assert (tmp_path / "mine.log").exists()
