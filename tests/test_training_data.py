@@ -146,7 +146,9 @@ def test_crop_caches_are_shared_across_spellings_listed_and_pruned(tmp_path, mon
     (killed / "train").mkdir(parents=True)
     running = root / f"fedcba9876543210.tmp{os.getpid()}"  # a build still running
     (running / "train").mkdir(parents=True)
+    (root / "notes").mkdir()  # not a cache: never listed, never pruned
     entries = {e.folder.name: e for e in list_caches(root)}
+    assert set(entries) == {first.root.name, killed.name, running.name}
     assert (entries[first.root.name].dataset, entries[first.root.name].images) == ("csv[labels.csv]", 2)
     assert entries[first.root.name].complete and not entries[killed.name].complete
 
@@ -157,4 +159,4 @@ def test_crop_caches_are_shared_across_spellings_listed_and_pruned(tmp_path, mon
     out = subprocess.run([sys.executable, "-m", "sampleiqa.cli", "cache", "--root", str(root),
                           "--prune-older-than", "1"], capture_output=True, text=True, timeout=120)
     assert out.returncode == 0 and "deleted 1 cache(s)" in out.stdout, out.stderr
-    assert not first.root.exists() and running.exists()
+    assert not first.root.exists() and running.exists() and (root / "notes").exists()

@@ -21,6 +21,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass
@@ -38,6 +39,7 @@ from sampleiqa.preprocessing.crops import _scale, _scaled_dims
 from .datasets import LabelledSet
 
 CACHE_VERSION = 2
+CACHE_NAME = re.compile(r"[0-9a-f]{16}(\.tmp\d+)?")  # `_key`, or a build in progress
 
 
 def default_root() -> Path:
@@ -198,8 +200,12 @@ def list_caches(root: Path | None = None) -> list[CacheEntry]:
     """Every cache under root (default: $SAMPLEIQA_CACHE or ~/.cache/sampleiqa/crops), the
     least recently used first."""
     root = Path(root or default_root())
+    if not root.is_dir():
+        return []
     entries = []
-    for folder in (p for p in root.iterdir() if p.is_dir()) if root.is_dir() else ():
+    for folder in root.iterdir():
+        if not (folder.is_dir() and CACHE_NAME.fullmatch(folder.name)):
+            continue  # never touch what this module did not make, whatever root points at
         index_path = folder / "index.json"
         complete = ".tmp" not in folder.name and index_path.exists()
         index = json.loads(index_path.read_text()) if complete else {}
