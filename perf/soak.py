@@ -7,7 +7,8 @@ real photos plus two bad inputs (a truncated JPEG, an empty file), so the error 
 under load too. It reports errors (any result other than the one each image must get, or an
 exception; must be 0), throughput, p50/p99 latency, and the resident memory (VmRSS) of the
 Triton process plus its python-backend stub processes, taken after a warm-up and at the end.
-The growth must stay under --max-growth-mib. Exit status 1 when either check fails.
+The growth must stay under --max-growth-mib, and the growth over the second half of the
+samples under MAX_LATE_GROWTH_MIB. Exit status 1 when a check fails.
 """
 
 from __future__ import annotations
@@ -24,7 +25,11 @@ import numpy as np
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SAMPLEIQA_DATA", REPO_ROOT.parent / "shared" / "data")) / "biq2021" / "images"
-MAX_GROWTH_MIB = 64.0  # after warm-up; see perf/results/soak.md for what a long run shows
+# After warm-up ONNX Runtime's arena may still extend once, by a chunk of ~85 MiB with the
+# 534-statistics graph (at random: whether a burst of requests needs it), and then levels off;
+# a leak keeps growing. See perf/results/soak.md.
+MAX_GROWTH_MIB = 128.0
+MAX_LATE_GROWTH_MIB = 16.0  # over the second half of the samples
 
 
 def _children(pid: int) -> list[int]:
@@ -139,7 +144,8 @@ class SoakResult:
 
     @property
     def passed(self) -> bool:
-        return self.errors == 0 and self.growth_mib <= self.max_growth_mib
+        return (self.errors == 0 and self.growth_mib <= self.max_growth_mib
+                and self.late_growth_mib <= MAX_LATE_GROWTH_MIB)
 
     def report(self, command: str = "") -> str:
         lines = [
@@ -153,7 +159,7 @@ class SoakResult:
             f"| {self.rss_start_mib:.0f} MiB |",
             f"| RSS at end | {self.rss_end_mib:.0f} MiB |",
             f"| growth | {self.growth_mib:+.1f} MiB (bound {self.max_growth_mib:.0f} MiB) |",
-            f"| growth over the second half | {self.late_growth_mib:+.1f} MiB |",
+            f"| growth over the second half | {self.late_growth_mib:+.1f} MiB (bound {MAX_LATE_GROWTH_MIB:.0f} MiB) |",
             f"| RSS samples (MiB) | {', '.join(f'{v:.0f}' for v in self.rss_samples)} |",
             f"| result | {'PASS' if self.passed else 'FAIL'} |",
         ]
@@ -176,11 +182,7 @@ def soak(clients: int = 4, seconds: float = 60, warmup_s: float = 10, images: in
     items = image_set(images)
     with TritonServer(log_file=log_file) as server:
         pid = server.process.pid
-        # Two warm-up phases: RSS steps up once more when fresh clients start together on a warm
-        # server (ONNX Runtime's arena extending to the batches that burst makes), then stays flat:
-        # 434, 517, 522, 522, 536 MiB after five 6 s phases of 2 clients (the 534-statistics graph).
-        for _ in range(2):
-            load(server.url, items, clients, warmup_s / 2, len(items) if every_image else 0)
+        load(server.url, items, clients, warmup_s, len(items) if every_image else 0)
         rss_start, processes = tree_rss_mib(pid)
         samples = [rss_start]
         sampler_stop = threading.Event()
