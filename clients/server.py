@@ -105,6 +105,30 @@ def default_log_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sampleiqa"
 
 
+STUB = b"triton_python_backend_stub"
+
+
+def _ppid(pid: int) -> int | None:
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return int(stat.rsplit(")", 1)[1].split()[1])  # field 4 (the command name may hold spaces)
+
+
+def child_pids(pid: int) -> list[int]:
+    """The processes whose parent is pid (/proc only: psutil is not a dependency)."""
+    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _ppid(int(e.name)) == pid]
+
+
+def orphaned_stub(pid: int) -> bool:
+    """Whether pid is a python-backend stub whose Triton is gone (re-parented to init)."""
+    try:
+        return _ppid(pid) == 1 and STUB in Path(f"/proc/{pid}/cmdline").read_bytes()
+    except OSError:
+        return False
+
+
 KEPT_LOGS = 20  # default log names carry the (random) port, so old ones would pile up
 
 
@@ -192,6 +216,7 @@ class TritonServer:
         self.env = dict(env or {})
         self._log_offset = 0
         self.process: subprocess.Popen | None = None
+        self.stub_pids: list[int] = []  # its python-backend stubs, as started
 
     @property
     def url(self) -> str:
@@ -247,6 +272,7 @@ class TritonServer:
         except BaseException:
             self.stop()
             raise
+        self.stub_pids = child_pids(self.process.pid)
         return self
 
     def wait_ready(self, timeout_s: float) -> None:
@@ -293,15 +319,21 @@ class TritonServer:
     def stop(self) -> None:
         """SIGTERM, then wait for in-flight work (Triton's exit timeout), then SIGKILL."""
         proc, self.process = self.process, None
-        if proc is None or proc.poll() is not None:
-            return
-        proc.send_signal(signal.SIGTERM)
-        try:
-            proc.wait(self.exit_timeout_s + 15)
-        except subprocess.TimeoutExpired:
-            log.warning("Triton did not exit in time; killing it")
-            proc.kill()
-            proc.wait()
+        if proc is not None and proc.poll() is None:
+            proc.send_signal(signal.SIGTERM)
+            try:
+                proc.wait(self.exit_timeout_s + 15)
+            except subprocess.TimeoutExpired:
+                log.warning("Triton did not exit in time; killing it")
+                proc.kill()
+                proc.wait()
+        # A Triton that was killed (OOM killer, SIGKILL) leaves its stubs running, each holding
+        # a model and its memory.
+        for pid in self.stub_pids:
+            if orphaned_stub(pid):
+                log.warning("stopping python-backend stub %d left by a killed Triton", pid)
+                os.kill(pid, signal.SIGKILL)
+        self.stub_pids = []
 
     def __enter__(self) -> "TritonServer":
         return self.start() if self.process is None else self

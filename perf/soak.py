@@ -23,6 +23,8 @@ from pathlib import Path
 
 import numpy as np
 
+from sampleiqa.clients.server import child_pids
+
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SAMPLEIQA_DATA", REPO_ROOT.parent / "shared" / "data")) / "biq2021" / "images"
 # After warm-up ONNX Runtime's arena may still extend once, by a chunk of ~85 MiB with the
@@ -30,19 +32,6 @@ DATA = Path(os.environ.get("SAMPLEIQA_DATA", REPO_ROOT.parent / "shared" / "data
 # a leak keeps growing. See perf/results/soak.md.
 MAX_GROWTH_MIB = 128.0
 MAX_LATE_GROWTH_MIB = 16.0  # over the second half of the samples
-
-
-def _children(pid: int) -> list[int]:
-    kids = []
-    for entry in Path("/proc").iterdir():
-        if entry.name.isdigit():
-            try:
-                stat = (entry / "stat").read_text()
-            except OSError:
-                continue
-            if int(stat.rsplit(")", 1)[1].split()[1]) == pid:  # field 4: ppid (comm may hold spaces)
-                kids.append(int(entry.name))
-    return kids
 
 
 def tree_rss_mib(pid: int) -> tuple[float, int]:
@@ -57,7 +46,7 @@ def tree_rss_mib(pid: int) -> tuple[float, int]:
             continue  # exited meanwhile
         count += 1
         total_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
-        todo += _children(p)
+        todo += child_pids(p)
     return total_kib / 1024, count
 
 

@@ -13,7 +13,7 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 
-from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port
+from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port, orphaned_stub
 
 from .conftest import biq_images
 
@@ -63,10 +63,11 @@ def test_server_killed_then_resumed_then_restarted_mid_run(tmp_path):
         os.symlink(p, photos / p.name)
     port = free_port()
     out = tmp_path / "scores.csv"
-    servers, run = [], None
+    servers, run, stubs = [], None, []
 
     def start(name):
         servers.append(TritonServer(DEFAULT_REPOSITORY, grpc_port=port, log_file=tmp_path / f"{name}.log").start())
+        stubs.extend(servers[-1].stub_pids)
         return servers[-1]
 
     try:
@@ -93,6 +94,9 @@ def test_server_killed_then_resumed_then_restarted_mid_run(tmp_path):
             s.stop()
         if run is not None and run.poll() is None:
             run.kill()
+    assert len(stubs) >= 3 * 3  # each server: 2 preprocess instances and 1 scorer
+    time.sleep(0.5)  # SIGKILL is asynchronous
+    assert not [p for p in stubs if orphaned_stub(p)]  # the killed servers' stubs were stopped too
     got = rows(out)
     assert sorted(r["path"] for r in got) == sorted(str(photos / p.name) for p in biq_images(N_PHOTOS))
     assert all(r["status"] == "ok" for r in got), [r for r in got if r["status"] != "ok"][:3]
