@@ -30,6 +30,7 @@ The dct, tone and layout groups assume the scorer's square CROP input.
 from __future__ import annotations
 
 import math
+from typing import NamedTuple
 
 import torch
 import torch.nn.functional as F
@@ -125,6 +126,14 @@ def _moments(m: torch.Tensor) -> list[torch.Tensor]:
             torch.sqrt((m * m * pos).sum((1, 2, 3)) / pos.sum((1, 2, 3)).clamp_min(1))]
 
 
+class Responses(NamedTuple):
+    """Edge responses of one scale of the luma, shared by the basic and texture groups."""
+
+    lap: torch.Tensor  # Laplacian [N,1,h,w]
+    grad2: torch.Tensor  # squared Sobel gradient magnitude
+    grad: torch.Tensor  # Sobel gradient magnitude, sqrt(grad2 + EPS)
+
+
 def _pick(sorted_rows: torch.Tensor, quantiles) -> torch.Tensor:
     n = int(sorted_rows.shape[1])  # fixed by the crop size: a constant in the exported graph
     return sorted_rows[:, [round(q * (n - 1)) for q in quantiles]]
@@ -162,9 +171,14 @@ class QualityStats(nn.Module):
             grays.append(F.avg_pool2d(grays[-1], 2))
         return grays
 
-    def _responses(self, grays: list[torch.Tensor]) -> list[torch.Tensor]:
-        """Laplacian, horizontal and vertical Sobel responses [N,3,h,w] at each scale."""
-        return [F.conv2d(g, self.kernels) for g in grays]
+    def _responses(self, grays: list[torch.Tensor]) -> list[Responses]:
+        """The Laplacian and Sobel gradient of each scale, computed once for every group."""
+        out = []
+        for g in grays:
+            r = F.conv2d(g, self.kernels)  # [N,3,h,w]: laplacian, gx, gy
+            grad2 = r[:, 1:2] ** 2 + r[:, 2:3] ** 2
+            out.append(Responses(r[:, :1], grad2, torch.sqrt(grad2 + EPS)))
+        return out
 
     def basic(self, x: torch.Tensor) -> torch.Tensor:
         """The basic group [N, len(BASIC_NAMES)], for any image size."""
@@ -173,19 +187,18 @@ class QualityStats(nn.Module):
         return self._basic(rgb, grays, self._responses(grays))[0]
 
     def _basic(self, rgb: torch.Tensor, grays: list[torch.Tensor],
-               responses: list[torch.Tensor]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+               responses: list[Responses]) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The basic group, and the maps of log Laplacian energy per 16px block at each scale
         [N,1,bh,bw] (the layout group reads them too)."""
         feats, block_maps = [], []
         for r in responses:
-            lap2 = r[:, :1] ** 2
-            grad = torch.sqrt(r[:, 1:2] ** 2 + r[:, 2:3] ** 2 + EPS)
+            lap2 = r.lap**2
             block_maps.append(torch.log(F.avg_pool2d(lap2, BLOCK) + EPS))
             blocks = block_maps[-1].flatten(1)  # [N, B]
             k = max(1, int(blocks.shape[1] * TAIL))
             feats += [
                 torch.log(lap2.mean((1, 2, 3)) + EPS),
-                torch.log(grad.mean((1, 2, 3)) + EPS),
+                torch.log(r.grad.mean((1, 2, 3)) + EPS),
                 blocks.mean(1),
                 -torch.topk(-blocks, k, dim=1).values.mean(1),  # flattest blocks: the noise floor
                 torch.topk(blocks, k, dim=1).values.mean(1),  # most detailed blocks: peak sharpness
@@ -262,13 +275,12 @@ class QualityStats(nn.Module):
         chroma = chroma * (chroma > 2 / 255)  # within two levels of grey a pixel has no hue
         return [torch.stack(feats, 1), _histogram(hue, HUE_EDGES, weights=chroma)]
 
-    def _texture(self, grays: list[torch.Tensor], responses: list[torch.Tensor]) -> list[torch.Tensor]:
+    def _texture(self, grays: list[torch.Tensor], responses: list[Responses]) -> list[torch.Tensor]:
         feats = []
         for r in responses:
-            g2 = r[:, 1:2] ** 2 + r[:, 2:3] ** 2
-            feats.append(_histogram(torch.log10(torch.sqrt(g2 + 1e-10) * 255 + 1e-2).flatten(1), GRAD_EDGES))
+            feats.append(_histogram(torch.log10(torch.sqrt(r.grad2 + 1e-10) * 255 + 1e-2).flatten(1), GRAD_EDGES))
         for r in responses[:2]:
-            gm, lap = torch.sqrt(r[:, 1:2] ** 2 + r[:, 2:3] ** 2 + EPS), r[:, :1].abs()
+            gm, lap = r.grad, r.lap.abs()
             norm = torch.sqrt(F.avg_pool2d(gm**2 + lap**2, 5, 1, 2)) + 0.2 / 255  # joint adaptive normalisation
             feats += [_histogram((gm / norm).flatten(1), GMLOG_EDGES), _histogram((lap / norm).flatten(1), GMLOG_EDGES)]
         for g in grays[:2]:
