@@ -1,78 +1,100 @@
-"""Compare Haar face-detection settings: ms per photo against agreement with a reference.
+"""Compare face detectors and their settings: accuracy on marked faces, recall and speed.
 
-    python -m sampleiqa.perf.face_settings [--images DIR] [--out perf/results/haar_settings.md]
+    python -m sampleiqa.perf.face_settings [--data ../shared/data] [--out perf/results/face_detectors.md]
 
-The reference is the earlier setting (default cascade on a 320 px copy, minNeighbors 6).
-Its detections are not ground truth (some are false positives, and it misses many faces),
-so the table also counts new detections on photos where the reference found none; the
-hand-marked faces are checked by tests/test_preprocessing.py and tests/test_serving.py.
-Timing is single-threaded, over the reference's negatives (no early exit).
+- Marked faces: `samples/faces_marked.csv` (boxes marked by hand or checked by eye, and
+  photos with no face). A detection is a hit when its centre lies in the marked box and
+  IoU >= 0.3; a box on a no-face photo is a false positive.
+- Recall proxy: how many of `--count` BIQ2021 `ss03` photos (many portraits) get a face.
+- Speed: single-threaded ms per 512x512 photo over the same photos, copy and detection.
 """
 
 from __future__ import annotations
 
 import argparse
+import csv
 import random
 import time
 from pathlib import Path
 
-from sampleiqa.preprocessing import decode_bgr, faces
-from sampleiqa.preprocessing.faces import HaarFaceDetector, find_face
+import cv2
 
-from .inputs import DEFAULT_IMAGES
+from sampleiqa.preprocessing import Box, create_detector, decode_bgr, find_face
 
-REFERENCE = (320, "haarcascade_frontalface_default.xml", 1.2, 6, 0.1)
+REPO_ROOT = Path(__file__).resolve().parent.parent
+MARKED = REPO_ROOT / "samples" / "faces_marked.csv"
+
+# (label, detector name, settings); the first YuNet row is the shipped default.
 CANDIDATES = [
-    REFERENCE,
-    (240, "haarcascade_frontalface_default.xml", 1.2, 6, 0.1),
-    (222, "haarcascade_frontalface_default.xml", 1.2, 5, 0.108),
-    (222, "haarcascade_frontalface_default.xml", 1.3, 3, 0.108),
-    (200, "haarcascade_frontalface_default.xml", 1.2, 4, 0.12),
-    (200, "haarcascade_frontalface_alt2.xml", 1.2, 2, 0.12),
-    (200, "haarcascade_frontalface_alt2.xml", 1.2, 3, 0.12),  # the shipped setting
-    (222, "haarcascade_frontalface_alt2.xml", 1.3, 2, 0.108),
+    ("Haar alt2, 200 px (before)", "haar", {}),
+    ("YuNet-s, 160 px", "yunet", {"max_side": 160}),
+    ("YuNet-s, 256 px, score 0.7", "yunet", {"score_threshold": 0.7}),
+    ("YuNet-s, 256 px, score 0.6 (shipped)", "yunet", {}),
+    ("YuNet-s, 256 px, score 0.5", "yunet", {"score_threshold": 0.5}),
+    ("YuNet-s, 320 px", "yunet", {"max_side": 320}),
+    ("YuNet-s, 512 px", "yunet", {"max_side": 512}),
 ]
 
 
-def _detect(setting, images):
-    side, cascade, scale, neighbors, fraction = setting
-    saved, faces.DETECT_MAX_SIDE = faces.DETECT_MAX_SIDE, side
-    try:
-        det = HaarFaceDetector(cascade, min_neighbors=neighbors, scale_factor=scale, min_size_fraction=fraction)
-        return [find_face(img, det) for img in images]
-    finally:
-        faces.DETECT_MAX_SIDE = saved
+def iou(a, b) -> float:
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    return inter / (aw * ah + bw * bh - inter)
 
 
-def _agrees(box, ref) -> bool:
-    cx, cy = box.x + box.w / 2, box.y + box.h / 2
-    return ref.x <= cx <= ref.x + ref.w and ref.y <= cy <= ref.y + ref.h
+def on_face(box, face) -> bool:
+    """A detected box lies on a marked face: centre inside it and IoU >= 0.3."""
+    cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
+    fx, fy, fw, fh = face
+    return fx <= cx <= fx + fw and fy <= cy <= fy + fh and iou(box, face) >= 0.3
+
+
+def marked_faces(data: Path, marks: Path = MARKED) -> dict[Path, Box | None]:
+    """Marked photo -> its face box (None: no face). `samples/` rows are in this repository,
+    the others under `data`; photos that are not there are left out."""
+    out = {}
+    with open(marks, newline="") as f:
+        for r in csv.DictReader(f):
+            path = (REPO_ROOT if r["image"].startswith("samples/") else data) / r["image"]
+            if path.is_file():
+                out[path] = Box(*(int(r[k]) for k in "xywh")) if r["x"] else None
+    return out
 
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--images", default=str(DEFAULT_IMAGES))
-    p.add_argument("--count", type=int, default=900, help="photos drawn (portrait subset ss03 when present)")
-    p.add_argument("--out", default="perf/results/haar_settings.md")
+    p.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data"))
+    p.add_argument("--count", type=int, default=600, help="ss03 photos for the recall proxy and the timing")
+    p.add_argument("--out", default="perf/results/face_detectors.md")
     args = p.parse_args(argv)
-    paths = sorted(Path(args.images).glob("ss03*.jpg")) or sorted(Path(args.images).glob("*.jpg"))
+    cv2.setNumThreads(1)
+    marks = marked_faces(Path(args.data))
+    marked = {path: decode_bgr(path.read_bytes()) for path in marks}
+    paths = sorted((Path(args.data) / "biq2021" / "images").glob("ss03*.jpg"))
     random.Random(1).shuffle(paths)
-    images = [decode_bgr(path.read_bytes()) for path in paths[: args.count]]
-    ref = _detect(REFERENCE, images)
-    positives = [(img, box) for img, box in zip(images, ref) if box]
-    negatives = [img for img, box in zip(images, ref) if not box][:100]
-    lines = [f"# Haar settings on {len(images)} photos from {args.images}", "",
-             f"Reference: {REFERENCE}; it found a face in {len(positives)} photos.", "",
-             "| copy px | cascade | scale | minNeighbors | min face | ms/photo | reference faces kept | new faces on 100 reference negatives |",
-             "|---|---|---|---|---|---|---|---|"]
-    for setting in CANDIDATES:
+    photos = [decode_bgr(path.read_bytes()) for path in paths[: args.count]]
+    n_faces = sum(b is not None for b in marks.values())
+    lines = [f"# Face detectors: {n_faces} marked faces, {len(marks) - n_faces} marked photos without one, "
+             f"{len(photos)} BIQ2021 ss03 photos", "",
+             f"Marks: `{MARKED.relative_to(REPO_ROOT)}`. Speed: one thread, mean over the ss03 photos "
+             "(512x512), copy + detection.", "",
+             "| detector | marked faces hit | false positives on no-face photos | ss03 photos with a face | ms/photo |",
+             "|---|---|---|---|---|"]
+    for label, name, settings in CANDIDATES:
+        det = create_detector(name, **settings)
+        found = {path: find_face(img, det) for path, img in marked.items()}
+        hits = sum(b is not None and face is not None and on_face(b, face) for b, face in
+                   ((found[p], marks[p]) for p in marks))
+        false = sum(found[p] is not None for p in marks if marks[p] is None)
+        find_face(photos[0], det)  # load the model outside the timing
         t0 = time.perf_counter()
-        new = sum(b is not None for b in _detect(setting, negatives))
-        ms = (time.perf_counter() - t0) / max(1, len(negatives)) * 1000
-        kept = sum(b is not None and _agrees(b, r) for b, (_, r) in zip(_detect(setting, [i for i, _ in positives]), positives))
-        side, cascade, scale, neighbors, fraction = setting
-        lines.append(f"| {side} | {cascade.removeprefix('haarcascade_frontalface_').removesuffix('.xml')} | {scale} | "
-                     f"{neighbors} | {fraction:.0%} of short side | {ms:.1f} | {kept}/{len(positives)} | {new} |")
+        with_face = sum(find_face(img, det) is not None for img in photos)
+        ms = (time.perf_counter() - t0) / max(1, len(photos)) * 1000
+        lines.append(f"| {label} | {hits}/{n_faces} | {false}/{len(marks) - n_faces} | {with_face}/{len(photos)} | {ms:.1f} |")
+        print(lines[-1], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")
     print("\n".join(lines))

@@ -8,37 +8,19 @@ from pathlib import Path
 
 import pytest
 
+from sampleiqa.perf.face_settings import iou, marked_faces, on_face  # noqa: F401  (tests import them from here)
+
 ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SAMPLEIQA_DATA", ROOT.parent / "shared" / "data"))
 BIQ = DATA / "biq2021"
 SAMPLES = ROOT / "samples"
 
-# Faces marked by hand on the photos (x, y, w, h in original pixels), generous by a few
-# pixels: a detected box "lies on the face" when its centre is inside and IoU >= 0.3.
-FACES = {
-    SAMPLES / "astronaut.jpg": (170, 50, 115, 130),
-    SAMPLES / "grace_hopper.jpg": (145, 85, 240, 260),
-    BIQ / "images" / "ss03 (1024).jpg": (200, 80, 113, 133),
-    BIQ / "images" / "ss03 (1036).jpg": (195, 53, 133, 160),
-    BIQ / "images" / "ss03 (1100).jpg": (176, 21, 147, 267),
-    BIQ / "images" / "ss03 (1041).jpg": (170, 145, 60, 72),
-}
-NO_FACE = [SAMPLES / "coffee.jpg", SAMPLES / "chelsea.jpg"]
-
-
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    return inter / (aw * ah + bw * bh - inter)
-
-
-def on_face(box, face) -> bool:
-    cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
-    fx, fy, fw, fh = face
-    return fx <= cx <= fx + fw and fy <= cy <= fy + fh and iou(box, face) >= 0.3
+# Faces marked by hand or checked by eye (samples/faces_marked.csv, x, y, w, h in original
+# pixels, generous by a few pixels), and photos with no face. A detected box "lies on the
+# face" when its centre is inside and IoU >= 0.3 (sampleiqa.perf.face_settings.on_face).
+_MARKS = marked_faces(DATA)
+FACES = {path: tuple(box) for path, box in _MARKS.items() if box is not None}
+NO_FACE = [path for path, box in _MARKS.items() if box is None]
 
 
 def biq_images(n: int, split: str | None = None) -> list[Path]:

@@ -6,9 +6,9 @@ import pytest
 
 from sampleiqa.contracts import CROP
 from sampleiqa.preprocessing import (Box, PreprocessError, apply_plan, contains_face, decode_bgr, plan_crop,
-                                     preprocess_bytes, preprocess_file, random_plan)
+                                     find_face, preprocess_bytes, preprocess_file, random_plan)
 
-from .conftest import FACES, NO_FACE, on_face
+from .conftest import FACES, NO_FACE, SAMPLES, on_face
 
 
 def encode(img, ext=".png", params=()):
@@ -129,3 +129,16 @@ def test_bad_bytes_give_a_coded_error(data, code):
     with pytest.raises(PreprocessError) as e:
         preprocess_bytes(data)
     assert e.value.code == code
+
+
+def test_yunet_ships_with_its_licence_and_haar_still_plugs_in():
+    from sampleiqa.preprocessing import HaarFaceDetector, YuNetFaceDetector, create_detector, default_detector
+    from sampleiqa.preprocessing.faces import YUNET_MODEL
+
+    assert isinstance(default_detector(), YuNetFaceDetector)
+    assert YUNET_MODEL.is_file() and (YUNET_MODEL.parent / "LICENSE.yunet").read_text().count("Apache License") >= 1
+    portrait = decode_bgr((SAMPLES / "astronaut.jpg").read_bytes())
+    for det in (create_detector("yunet"), HaarFaceDetector()):
+        assert on_face(find_face(portrait, det), FACES[SAMPLES / "astronaut.jpg"])
+    with pytest.raises(ValueError, match="unknown face detector"):
+        create_detector("mtcnn")

@@ -1,7 +1,7 @@
 """The single source of truth for turning image bytes into the scorer's input.
 
 The served `preprocess` model, training's evaluation crops and its random crops all call
-this package; tests/test_preprocessing_parity.py proves served and in-process tensors match.
+this package; tests/test_serving.py proves served and in-process tensors match.
 """
 
 from __future__ import annotations
@@ -14,12 +14,12 @@ import numpy as np
 from .crops import CropPlan, apply_plan, contains_face, plan_crop, random_plan
 from .decode import MAX_BYTES, MAX_PIXELS, decode_bgr
 from .errors import PreprocessError
-from .faces import Box, FaceDetector, HaarFaceDetector, default_detector, find_face
+from .faces import Box, FaceDetector, HaarFaceDetector, YuNetFaceDetector, create_detector, default_detector, find_face
 from .normalize import to_tensor
 
 __all__ = [
-    "Box", "CropPlan", "FaceDetector", "HaarFaceDetector", "PreprocessError", "Preprocessed",
-    "MAX_BYTES", "MAX_PIXELS", "apply_plan", "contains_face", "decode_bgr", "default_detector",
+    "Box", "CropPlan", "FaceDetector", "HaarFaceDetector", "PreprocessError", "Preprocessed", "YuNetFaceDetector",
+    "MAX_BYTES", "MAX_PIXELS", "apply_plan", "contains_face", "create_detector", "decode_bgr", "default_detector",
     "find_face", "plan_crop", "preprocess_bytes", "preprocess_file", "random_plan", "to_tensor",
 ]
 
