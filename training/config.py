@@ -18,7 +18,7 @@ from .resample import ResampleConfig
 @dataclass(frozen=True)
 class StageConfig:
     name: str
-    kind: str = "mos"  # mos | synthetic | stats
+    kind: str = "mos"  # mos | synthetic | stats (pixel models) | prior (prior models, training/prior_loop.py)
     epochs: int = 1
     lr: float = 3e-4
     weight_decay: float = 0.05
@@ -37,6 +37,8 @@ class StageConfig:
     # mos/synthetic stages: evaluate, keep and pass on an exponential moving average of the
     # weights with this decay (0 = off); see training/ema.py.
     ema_decay: float = 0.0
+    # prior stages: weight of the loss of the Swin's own auxiliary head beside the fused one's.
+    aux_weight: float = 0.5
 
 
 @dataclass(frozen=True)
@@ -55,6 +57,7 @@ class TrainConfig:
     checkpoint_every_s: float = 600.0  # mid-epoch checkpoints, so a killed run loses little
     eval_batch_size: int = 32
     stats_fit_images: int = 1000
+    feature_views: int = 3  # prior models: trunk outputs kept per photo (the served crop + random ones)
     source: Path | None = field(default=None, compare=False)
 
 

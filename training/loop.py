@@ -36,6 +36,7 @@ from .losses import RANK_LOSSES, twin_loss
 from .metrics import evaluate_scores, format_result, headline
 from .models import SwinScorer, TwinScorer, create_model
 from .resample import plot_histograms, resample
+from .schedule import lr_at
 
 
 class Distributed:
@@ -157,13 +158,6 @@ def predict_cached(scorer: SwinScorer, data: CachedSet, batch_size: int = 32, de
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def _lr_at(step: int, total: int, stage: StageConfig) -> float:
-    if step < stage.warmup_steps:
-        return stage.lr * (step + 1) / stage.warmup_steps
-    t = (step - stage.warmup_steps) / max(1, total - stage.warmup_steps)
-    return stage.lr * 0.5 * (1 + math.cos(math.pi * min(1.0, t)))
-
-
 def _init_weights(scorer: SwinScorer, path: str) -> set[str]:
     state = torch.load(path, map_location="cpu", weights_only=True)
     state = state.get("state_dict", state.get("model", state))
@@ -227,7 +221,7 @@ def fit_stats_head(scorer: SwinScorer, features: torch.Tensor, z: torch.Tensor, 
         for step in range(steps_per_epoch):
             j = order[step * stage.batch_size : (step + 1) * stage.batch_size]
             for g in optimizer.param_groups:
-                g["lr"] = _lr_at(epoch * steps_per_epoch + step, total, stage)
+                g["lr"] = lr_at(epoch * steps_per_epoch + step, total, stage)
             pred, y = head.each(features[j]), z[j]
             seen = folds[j][:, None] != heads[None]  # [batch, heads]: may MLP h learn from image i
             a, b = torch.triu_indices(len(j), len(j), 1, device=device)
@@ -436,7 +430,7 @@ class Trainer:
                     a, b, ya, yb = (t.to(device, non_blocking=True) for t in batch)
                     members = ((None, None) if self.folds is None else  # the MLP that never saw each image
                                tuple(torch.from_numpy(self.folds[steps[step][:, k]]).to(device) for k in (0, 1)))
-                    lr = _lr_at(epoch * steps_per_epoch + step, total_steps, stage)
+                    lr = lr_at(epoch * steps_per_epoch + step, total_steps, stage)
                     for g in optimizer.param_groups:
                         g["lr"] = lr
                     with torch.autocast(device.type, dtype=torch.float16, enabled=use_amp):
@@ -506,5 +500,11 @@ def plot_history(history: list[dict], path: Path) -> None:
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:
+    from .models import ScorerConfig, get_config
+
+    if not isinstance(get_config(cfg.model), ScorerConfig):  # a prior model: trains on cached trunk outputs
+        from .prior_loop import train_prior
+
+        return train_prior(cfg)
     return Trainer(cfg, resume).run()
 

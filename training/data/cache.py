@@ -46,7 +46,7 @@ def default_root() -> Path:
     return Path(os.environ.get("SAMPLEIQA_CACHE", Path.home() / ".cache" / "sampleiqa" / "crops"))
 
 
-def _preprocessing_fingerprint() -> bytes:
+def preprocessing_fingerprint() -> bytes:
     """The preprocessing sources: a change of detector or crop policy invalidates the cache."""
     import sampleiqa.preprocessing as pre
 
@@ -58,7 +58,7 @@ def _preprocessing_fingerprint() -> bytes:
 
 def _key(dataset: LabelledSet) -> str:
     h = hashlib.sha1(f"v{CACHE_VERSION} crop{CROP}".encode())
-    h.update(_preprocessing_fingerprint())
+    h.update(preprocessing_fingerprint())
     for s in dataset.samples:
         st = s.path.stat()
         h.update(f"{s.path.resolve()}\0{st.st_size}\0{st.st_mtime_ns}\n".encode())  # one cache per photo set

@@ -34,10 +34,10 @@ class ScorerConfig:
         return asdict(self)
 
 
-_REGISTRY: dict[str, ScorerConfig] = {}
+_REGISTRY: dict[str, ScorerConfig] = {}  # and PriorSwinConfig (training/models/prior.py)
 
 
-def register(cfg: ScorerConfig) -> ScorerConfig:
+def register(cfg):
     _REGISTRY[cfg.name] = cfg
     return cfg
 
@@ -60,6 +60,21 @@ register(ScorerConfig("swin_compact_p4", embed_dim=32, depths=(2, 2, 6, 2), num_
 register(ScorerConfig("swin_tiny_448", 96, (2, 2, 6, 2), (3, 6, 12, 24), drop_path_rate=0.2, notes="~36 GFLOP/img"))
 register(ScorerConfig("swin_small_448", 96, (2, 2, 18, 2), (3, 6, 12, 24), drop_path_rate=0.3, notes="~70 GFLOP/img"))
 register(ScorerConfig("swin_base_448", 128, (2, 2, 18, 2), (4, 8, 16, 32), drop_path_rate=0.5, notes="~124 GFLOP/img"))
+
+
+def _register_prior_models() -> None:
+    from .prior import PriorSwinConfig
+
+    # The shipped default: EfficientNet-Lite0's ImageNet stages (frozen, from a PyPI package)
+    # as the patch embedding of two Swin stages, fused with its pooled statistics in one head.
+    register(PriorSwinConfig("lite0_swin", notes="default: pretrained Lite0 trunk + Swin at 28/14, ~3 GFLOP/img at 448"))
+    # The same Swin over the same tokens, without the pooled statistics in the head.
+    register(PriorSwinConfig("lite0_swin_only", use_pooled=False, notes="Swin over the Lite0 tokens alone"))
+    register(PriorSwinConfig("lite0_swin_test", embed_dim=8, depths=(1, 1), num_heads=(1, 1), drop_path_rate=0.0,
+                             notes="tests only"))
+
+
+_register_prior_models()
 
 
 def list_models() -> list[str]:
@@ -155,9 +170,16 @@ class TwinScorer(nn.Module):
         return scores[: a.shape[0]], scores[a.shape[0] :]
 
 
-def create_model(name: str = "swin_compact", twin: bool = False, **overrides) -> nn.Module:
+def create_model(name: str = "swin_compact", twin: bool = False, pretrained: bool = True, **overrides) -> nn.Module:
+    """A scorer by registered name. `pretrained` (prior models only): load the packaged
+    ImageNet weights into the trunk; a checkpoint that carries them passes False."""
     cfg = get_config(name)
     if overrides:
-        cfg = ScorerConfig(**{**cfg.to_dict(), **overrides})
-    scorer = SwinScorer(cfg)
+        cfg = type(cfg)(**{**cfg.to_dict(), **overrides})
+    if isinstance(cfg, ScorerConfig):
+        scorer = SwinScorer(cfg)
+    else:
+        from .prior import PriorSwinScorer
+
+        scorer = PriorSwinScorer(cfg, pretrained=pretrained)
     return TwinScorer(scorer) if twin else scorer

@@ -27,7 +27,8 @@ from scipy.stats import pearsonr, spearmanr
 from sampleiqa.training.config import StageConfig
 from sampleiqa.training.data.cache import build_cache
 from sampleiqa.training.data.datasets import load_biq2021
-from sampleiqa.training.loop import _lr_at, _raw_stats, fit_stats_head
+from sampleiqa.training.loop import _raw_stats, fit_stats_head
+from sampleiqa.training.schedule import lr_at
 from sampleiqa.training.losses import RANK_LOSSES
 from sampleiqa.training.models import create_model
 from sampleiqa.training.models.stats import FEATURE_NAMES, StatsHead
@@ -56,7 +57,7 @@ def fit_independent(head: StatsHead, x: torch.Tensor, z: torch.Tensor, seed: int
         orders = [torch.randperm(len(z), generator=gen) for _ in head.mlps]
         for step in range(steps):
             for g in optimizer.param_groups:
-                g["lr"] = _lr_at(epoch * steps + step, steps * STAGE.epochs, STAGE)
+                g["lr"] = lr_at(epoch * steps + step, steps * STAGE.epochs, STAGE)
             loss = 0
             for mlp, order in zip(head.mlps, orders):
                 j = order[step * STAGE.batch_size : (step + 1) * STAGE.batch_size]
