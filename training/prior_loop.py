@@ -120,8 +120,9 @@ def fit_top(top: PriorTop, train: FeatureSet, epoch_indices: np.ndarray, stage: 
             (za, zb), (aa, ab) = twin(a, b)
             loss, parts = twin_loss(za, zb, ya, yb, stage.rank_weight, stage.rank_loss, stage.mse_weight)
             aux, _ = twin_loss(aa, ab, ya, yb, stage.rank_weight, stage.rank_loss, stage.mse_weight)
+            penalty = stage.pooled_l2 * top.pooled_weight().square().sum()
             optimizer.zero_grad(set_to_none=True)
-            (loss + stage.aux_weight * aux).backward()
+            (loss + stage.aux_weight * aux + penalty).backward()
             torch.nn.utils.clip_grad_norm_(top.parameters(), 5.0)
             optimizer.step()
             if ema:

@@ -159,6 +159,10 @@ class PriorTop(nn.Module):
         """(Swin features, standardised pooled statistics), the two inputs of the head."""
         return self.swin(tokens.float()), (pooled.float() - self.pooled_mean) / self.pooled_std
 
+    def pooled_weight(self) -> torch.Tensor:
+        """The head's weights over the pooled statistics (empty without them)."""
+        return self.head.weight[:, self.swin.width :]
+
     def head_z(self, swin: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         inputs = [swin, self.dropout(pooled)] if self.config.use_pooled else [swin]
         return self.head(torch.cat(inputs, 1))
