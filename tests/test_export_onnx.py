@@ -33,8 +33,12 @@ def model(request):
 
     torch.manual_seed(0)
     model = create_model(request.param).eval()
-    head = model.top.head if request.param.startswith("lite0") else model.head
-    torch.nn.init.normal_(head.weight, std=0.05)  # the stats model's is zero at init: make every part count
+    if request.param.startswith("lite0"):  # as trained: BIQ2021's score scale, a head of small weights
+        model.top.score_mean.fill_(0.64)
+        model.top.score_std.fill_(0.19)
+        torch.nn.init.normal_(model.top.head.weight, std=0.02)
+    else:
+        torch.nn.init.normal_(model.head.weight, std=0.05)  # zero at init: make the backbone count in parity
     return model
 
 
@@ -128,6 +132,18 @@ def test_fp16_copy(model, onnx_path, photos, tmp_path):
     got = _ort_scores(dst, photos)
     assert got.dtype == np.float32 and got.shape == ref.shape
     diff = float(np.abs(got - ref).max())
+    assert diff <= FP16_ATOL, diff
+
+
+def test_shipped_scorer_fp16_copy_scores_like_fp32(photos, tmp_path):
+    """The committed repository's scorer and its FP16 copy (what TensorRT's strongly typed
+    build takes) on real photos."""
+    from sampleiqa.clients.server import DEFAULT_REPOSITORY
+
+    shipped = Path(DEFAULT_REPOSITORY) / "scorer" / "1" / "model.onnx"
+    fp16 = convert_to_fp16(shipped, tmp_path / "shipped.fp16.onnx")
+    assert not any(n.op_type == "TopK" for n in onnx.load(shipped).graph.node)  # TensorRT caps TopK at K <= 3840
+    diff = float(np.abs(_ort_scores(fp16, photos) - _ort_scores(shipped, photos)).max())
     assert diff <= FP16_ATOL, diff
 
 

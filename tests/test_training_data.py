@@ -23,7 +23,7 @@ def test_biq2021_loader_reads_the_fixed_split():
     if not BIQ.exists():
         pytest.skip("no BIQ2021 data")
     train, val = load_biq2021(BIQ, "train"), load_biq2021(BIQ, "val")
-    assert (len(train.samples), len(val.samples)) == (4500, 500)
+    assert (len(train.samples), len(val.samples)) == (6331, 500)  # 4,500 train photos until 2026-11-27
     assert not train.missing and not val.missing
     assert {s.path for s in train.samples}.isdisjoint({s.path for s in val.samples})
     assert all(0 <= s.score <= 1 for s in val.samples)

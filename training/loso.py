@@ -47,8 +47,9 @@ def folds(data: FeatureSet, val_paths: set[str]) -> dict[str, tuple[np.ndarray, 
     return out
 
 
-def ridge_probe(train: FeatureSet, test: FeatureSet, alpha: float = 300.0) -> np.ndarray:
-    """Ridge regression on the standardised pooled statistics of the served crops."""
+def ridge_probe(train: FeatureSet, test: FeatureSet, alpha: float = 10_000.0) -> np.ndarray:
+    """Ridge regression on the standardised pooled statistics of the served crops. The
+    default alpha is the best of a sweep on these folds (training/results/prior_study.md)."""
     x, y = train.pooled[:, 0].astype(np.float64), train.scores.astype(np.float64)
     mean, std = x.mean(0), x.std(0) + 1e-6
     xs = (x - mean) / std
@@ -82,6 +83,8 @@ def main(argv=None) -> int:
     p.add_argument("config")
     p.add_argument("--models", default="", help="comma-separated prior models (default: the config's)")
     p.add_argument("--probe", action="store_true", help="add the ridge probe on the pooled statistics")
+    p.add_argument("--alpha", type=float, default=10_000.0, help="the ridge probe's penalty")
+    p.add_argument("--probe-only", action="store_true", help="the ridge probe alone (seconds; no training)")
     p.add_argument("--folds", default="", help="comma-separated subset of ss01,ss02,ss03,val")
     p.add_argument("--out", default="", help="write a Markdown table (and .json beside it)")
     args = p.parse_args(argv)
@@ -89,20 +92,22 @@ def main(argv=None) -> int:
     if cfg.train.get("kind") != "biq2021":
         raise SystemExit("leave-one-subset-out needs BIQ2021 (its file names carry the subset)")
     models = [m for m in args.models.split(",") if m] or [cfg.model]
+    args.probe = args.probe or args.probe_only
     torch.set_num_threads(cfg.threads or torch.get_num_threads())
     data = load_features({**cfg.train, "split": None}, create_model(models[0]), cfg, "all labelled photos")
     val_paths = {str(s.path) for s in create_dataset({**cfg.train, "split": "val"}).samples}
     chosen = [f for f in args.folds.split(",") if f] or [*SUBSETS, "val"]
     table: dict[str, dict[str, dict]] = {}
-    for name in (["ridge probe (pooled statistics)"] if args.probe else []) + models:
+    probe = f"ridge probe (pooled statistics, alpha {args.alpha:g})"
+    for name in ([probe] if args.probe else []) + ([] if args.probe_only else models):
         table[name] = {}
         for fold, (tr, te) in folds(data, val_paths).items():
             if fold not in chosen:
                 continue
             started = time.monotonic()
             train, test = data.subset(tr), data.subset(te)
-            if name.startswith("ridge"):
-                pred = ridge_probe(train, test)
+            if name == probe:
+                pred = ridge_probe(train, test, args.alpha)
             else:
                 top = train_fold(name, cfg, train)
                 pred = predict_top(top, test)
