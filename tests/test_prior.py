@@ -141,3 +141,43 @@ def test_leave_one_subset_out_folds_hold_out_whole_sources():
         assert s not in {Path(paths[i]).name[:4] for i in train}
         assert len(train) + len(test) == 30
     assert sorted(out["val"][1]) == list(range(5)) and not set(out["val"][0]) & set(out["val"][1])
+
+
+def _random_features(n: int, scenes=None, seed: int = 0):
+    from sampleiqa.training.data.features import FeatureSet
+
+    rng = np.random.default_rng(seed)
+    model = create_model("lite0_swin_test", pretrained=False)
+    pooled = rng.normal(size=(n, 2, model.trunk.pooled_dim)).astype(np.float32)
+    scores = (0.5 + 0.1 * pooled[:, 0, 0] + 0.02 * rng.normal(size=n)).astype(np.float32)
+    return model, FeatureSet(rng.random((n, 2, 112, 28, 28)).astype(np.float16), pooled, scores,
+                             scenes or [None] * n, [f"p{i}.jpg" for i in range(n)])
+
+
+def test_shrinkage_penalties_shrink_their_part_of_the_head():
+    """`pooled_l2` and `swin_l2` act as ridge penalties on their part of the fused head."""
+    from sampleiqa.training.config import StageConfig
+    from sampleiqa.training.prior_loop import fit_top, prepare_top
+
+    norms = {}
+    for l2 in (0.0, 50.0):
+        torch.manual_seed(0)
+        model, data = _random_features(32)
+        prepare_top(model, data)
+        stage = StageConfig("p", kind="prior", epochs=3, batch_size=8, warmup_steps=1, lr=1e-2,
+                            pooled_l2=l2, swin_l2=l2)
+        top = fit_top(model.top, data, np.arange(32), stage, seed=0)
+        norms[l2] = (float(top.pooled_weight().norm()), float(top.swin_weight().norm()))
+    assert norms[50.0][0] < 0.5 * norms[0.0][0] and norms[50.0][1] < 0.5 * norms[0.0][1], norms
+    with pytest.raises(ValueError, match="kind = \"prior\""):
+        fit_top(model.top, data, np.arange(32), StageConfig("m", kind="mos"), seed=0)
+
+
+def test_pairs_stay_inside_a_scene_when_labels_have_scenes():
+    from sampleiqa.training.prior_loop import epoch_pairs
+
+    scenes = [f"s{i % 4}" for i in range(40)]
+    pairs = epoch_pairs(np.arange(40), scenes, np.random.default_rng(0))
+    assert len(pairs) == 20 and all(scenes[a] == scenes[b] for a, b in pairs)
+    plain = epoch_pairs(np.arange(40), [None] * 40, np.random.default_rng(0))
+    assert sorted(plain.ravel().tolist()) == list(range(40))  # every photo once across the epoch

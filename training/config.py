@@ -39,11 +39,12 @@ class StageConfig:
     ema_decay: float = 0.0
     # prior stages: weight of the loss of the Swin's own auxiliary head beside the fused one's.
     aux_weight: float = 0.5
-    # prior stages: L2 penalty on the head's weights over the pooled statistics, added to the
-    # loss as in a ridge regression (alpha / photos). Strong shrinkage is what transfers: a
-    # ridge on these statistics scores best on held-out sources near alpha = 10,000 for 6,331
-    # photos (training/results/prior_study.md).
+    # prior stages: L2 penalty on the fused head's weights over the pooled statistics
+    # (`pooled_l2`) and over the Swin features (`swin_l2`), added to the loss as in a ridge
+    # regression (alpha / photos). Strong shrinkage is what transfers to held-out sources
+    # (training/results/prior_study.md).
     pooled_l2: float = 0.0
+    swin_l2: float = 0.0
 
 
 @dataclass(frozen=True)

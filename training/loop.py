@@ -505,6 +505,9 @@ def train(cfg: TrainConfig, resume: bool = False) -> dict:
     if not isinstance(get_config(cfg.model), ScorerConfig):  # a prior model: trains on cached trunk outputs
         from .prior_loop import train_prior
 
+        if resume:
+            print("note: a prior model's stages take minutes and start over; the trunk cache resumes "
+                  "where it stopped", flush=True)
         return train_prior(cfg)
     return Trainer(cfg, resume).run()
 

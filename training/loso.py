@@ -114,15 +114,24 @@ def main(argv=None) -> int:
                 swin = headline(evaluate_scores(predict_top(top, test, swin_only=True), test.scores, test.scenes))
                 table[name][f"{fold} Swin-only head"] = swin
             table[name][fold] = headline(evaluate_scores(pred, test.scores, test.scenes))
+            if args.out:  # after every fold: a stopped run keeps what it measured
+                Path(args.out).with_suffix(".json").write_text(json.dumps(table, indent=1))
             print(f"{name} {fold}: SROCC {table[name][fold]['srocc']:.4f} PLCC {table[name][fold]['plcc']:.4f} "
                   f"({len(tr)} -> {len(te)} photos, {time.monotonic() - started:.0f} s)", flush=True)
+    write_report(table, args.out)
+    return 0
+
+
+def write_report(table: dict[str, dict[str, dict]], out: str) -> None:
+    """Print the table of the designs whose folds are all done; with `out`, write it (and the
+    raw figures as .json beside it)."""
     lines = ["| design | ss01 held out | ss02 held out | ss03 held out | val | mean held-out SROCC |",
              "|---|---|---|---|---|---|"]
     lines += [_row(name, res) for name, res in table.items() if all(f in res for f in (*SUBSETS, "val"))]
     print("\n".join(lines))
-    if args.out:
-        Path(args.out).write_text("\n".join(lines) + "\n")
-        Path(args.out).with_suffix(".json").write_text(json.dumps(table, indent=1))
+    if out:
+        Path(out).write_text("\n".join(lines) + "\n")
+        Path(out).with_suffix(".json").write_text(json.dumps(table, indent=1))
     return 0
 
 

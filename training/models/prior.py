@@ -163,6 +163,10 @@ class PriorTop(nn.Module):
         """The head's weights over the pooled statistics (empty without them)."""
         return self.head.weight[:, self.swin.width :]
 
+    def swin_weight(self) -> torch.Tensor:
+        """The head's weights over the Swin features."""
+        return self.head.weight[:, : self.swin.width]
+
     def head_z(self, swin: torch.Tensor, pooled: torch.Tensor) -> torch.Tensor:
         inputs = [swin, self.dropout(pooled)] if self.config.use_pooled else [swin]
         return self.head(torch.cat(inputs, 1))
