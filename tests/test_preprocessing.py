@@ -142,3 +142,16 @@ def test_yunet_ships_with_its_licence_and_haar_still_plugs_in():
         assert on_face(find_face(portrait, det), FACES[SAMPLES / "astronaut.jpg"])
     with pytest.raises(ValueError, match="unknown face detector"):
         create_detector("mtcnn")
+
+
+def test_yunet_never_fails_on_tiny_images():
+    """CI once saw YuNet return a non-finite box for a flat 8x8 PNG in the server: images under
+    16 px are not searched, and non-finite boxes are dropped."""
+    from sampleiqa.preprocessing import create_detector
+
+    det = create_detector("yunet")
+    portrait = decode_bgr((SAMPLES / "astronaut.jpg").read_bytes())
+    for side in (1, 2, 8, 15):
+        assert find_face(portrait, det) is not None  # a real detection first: the detector keeps state
+        assert find_face(np.full((side, side, 3), 90, np.uint8), det) is None
+        assert find_face(cv2.resize(portrait, (side, side), interpolation=cv2.INTER_AREA), det) is None

@@ -52,10 +52,10 @@ class FeatureTwin(nn.Module):
         return (z[:n], z[n:]), (aux[:n], aux[n:])
 
 
-def epoch_pairs(n_epoch: list[int] | np.ndarray, scenes: list, rng: np.random.Generator) -> np.ndarray:
+def epoch_pairs(epoch: list[int] | np.ndarray, scenes: list, rng: np.random.Generator) -> np.ndarray:
     """Pairs of the shuffled epoch: consecutive photos, or a partner from the same scene when
     the labels have scenes (PIQ23 scores compare only inside one)."""
-    anchors = rng.permutation(np.asarray(n_epoch))
+    anchors = rng.permutation(np.asarray(epoch))
     if not any(s is not None for s in scenes):
         half = len(anchors) // 2
         return np.stack([anchors[:half], anchors[half : 2 * half]], 1)

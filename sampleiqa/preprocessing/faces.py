@@ -21,6 +21,7 @@ import cv2
 import numpy as np
 
 YUNET_MODEL = Path(__file__).resolve().parent / "models" / "yunet_s_640_640.onnx"
+MIN_SIDE = 16  # pixels: no face is looked for in a smaller image
 
 
 class Box(NamedTuple):
@@ -65,6 +66,8 @@ class YuNetFaceDetector:
 
     def detect(self, bgr: np.ndarray) -> list[Box]:
         h, w = bgr.shape[:2]
+        if min(h, w) < MIN_SIDE:  # YuNet's smallest anchors: below this it can return non-finite boxes
+            return []
         if bgr.ndim == 2:
             bgr = cv2.cvtColor(bgr, cv2.COLOR_GRAY2BGR)
         _, found = self._detector(w, h).detect(np.ascontiguousarray(bgr))
@@ -72,6 +75,8 @@ class YuNetFaceDetector:
             return []
         boxes = []
         for x, y, bw, bh in found[:, :4]:  # boxes may reach past the border: clip to it
+            if not np.isfinite((x, y, bw, bh)).all():
+                continue
             x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
             x1, y1 = min(w, int(round(x + bw))), min(h, int(round(y + bh)))
             if x1 > x0 and y1 > y0:
