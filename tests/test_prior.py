@@ -174,7 +174,7 @@ def test_shrinkage_penalties_shrink_their_part_of_the_head():
 
 
 def test_pairs_stay_inside_a_scene_when_labels_have_scenes():
-    from sampleiqa.training.prior_loop import epoch_pairs
+    from sampleiqa.training.pairs import epoch_pairs
 
     scenes = [f"s{i % 4}" for i in range(40)]
     pairs = epoch_pairs(np.arange(40), scenes, np.random.default_rng(0))

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import torch
 
-from .models import ScorerConfig, SwinScorer, TwinScorer, create_model, get_config, list_models
+from .models import SwinScorer, TwinScorer, create_model
 
 
 def save_checkpoint(path: str | Path, model: SwinScorer | TwinScorer, **extra) -> Path:
@@ -22,10 +22,10 @@ def save_checkpoint(path: str | Path, model: SwinScorer | TwinScorer, **extra) -
 def load_scorer(path: str | Path) -> tuple[SwinScorer, dict]:
     """A single-branch scorer in eval mode, and the checkpoint's other fields."""
     ckpt = torch.load(Path(path), map_location="cpu", weights_only=True)
-    config_type = type(get_config(ckpt["config"]["name"])) if ckpt["config"]["name"] in list_models() else ScorerConfig
-    cfg = config_type(**{k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()})
-    extra = {} if config_type is ScorerConfig else {"pretrained": False}  # the checkpoint carries the trunk
-    model = create_model(cfg.name, **extra, **{k: v for k, v in cfg.to_dict().items() if k != "name"})
+    cfg = {k: tuple(v) if isinstance(v, list) else v for k, v in ckpt["config"].items()}
+    # The registered name picks the model family; the checkpoint's fields override its config,
+    # and its weights include a prior model's trunk (so no packaged weights are loaded).
+    model = create_model(cfg.pop("name"), pretrained=False, **cfg)
     model.load_state_dict(ckpt["state_dict"])  # FP16 release weights are copied into FP32
     return model.eval(), {k: v for k, v in ckpt.items() if k not in ("config", "state_dict")}
 

@@ -36,7 +36,8 @@ from .losses import RANK_LOSSES, twin_loss
 from .metrics import evaluate_scores, format_result, headline
 from .models import SwinScorer, TwinScorer, create_model
 from .resample import plot_histograms, resample
-from .schedule import lr_at
+from .pairs import epoch_pairs
+from .schedule import adamw, lr_at
 
 
 class Distributed:
@@ -75,26 +76,10 @@ class PairBatches:
 
     def __init__(self, data: CachedSet, epoch_indices: np.ndarray, stage: StageConfig, seed: int):
         self.data, self.epoch_indices, self.stage, self.seed = data, epoch_indices, stage, seed
-        self.by_scene: dict[str, np.ndarray] = {}
-        if any(s is not None for s in data.scenes):
-            scenes = np.array([str(s) for s in data.scenes])
-            self.by_scene = {s: np.flatnonzero(scenes == s) for s in np.unique(scenes)}
 
     def pairs(self, stage_index: int, epoch: int) -> np.ndarray:
-        rng = np.random.default_rng([self.seed, stage_index, epoch])
-        anchors = rng.permutation(self.epoch_indices)
-        if self.stage.epoch_size:
-            anchors = anchors[: self.stage.epoch_size]
-        half = len(anchors) // 2
-        if self.stage.kind == "synthetic":  # a pair is one photo at two distortion levels
-            return np.stack([anchors, anchors], 1)
-        if not self.by_scene:  # pair across the shuffled epoch
-            return np.stack([anchors[:half], anchors[half : 2 * half]], 1)
-        partners = []
-        for a in anchors[:half]:
-            group = self.by_scene[str(self.data.scenes[a])]
-            partners.append(group[rng.integers(len(group))] if len(group) > 1 else a)
-        return np.stack([anchors[:half], np.array(partners)], 1)
+        return epoch_pairs(self.epoch_indices, self.data.scenes, np.random.default_rng([self.seed, stage_index, epoch]),
+                           self.stage.epoch_size, same_photo=self.stage.kind == "synthetic")
 
     def steps(self, pairs: np.ndarray, world: int, rank: int) -> list[np.ndarray]:
         per_step = max(1, self.stage.batch_size // 2)
@@ -307,11 +292,7 @@ class Trainer:
 
     def _optimizer(self, stage: StageConfig) -> torch.optim.Optimizer:
         frozen = tuple(f"{name}." for name in stage.freeze)
-        params = [(n, p) for n, p in self.scorer.named_parameters() if not n.startswith(frozen)]
-        decay = [p for n, p in params if p.ndim > 1 and "pos" not in n]
-        other = [p for n, p in params if not (p.ndim > 1 and "pos" not in n)]
-        return torch.optim.AdamW([{"params": decay, "weight_decay": stage.weight_decay},
-                                  {"params": other, "weight_decay": 0.0}], lr=stage.lr)
+        return adamw(((n, p) for n, p in self.scorer.named_parameters() if not n.startswith(frozen)), stage)
 
     def _save(self, name: str, optimizer, scaler, extra: dict | None = None, model: SwinScorer | None = None) -> None:
         if not self.dist.main:

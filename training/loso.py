@@ -110,9 +110,8 @@ def main(argv=None) -> int:
                 pred = ridge_probe(train, test, args.alpha)
             else:
                 top = train_fold(name, cfg, train)
-                pred = predict_top(top, test)
-                swin = headline(evaluate_scores(predict_top(top, test, swin_only=True), test.scores, test.scenes))
-                table[name][f"{fold} Swin-only head"] = swin
+                pred, swin = predict_top(top, test)
+                table[name][f"{fold} Swin-only head"] = headline(evaluate_scores(swin, test.scores, test.scenes))
             table[name][fold] = headline(evaluate_scores(pred, test.scores, test.scenes))
             if args.out:  # after every fold: a stopped run keeps what it measured
                 Path(args.out).with_suffix(".json").write_text(json.dumps(table, indent=1))

@@ -36,7 +36,8 @@ from .metrics import evaluate_scores, format_result, headline
 from .models import create_model
 from .models.prior import PriorSwinScorer, PriorTop
 from .resample import plot_histograms, resample
-from .schedule import lr_at
+from .pairs import epoch_pairs
+from .schedule import adamw, lr_at
 
 
 class FeatureTwin(nn.Module):
@@ -52,19 +53,6 @@ class FeatureTwin(nn.Module):
         return (z[:n], z[n:]), (aux[:n], aux[n:])
 
 
-def epoch_pairs(epoch: list[int] | np.ndarray, scenes: list, rng: np.random.Generator) -> np.ndarray:
-    """Pairs of the shuffled epoch: consecutive photos, or a partner from the same scene when
-    the labels have scenes (PIQ23 scores compare only inside one)."""
-    anchors = rng.permutation(np.asarray(epoch))
-    if not any(s is not None for s in scenes):
-        half = len(anchors) // 2
-        return np.stack([anchors[:half], anchors[half : 2 * half]], 1)
-    names = np.array([str(s) for s in scenes])
-    groups = {s: np.flatnonzero(names == s) for s in np.unique(names)}
-    half = anchors[: len(anchors) // 2]
-    return np.stack([half, [groups[names[a]][rng.integers(len(groups[names[a]]))] for a in half]], 1)
-
-
 def _views(data: FeatureSet, idx: np.ndarray, rng: np.random.Generator | None):
     """(tokens, pooled) tensors of photos idx, each through a random cached crop (or the
     served crop, view 0, when rng is None)."""
@@ -73,22 +61,16 @@ def _views(data: FeatureSet, idx: np.ndarray, rng: np.random.Generator | None):
 
 
 @torch.no_grad()
-def predict_top(top: PriorTop, data: FeatureSet, batch_size: int = 64, swin_only: bool = False) -> np.ndarray:
-    """Label-scale scores of the served crops (view 0); `swin_only`: the auxiliary head's."""
+def predict_top(top: PriorTop, data: FeatureSet, batch_size: int = 64) -> tuple[np.ndarray, np.ndarray]:
+    """Label-scale scores of the served crops (view 0): the fused head's and the Swin-only
+    auxiliary head's, from one pass."""
     top.eval()
-    out = []
+    fused, swin_only = [], []
     for start in range(0, len(data), batch_size):
-        tokens, pooled = _views(data, np.arange(start, min(len(data), start + batch_size)), None)
-        z, aux = top.forward_z(tokens, pooled, aux=True)
-        out.append(((aux if swin_only else z) * top.score_std + top.score_mean).view(-1).numpy())
-    return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
-def _optimizer(top: PriorTop, stage: StageConfig) -> torch.optim.Optimizer:
-    decay = [p for n, p in top.named_parameters() if p.ndim > 1 and "relative_position" not in n]
-    other = [p for n, p in top.named_parameters() if not (p.ndim > 1 and "relative_position" not in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": stage.weight_decay},
-                              {"params": other, "weight_decay": 0.0}], lr=stage.lr)
+        z, aux = top.forward_z(*_views(data, np.arange(start, min(len(data), start + batch_size)), None), aux=True)
+        fused.append((z * top.score_std + top.score_mean).view(-1).numpy())
+        swin_only.append((aux * top.score_std + top.score_mean).view(-1).numpy())
+    return np.concatenate(fused), np.concatenate(swin_only)
 
 
 def fit_top(top: PriorTop, train: FeatureSet, epoch_indices: np.ndarray, stage: StageConfig, seed: int,
@@ -99,14 +81,14 @@ def fit_top(top: PriorTop, train: FeatureSet, epoch_indices: np.ndarray, stage: 
         raise ValueError(f"stage {stage.name!r}: a prior model trains with kind = \"prior\" stages, not {stage.kind!r}")
     z = ((train.scores - float(top.score_mean)) / float(top.score_std)).astype(np.float32)
     twin = FeatureTwin(top)
-    optimizer = _optimizer(top, stage)
+    optimizer = adamw(top.named_parameters(), stage)
     ema = WeightAverage(top, stage.ema_decay) if stage.ema_decay else None
     per_step = max(1, stage.batch_size // 2)
-    steps = len(epoch_indices) // 2 // per_step if not stage.epoch_size else stage.epoch_size // 2 // per_step
+    steps = min(len(epoch_indices), stage.epoch_size or len(epoch_indices)) // 2 // per_step
     total = steps * stage.epochs
     for epoch in range(stage.epochs):
         rng = np.random.default_rng([seed, stage_index, epoch])
-        pairs = epoch_pairs(epoch_indices, train.scenes, rng)[: steps * per_step]
+        pairs = epoch_pairs(epoch_indices, train.scenes, rng, stage.epoch_size)
         bar = Progress(steps, f"{stage.name} {epoch + 1}/{stage.epochs}")
         twin.train()
         running: dict[str, float] = {}
@@ -137,8 +119,9 @@ def fit_top(top: PriorTop, train: FeatureSet, epoch_indices: np.ndarray, stage: 
         shown = ema.model if ema else top
         record = {"stage": stage.name, "epoch": epoch + 1, **running, "seconds": time.monotonic() - started}
         if val is not None and len(val):
-            result = evaluate_scores(predict_top(shown, val), val.scores, val.scenes)
-            swin_only = evaluate_scores(predict_top(shown, val, swin_only=True), val.scores, val.scenes)
+            fused, swin = predict_top(shown, val)
+            result = evaluate_scores(fused, val.scores, val.scenes)
+            swin_only = evaluate_scores(swin, val.scores, val.scenes)
             record.update({f"val_{k}": v for k, v in headline(result).items()})
             record["val_swin_only_srocc"] = headline(swin_only)["srocc"]
             print(f"[{stage.name} epoch {epoch + 1}] val\n{format_result(result)}\n"
@@ -179,7 +162,7 @@ def train_prior(cfg: TrainConfig) -> dict:
         for i, stage in enumerate(cfg.stages):
             trained = fit_top(scorer.top, train, resampled.indices(), stage, cfg.seed, i, val, log)
             scorer.top.load_state_dict(trained.state_dict())
-    result = evaluate_scores(predict_top(scorer.top, val), val.scores, val.scenes) if val else None
+    result = evaluate_scores(predict_top(scorer.top, val)[0], val.scores, val.scenes) if val else None
     save_checkpoint(out / "last.pt", scorer, config_file=str(cfg.source), **({"val": result} if result else {}))
     history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
     from .loop import plot_history

@@ -128,11 +128,12 @@ def build_features(data: CachedSet, trunk, views: int = 3, seed: int = 0, root: 
             tmp.replace(folder / f"{keys[i]}.npz")
             bar.update()
         bar.close()
-    first = np.load(folder / f"{keys[0]}.npz")
-    tokens = np.empty((len(keys), *first["tokens"].shape), np.float16)
-    pooled = np.empty((len(keys), *first["pooled"].shape), np.float32)
+    tokens = pooled = None
     for i, k in enumerate(keys):
         with np.load(folder / f"{k}.npz") as z:
+            if tokens is None:  # sized by the first photo's arrays
+                tokens = np.empty((len(keys), *z["tokens"].shape), np.float16)
+                pooled = np.empty((len(keys), *z["pooled"].shape), np.float32)
             tokens[i], pooled[i] = z["tokens"], z["pooled"]
     os.utime(folder)
     return FeatureSet(tokens, pooled, data.scores, list(data.scenes), list(data.paths))

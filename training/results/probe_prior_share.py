@@ -31,9 +31,8 @@ with torch.no_grad():
     for start in range(0, len(data), 64):
         tokens = torch.from_numpy(data.tokens[start:start + 64, 0].astype(np.float32))
         swin, pooled = top.parts(tokens, torch.from_numpy(data.pooled[start:start + 64, 0]))
-        w = top.head.weight[0]
-        parts["Swin"].append((swin @ w[: swin.shape[1]]).numpy())
-        parts["pooled statistics"].append((pooled @ w[swin.shape[1]:]).numpy() if top.config.use_pooled
+        parts["Swin"].append((swin @ top.swin_weight()[0]).numpy())
+        parts["pooled statistics"].append((pooled @ top.pooled_weight()[0]).numpy() if top.config.use_pooled
                                           else np.zeros(len(swin), np.float32))
         parts["Swin-only auxiliary head"].append(top.swin_head(swin).view(-1).numpy())
 parts = {k: np.concatenate(v) for k, v in parts.items()}
