@@ -15,7 +15,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sampleiqa.contracts import CROP, PIXELS, SCORE
+from sampleiqa.contracts import CROP, PIXELS, PIXELS_LIMIT, SCORE
 
 log = logging.getLogger(__name__)
 
@@ -24,7 +24,7 @@ MIN_OPSET = 17
 FP32_OPS = ("LayerNormalization",)
 # Module scopes (torch's node-name prefixes) kept wholly FP32: the fused quality statistics
 # count pixels (448*448 overflows FP16) and take logs of tiny energies.
-FP32_SCOPES = ("/stats/",)
+FP32_SCOPES = ("/stats/", "/guard/")
 # (op, input index) that the ONNX spec requires to stay float32 whatever the data type.
 _FP32_INPUTS = {("Resize", 2), ("Upsample", 1)}
 
@@ -85,6 +85,69 @@ def clean_onnx(path: str | Path) -> dict:
     return {"nodes_before": before, "nodes_after": after}
 
 
+GUARD = "/guard/"
+
+
+def add_score_guard(model):
+    """SCORE = clip(score, 0, 1) where the PIXELS are what an image gives, else NaN.
+
+    In the graph, so every target (cpu, gpu-onnx, gpu-trt) has it: an item whose PIXELS
+    hold NaN/Inf or any |x| > PIXELS_LIMIT, or whose raw score is not finite, gets NaN, which
+    the CPU scorer and the clients turn into a `[non_finite]` error. `x <= limit` is false
+    for NaN, so one comparison catches both. Idempotent. Returns the (modified) ModelProto.
+    """
+    import onnx
+    from onnx import TensorProto, helper
+
+    graph = model.graph
+    if any(n.name.startswith(GUARD) for n in graph.node):
+        return model
+    raw = f"{GUARD}score_raw"
+    for node in graph.node:
+        for i, name in enumerate(node.output):
+            if name == SCORE:
+                node.output[i] = raw
+    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
+    consts = {"limit": PIXELS_LIMIT, "half": 0.5, "zero": 0.0, "one": 1.0, "huge": 1e30, "nan": float("nan")}
+    nodes = [helper.make_node("Constant", [], [f"{GUARD}{k}"], name=f"{GUARD}const_{k}",
+                              value=helper.make_tensor(f"{GUARD}{k}_value", TensorProto.FLOAT, [], [v]))
+             for k, v in consts.items()]
+
+    def node(op, inputs, out, **attrs):
+        nodes.append(helper.make_node(op, inputs, [f"{GUARD}{out}"], name=f"{GUARD}{out}", **attrs))
+        return f"{GUARD}{out}"
+
+    g = lambda k: f"{GUARD}{k}"  # noqa: E731
+    in_range = node("LessOrEqual", [node("Abs", [PIXELS], "abs"), g("limit")], "in_range")
+    outside = node("Cast", [node("Not", [in_range], "outside_bool")], "outside", to=TensorProto.FLOAT)
+    if opset >= 18:
+        axes = helper.make_tensor(f"{GUARD}axes_value", TensorProto.INT64, [3], [1, 2, 3])
+        nodes.append(helper.make_node("Constant", [], [g("axes")], name=f"{GUARD}const_axes", value=axes))
+        worst = node("ReduceMax", [outside, g("axes")], "worst", keepdims=0)
+    else:
+        worst = node("ReduceMax", [outside], "worst", axes=[1, 2, 3], keepdims=0)
+    worst = node("Reshape", [worst, node("Shape", [raw], "score_shape")], "worst_like_score")  # [N] -> [N, 1]
+    pixels_ok = node("Less", [worst, g("half")], "pixels_ok")
+    finite = node("Less", [node("Abs", [raw], "score_abs"), g("huge")], "score_finite")
+    ok = node("And", [finite, pixels_ok], "ok")
+    clipped = node("Clip", [raw, g("zero"), g("one")], "clipped")
+    nodes.append(helper.make_node("Where", [ok, clipped, g("nan")], [SCORE], name=f"{GUARD}where"))
+    graph.node.extend(nodes)
+    return model
+
+
+def guard_onnx(path: str | Path) -> Path:
+    """add_score_guard on a file, in place, checked."""
+    import onnx
+
+    path = Path(path)
+    # Shapes and types for the new tensors: the FP16 copy reads them to place its casts.
+    model = onnx.shape_inference.infer_shapes(add_score_guard(onnx.load(path)))
+    onnx.checker.check_model(model, full_check=True)
+    _save_atomic(model, path)
+    return path
+
+
 def export_onnx(model, out_path: str | Path, opset: int = MIN_OPSET, fp16: bool = False) -> Path:
     """Export a SwinScorer to ONNX (dynamic batch), clean and check it. fp16: see convert_to_fp16."""
     if opset < MIN_OPSET:
@@ -114,6 +177,7 @@ def export_onnx(model, out_path: str | Path, opset: int = MIN_OPSET, fp16: bool 
                 dynamic_axes={PIXELS: {0: "N"}, SCORE: {0: "N"}},
             )
         clean_onnx(tmp)
+        guard_onnx(tmp)
         if fp16:
             convert_to_fp16(tmp, tmp)
         onnx.checker.check_model(str(tmp), full_check=True)

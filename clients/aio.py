@@ -12,7 +12,7 @@ from typing import AsyncIterator, Hashable, Iterable, Sequence
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from .protocol import (ENSEMBLE, ClientBase, RetryPolicy, ScoreResult, TLSConfig, TransportError,
+from .protocol import (ENSEMBLE, Attempt, ClientBase, RetryPolicy, ScoreResult, TLSConfig, TransportError,
                        build_inputs, classify, failure_outcome, parse_result)
 
 
@@ -32,14 +32,14 @@ class AsyncScoringClient(ClientBase):
 
     async def _infer(self, images: Sequence[bytes]):
         inputs, outputs = build_inputs(grpcaio, images)
-        delays = self.retry.delays()
+        attempt = Attempt(self.retry)
         while True:
             try:
                 return await self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
             except InferenceServerException as exc:
                 # Probe readiness only for a missing model (see ClientBase.backoff).
                 ready = classify(exc)[0] == "loading" and await self._server_ready()
-                await asyncio.sleep(self.backoff(exc, delays, lambda: ready))
+                await asyncio.sleep(self.backoff(exc, attempt, lambda: ready))
 
     async def _server_ready(self) -> bool:
         try:

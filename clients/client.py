@@ -16,7 +16,7 @@ from typing import Hashable, Iterable, Iterator, Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from .protocol import (ENSEMBLE, ClientBase, RetryPolicy, ScoreResult, TLSConfig,
+from .protocol import (ENSEMBLE, Attempt, ClientBase, RetryPolicy, ScoreResult, TLSConfig,
                        build_inputs, failure_outcome, parse_result)
 
 
@@ -43,12 +43,12 @@ class ScoringClient(ClientBase):
     def _infer(self, images: Sequence[bytes]):
         """One request; retried with backoff while the server is unreachable."""
         inputs, outputs = build_inputs(grpcclient, images)
-        delays = self.retry.delays()
+        attempt = Attempt(self.retry)
         while True:
             try:
                 return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
             except InferenceServerException as exc:
-                time.sleep(self.backoff(exc, delays, self._server_ready))
+                time.sleep(self.backoff(exc, attempt, self._server_ready))
 
     def _server_ready(self) -> bool:
         try:

@@ -19,6 +19,9 @@ from sampleiqa.contracts import ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, SCORE
 MAX_MESSAGE = 2**31 - 1  # what we send: images up to the server's byte limit, in batches
 MAX_RESPONSE = 16 * 1024 * 1024  # what we accept back: a few numbers per image
 RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"}
+# A python-backend stub that died (OOM killer): the launcher restarts the server; until then
+# the server answers, but every request through that instance fails.
+_UNHEALTHY = re.compile(r"Stub process '[^']*' is not healthy")
 _ITEM_ERROR = re.compile(r"item (\d+): \[(\w+)\] (.*)", re.S)
 
 
@@ -52,6 +55,9 @@ class RetryPolicy:
     # When set, retry for this long instead of `attempts` times: long enough to outlast a
     # server restart (Triton takes ~10-20 s to load the models here, longer on a GPU host).
     seconds: float | None = None
+    # Tries for a request the server answered with a failure that is not the image's
+    # ([server], [timeout]); after them each image gets its row with that code.
+    failed_attempts: int = 3
 
     def delays(self):
         """Exponential backoff with full jitter, one delay between each two tries."""
@@ -131,11 +137,15 @@ def build_inputs(module, images: Sequence[bytes]):
     return [tensor], [module.InferRequestedOutput(n) for n in (SCORE, FACE_BOX, FACE_FOUND)]
 
 
+NON_FINITE = ScoreResult.failure("non_finite", "[non_finite] the scorer gave no finite score for this image")
+
+
 def parse_result(result, n: int) -> list[ScoreResult]:
     scores = result.as_numpy(SCORE).reshape(n)
     boxes = result.as_numpy(FACE_BOX).reshape(n, 4)
     found = result.as_numpy(FACE_FOUND).reshape(n)
-    return [ScoreResult(float(scores[i]), bool(found[i]), tuple(int(v) for v in boxes[i])) for i in range(n)]
+    return [ScoreResult(float(scores[i]), bool(found[i]), tuple(int(v) for v in boxes[i]))
+            if np.isfinite(scores[i]) else NON_FINITE for i in range(n)]
 
 
 def classify(exc: Exception) -> tuple[str, str, int | None]:
@@ -146,7 +156,7 @@ def classify(exc: Exception) -> tuple[str, str, int | None]:
     """
     status = str(getattr(exc, "status", lambda: "")() or "")
     message = str(getattr(exc, "message", lambda: str(exc))() or exc)
-    if status in RETRYABLE:
+    if status in RETRYABLE or _UNHEALTHY.search(message):
         return "retry", message, None
     if status == "StatusCode.NOT_FOUND":  # a missing model, or a (re)starting server still loading it
         return "loading", message, None
@@ -170,17 +180,31 @@ class ClientBase:
         self._client = module.InferenceServerClient(
             channel_target(urls), channel_args=channel_args(len(urls) > 1), **(tls.client_kwargs() if tls else {}))
 
-    def backoff(self, exc: Exception, delays, server_ready) -> float:
-        """Seconds to wait before retrying `exc`; re-raises what retrying cannot fix, and
-        raises TransportError once the retries are spent. `server_ready` is called only for
-        a missing model: a ready server without it will not grow it by waiting."""
+    def backoff(self, exc: Exception, attempt: "Attempt", server_ready) -> float:
+        """Seconds to wait before retrying `exc`; re-raises what retrying cannot fix or what
+        has used its tries, and raises TransportError once the server stays unreachable.
+        `server_ready` is called only for a missing model: a ready server without it will
+        not grow it by waiting."""
         kind, message, _ = classify(exc)
+        if kind in ("timeout", "error"):  # answered, but not about the image: a few more tries
+            attempt.failed += 1
+            if attempt.failed >= self.retry.failed_attempts:
+                raise exc
+            return random.uniform(0, self.retry.base_s * 2**attempt.failed)
         if kind not in ("retry", "loading") or (kind == "loading" and server_ready()):
             raise exc
-        delay = next(delays, None)
+        delay = next(attempt.delays, None)
         if delay is None:
             raise TransportError(f"server unavailable after {self.retry.describe()}: {message}") from None
         return delay
+
+
+class Attempt:
+    """The retry state of one request."""
+
+    def __init__(self, policy: RetryPolicy):
+        self.delays = policy.delays()
+        self.failed = 0
 
 
 def failure_outcome(exc: Exception, n: int) -> tuple[int | None, ScoreResult]:
@@ -198,5 +222,5 @@ def split_code(message: str) -> str:
     return m.group(1) if m else "server"
 
 
-__all__ = ["ENSEMBLE", "ClientBase", "RetryPolicy", "ScoreResult", "TLSConfig", "TransportError", "build_inputs",
+__all__ = ["ENSEMBLE", "Attempt", "ClientBase", "RetryPolicy", "ScoreResult", "TLSConfig", "TransportError", "build_inputs",
            "channel_args", "channel_target", "classify", "failure_outcome", "parse_result", "split_code"]

@@ -104,7 +104,7 @@ def cmd_score(args) -> int:
         if server is not None:
             server.stop()
     print(summary.text(Path(args.out)), file=sys.stderr)
-    return 1 if summary.aborted else 0
+    return 0 if summary.finished else 1
 
 
 def cmd_serve(args) -> int:

@@ -14,7 +14,7 @@ IMAGE = "IMAGE"  # TYPE_STRING [1]: encoded file bytes
 # preprocess -> scorer.
 PIXELS = "PIXELS"  # FP32 [3, CROP, CROP], normalised
 # Ensemble outputs.
-SCORE = "SCORE"  # FP32 [1]
+SCORE = "SCORE"  # FP32 [1], in [0, 1]; NaN only where the scorer refused its PIXELS
 FACE_BOX = "FACE_BOX"  # INT32 [4]: x, y, w, h in pixels of the EXIF-oriented image
 FACE_FOUND = "FACE_FOUND"  # BOOL [1]
 
@@ -42,6 +42,15 @@ ERROR_CODES = {
     "truncated": "the file ends before its end marker",
     "decode_failed": "the decoder rejected the data",
     "unreadable": "the file could not be read",
+    "not_a_file": "not a regular file (a FIFO, device or socket): never read",
+    "non_finite": "the scorer gave no finite score: its PIXELS held NaN/Inf or values no image gives",
     "server": "the server or transport failed",
     "timeout": "the request timed out",
 }
+
+# Codes that say nothing about the image: the client retries them, and `sampleiqa score
+# --resume` scores those files again instead of counting their rows as done.
+RETRIED_CODES = frozenset({"server", "timeout"})
+# |PIXELS| never exceeds this for a normalised 8-bit image ((255/255 - 0.406) / 0.225 = 2.64):
+# the scorer's graph refuses anything larger (or NaN/Inf) with a NaN score.
+PIXELS_LIMIT = 3.0

@@ -39,6 +39,8 @@ def model(request):
         torch.nn.init.normal_(model.top.head.weight, std=0.02)
     else:
         torch.nn.init.normal_(model.head.weight, std=0.05)  # zero at init: make the backbone count in parity
+        model.score_mean.fill_(0.5)  # on the 0-1 label scale, which the graph's guard clips to
+        model.score_std.fill_(0.05)
     return model
 
 
@@ -59,7 +61,9 @@ def photos() -> np.ndarray:
 
 def _torch_scores(model, x: np.ndarray) -> np.ndarray:
     with torch.no_grad():
-        return model(torch.from_numpy(x)).numpy()
+        scores = model(torch.from_numpy(x)).numpy()
+    assert ((scores > 0.01) & (scores < 0.99)).all(), scores  # inside the range, so parity is not the clip's
+    return scores
 
 
 def _ort_scores(path: Path, x: np.ndarray) -> np.ndarray:
@@ -111,6 +115,41 @@ def test_export_checkpoint(model, tmp_path, photos):
     path = export_checkpoint(ckpt, tmp_path / "ckpt.onnx")
     diff = float(np.abs(_ort_scores(path, photos) - _torch_scores(model, photos)).max())
     assert diff <= FP32_ATOL, diff
+
+
+@pytest.mark.parametrize("fp16", [False, True])
+def test_guard_refuses_pixels_no_image_gives_and_clips_the_score(onnx_path, photos, tmp_path, fp16):
+    """NaN, Inf or |x| > 3 anywhere in an item's PIXELS -> NaN for that item only; every score
+    in [0, 1]. In the graph, so the GPU targets (and the FP16 copy TensorRT builds) have it."""
+    path = convert_to_fp16(onnx_path, tmp_path / "g16.onnx") if fp16 else onnx_path
+    x = np.concatenate([photos[:1]] * 5)
+    x[1, 0, 3, 3] = np.nan
+    x[2, 2, 100, 7] = -np.inf
+    x[3] = 1e30
+    x[4] = 0.0  # a flat mid-grey image is valid
+    got = _ort_scores(path, x)[:, 0]
+    assert np.isnan(got[1:4]).all() and np.isfinite(got[[0, 4]]).all(), got
+    assert got[0] == pytest.approx(_ort_scores(path, photos[:1])[0, 0], abs=1e-6)  # its neighbours do not matter
+    m = onnx.load(path)
+    assert [n.name for n in m.graph.node if n.name.startswith("/guard/") and n.op_type == "Where"]
+    # A raw score far off the scale (x100 and shifted down) comes out clipped to 0 or 1.
+    shifted = onnx.load(onnx_path)
+    big = onnx.helper.make_tensor("big", onnx.TensorProto.FLOAT, [], [100.0])
+    shift = onnx.helper.make_tensor("shift", onnx.TensorProto.FLOAT, [], [-60.0])
+    shifted.graph.node.extend([
+        onnx.helper.make_node("Constant", [], ["/t/big"], value=big),
+        onnx.helper.make_node("Constant", [], ["/t/shift"], value=shift),
+        onnx.helper.make_node("Mul", ["/guard/score_raw", "/t/big"], ["/t/scaled"]),
+        onnx.helper.make_node("Add", ["/t/scaled", "/t/shift"], ["/t/off_scale"]),
+    ])
+    clip = next(n for n in shifted.graph.node if n.name == "/guard/clipped")
+    clip.input[0] = "/t/off_scale"
+    shifted_path = tmp_path / "shifted.onnx"
+    onnx.save(shifted, shifted_path)
+    clipped = _ort_scores(shifted_path, photos)[:, 0]
+    raw = _ort_scores(onnx_path, photos)[:, 0] * 100 - 60
+    assert (raw < 0).any() or (raw > 1).any()
+    assert np.allclose(clipped, np.clip(raw, 0, 1), atol=2e-3), (clipped, raw)
 
 
 def test_fp16_copy(model, onnx_path, photos, tmp_path):

@@ -2,6 +2,9 @@
 
 It has the same name and tensors as the GPU scorers (tensorrt_plan / onnxruntime_onnx), so
 clients never know which target is deployed. Requests are concatenated into one ORT run.
+The graph answers PIXELS that no image gives (NaN, Inf, |x| > 3) with a NaN score; here
+that request fails with a `[non_finite]` error naming the item (the GPU targets return the
+NaN, which the clients turn into the same error).
 """
 
 import json
@@ -26,6 +29,9 @@ class TritonPythonModel:
         options = ort.SessionOptions()
         options.intra_op_num_threads = threads
         options.inter_op_num_threads = 1
+        # No arena: it keeps the peak of the largest batch (2 GB after a batch of 32) for
+        # the stub's life; without it, memory returns after each run (tests/README.md).
+        options.enable_cpu_mem_arena = parameters.get("cpu_mem_arena", {}).get("string_value", "0") == "1"
         options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
         # Spinning threads burn the cores that the preprocess instances need between runs.
         spinning = parameters.get("allow_spinning", {}).get("string_value", "1")
@@ -40,7 +46,14 @@ class TritonPythonModel:
         scores = self.session.run(None, {self.input_name: pixels})[0].astype(np.float32).reshape(-1, 1)
         responses, start = [], 0
         for b in batches:
-            responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(SCORE, scores[start : start + len(b)])]))
+            mine = scores[start : start + len(b)]
+            bad = np.flatnonzero(~np.isfinite(mine[:, 0]))
+            if len(bad):
+                error = pb_utils.TritonError(f"item {bad[0]}: [non_finite] no finite score: PIXELS hold NaN, Inf "
+                                             "or values outside what a normalised image gives")
+                responses.append(pb_utils.InferenceResponse(error=error))
+            else:
+                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(SCORE, mine)]))
             start += len(b)
         return responses
 
