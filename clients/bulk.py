@@ -10,7 +10,7 @@ cut). Server loss is not an item error: the run stops with no row for the unscor
   (by its resolved path when it cannot be stat'ed), so `a.jpg`, `x/../a.jpg`, a symlink to
   it and the same folder spelled relative or absolute on resume are one file.
 - Any bytes in a file name round-trip: CSV rows hold the name's raw bytes (Python's
-  `surrogateescape`), JSONL rows escape the bytes that are not UTF-8 as `\udcXX`; both read
+  `surrogateescape`), JSONL rows escape the bytes that are not UTF-8 as `\\udcXX`; both read
   back to the same name.
 - Only regular files are read, and never more than the byte limit: a FIFO, a device or a
   socket gets a `[not_a_file]` row.

@@ -11,11 +11,22 @@ Locked down by default: loopback, no model control, HTTP and metrics off, and th
 (and HTTP, when on) model-repository, shared-memory, trace and logging APIs refused
 unless a request carries the admin key (gRPC header `triton-grpc-protocol-admin-key`, HTTP
 header `admin-key`: see TritonServer.admin_headers). Inference, health, metadata and
-statistics stay open.
+statistics stay open. A non-loopback address without TLS is logged as a warning.
+
+Supervised: Triton 2.51 never replaces a python-backend stub that died (the OOM killer,
+a crash); the server and its models stay READY while every request through that instance
+fails. A watcher thread notices a stub gone within half a second and restarts Triton on
+the same ports (clients see UNAVAILABLE and retry meanwhile).
+
+Private: the python backend's shared-memory regions (which hold the images being scored)
+are created 0644 by boost.interprocess whatever the umask; the launcher makes each 0600
+as soon as it appears, before the server reports ready, and unlinks them when the server
+stops, even after a SIGKILL. Logs are 0600 in a 0700 folder.
 """
 
 from __future__ import annotations
 
+import ipaddress
 import logging
 import os
 import re
@@ -27,6 +38,7 @@ import socket
 import subprocess
 import sys
 import sysconfig
+import threading
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -105,6 +117,29 @@ def default_log_dir() -> Path:
     return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "sampleiqa"
 
 
+def open_private_log(path: Path) -> int:
+    """An append descriptor on a 0600 log; a folder created for it is 0700."""
+    if not path.parent.exists():
+        path.parent.mkdir(parents=True, mode=0o700)
+    fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
+    os.fchmod(fd, 0o600)  # an existing log keeps no wider mode
+    return fd
+
+
+def exposure_warning(host: str, tls: "ServerTLS | None", http_port: int | None, metrics_port: int | None) -> str | None:
+    """What a plaintext server on a non-loopback address exposes, or None."""
+    try:
+        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
+    except ValueError:
+        loopback = host == "localhost"
+    if loopback or (tls and not http_port and not metrics_port):
+        return None
+    plain = [name for name, on in (("gRPC", not tls), ("HTTP", http_port), ("metrics", metrics_port)) if on]
+    return (f"serving {', '.join(plain)} without TLS on {host}: anyone who can reach this host can send images, "
+            "read scores and watch the traffic. Bind 127.0.0.1, or use --tls-cert/--tls-key (HTTP and metrics "
+            "have no TLS here: keep them on loopback or behind a proxy).")
+
+
 STUB = b"triton_python_backend_stub"
 
 
@@ -127,6 +162,38 @@ def orphaned_stub(pid: int) -> bool:
         return _ppid(pid) == 1 and STUB in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def alive(pid: int) -> bool:
+    """Running: not gone and not a zombie waiting for its parent to reap it."""
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
+    except OSError:
+        return False
+
+
+SHM = Path("/dev/shm")
+
+
+def stub_regions(server_pid: int) -> dict[int, str]:
+    """{stub pid: its shared-memory region name} for the python-backend stubs of a server
+    (the stub's command line: binary, model.py, region, ...)."""
+    found = {}
+    for pid in child_pids(server_pid):
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv and argv[0].endswith(STUB) and len(argv) > 2:
+            found[pid] = os.fsdecode(argv[2])
+    return found
+
+
+def make_private(region: str) -> None:
+    try:
+        os.chmod(SHM / region, 0o600)
+    except OSError:
+        pass  # gone already
 
 
 KEPT_LOGS = 20  # default log names carry the (random) port, so old ones would pile up
@@ -188,12 +255,14 @@ class TritonServer:
         restrict: bool = True,
         open_apis: tuple[str, ...] = (),
         env: dict[str, str] | None = None,
+        supervise: bool = True,
     ):
         """`admin_key`: the header value that unlocks the RESTRICTED APIs (default: the
         SAMPLEIQA_ADMIN_KEY environment variable, else a random key for this start).
         `open_apis`: RESTRICTED entries left open (the perf harness's own loopback server opens
         "shared-memory": perf_analyzer cannot send a gRPC admin header).
-        `env`: extra environment for Triton and its python stubs (e.g. SAMPLEIQA_MAX_PIXELS)."""
+        `env`: extra environment for Triton and its python stubs (e.g. SAMPLEIQA_MAX_PIXELS).
+        `supervise`: restart Triton when one of its python-backend stubs dies."""
         self.repository = Path(repository).resolve()
         self.host = host
         self.grpc_port = grpc_port or free_port()
@@ -217,6 +286,12 @@ class TritonServer:
         self._log_offset = 0
         self.process: subprocess.Popen | None = None
         self.stub_pids: list[int] = []  # its python-backend stubs, as started
+        self.regions: set[str] = set()  # their shared-memory regions, to unlink at stop
+        self.supervise = supervise
+        self.restarts = 0
+        self._lock = threading.RLock()
+        self._stopping = threading.Event()
+        self._watcher: threading.Thread | None = None
 
     @property
     def url(self) -> str:
@@ -255,26 +330,75 @@ class TritonServer:
     def start(self, timeout_s: float = 180.0) -> "TritonServer":
         if not (self.repository / ENSEMBLE / "config.pbtxt").exists():
             raise ServerError(f"{self.repository} is not a SampleIQA model repository (no {ENSEMBLE}/config.pbtxt)")
-        self.log_file.parent.mkdir(parents=True, exist_ok=True)
+        warning = exposure_warning(self.host, self.tls, self.http_port, self.metrics_port)
+        if warning:
+            log.warning(warning)
+        self._stopping.clear()
+        self._launch(timeout_s)
+        if self.supervise:
+            self._watcher = threading.Thread(target=self._watch, name="sampleiqa-triton-watch", daemon=True)
+            self._watcher.start()
+        return self
+
+    def _launch(self, timeout_s: float) -> None:
         if self.default_log:
+            self.log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             prune_logs(self.log_file.parent)
-        log_handle = open(self.log_file, "ab")
-        self._log_offset = log_handle.tell()
+        log_fd = open_private_log(self.log_file)
+        self._log_offset = os.lseek(log_fd, 0, os.SEEK_END)
         cmd = self.command()
         log.info("starting Triton on %s (log: %s)", self.url, self.log_file)
         self.process = subprocess.Popen(
-            cmd, stdout=log_handle, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cmd, stdout=log_fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
             env={**stub_environment(), **self.env},
         )
-        log_handle.close()
+        os.close(log_fd)
         try:
             self.wait_ready(timeout_s)
         except BaseException:
-            self.stop()
+            self._terminate()
             raise
-        self.stub_pids = child_pids(self.process.pid)
-        return self
+        self.stub_pids = list(self._scan_stubs())
 
+    def _scan_stubs(self) -> dict[int, str]:
+        """The running server's stubs; their regions made private and remembered."""
+        stubs = stub_regions(self.process.pid) if self.process is not None else {}
+        for region in stubs.values():
+            if region not in self.regions:
+                make_private(region)
+                self.regions.add(region)
+        return stubs
+
+    MAX_RESTARTS = 5  # within RESTART_WINDOW_S; past that a stub dies as it starts: stop trying
+    RESTART_WINDOW_S = 600
+
+    def _watch(self) -> None:
+        recent: list[float] = []
+        while not self._stopping.wait(0.5):
+            with self._lock:
+                proc = self.process
+                if proc is None or proc.poll() is not None:
+                    continue  # stopped, or Triton itself died: stop() and `serve` handle that
+                dead = [pid for pid in self.stub_pids if not alive(pid)]
+                if not dead or proc.poll() is not None:
+                    continue
+                now = time.monotonic()
+                recent = [t for t in recent if now - t < self.RESTART_WINDOW_S] + [now]
+                if len(recent) > self.MAX_RESTARTS:
+                    log.error("python-backend stubs keep dying (%d restarts in %d s): stopping Triton",
+                              self.MAX_RESTARTS, self.RESTART_WINDOW_S)
+                    self._terminate()
+                    return
+                log.error("python-backend stub %s died (Triton does not replace it): restarting Triton on %s",
+                          dead, self.url)
+                self._terminate()
+                try:
+                    self._launch(180.0)
+                    self.restarts += 1
+                    log.warning("Triton restarted on %s (%d restarts)", self.url, self.restarts)
+                except (ServerError, OSError) as exc:
+                    log.error("Triton did not come back: %s", exc)
+                    return
     def wait_ready(self, timeout_s: float) -> None:
         import tritonclient.grpc as grpcclient
 
@@ -284,6 +408,7 @@ class TritonServer:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
                     raise ServerError(f"Triton exited with code {self.process.returncode} while starting:\n{self.log_tail()}")
+                self._scan_stubs()  # private before any client can send an image
                 try:
                     # A TLS server may want a client certificate this probe does not hold; Triton
                     # starts its gRPC service only once every model has loaded, so its log says ready.
@@ -314,10 +439,19 @@ class TritonServer:
             return "(no log)"
 
     def running(self) -> bool:
-        return self.process is not None and self.process.poll() is None
+        with self._lock:  # a restart holds the lock: the server is still meant to run
+            return self.process is not None and self.process.poll() is None
 
     def stop(self) -> None:
         """SIGTERM, then wait for in-flight work (Triton's exit timeout), then SIGKILL."""
+        self._stopping.set()
+        if self._watcher is not None and self._watcher is not threading.current_thread():
+            self._watcher.join()
+        self._watcher = None
+        with self._lock:
+            self._terminate()
+
+    def _terminate(self) -> None:
         proc, self.process = self.process, None
         if proc is not None and proc.poll() is None:
             proc.send_signal(signal.SIGTERM)
@@ -328,11 +462,17 @@ class TritonServer:
                 proc.kill()
                 proc.wait()
         # A Triton that was killed (OOM killer, SIGKILL) leaves its stubs running, each holding
-        # a model and its memory.
+        # a model and its memory, and their shared-memory regions in /dev/shm.
         for pid in self.stub_pids:
             if orphaned_stub(pid):
                 log.warning("stopping python-backend stub %d left by a killed Triton", pid)
                 os.kill(pid, signal.SIGKILL)
+        deadline = time.monotonic() + 5
+        while any(alive(pid) for pid in self.stub_pids) and time.monotonic() < deadline:
+            time.sleep(0.05)
+        for region in self.regions:
+            (SHM / region).unlink(missing_ok=True)
+        self.regions.clear()
         self.stub_pids = []
 
     def __enter__(self) -> "TritonServer":
