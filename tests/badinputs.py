@@ -102,6 +102,19 @@ def _panorama() -> bytes:
     return _encode(img, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 80])
 
 
+def _gif_frame_over_screen() -> bytes:
+    """A 75 KB GIF whose logical screen says 1x1 and whose first frame is 10001x10001."""
+    data = bytearray(_pil(Image.new("P", (10001, 10001), 0), "GIF"))
+    data[6:10] = (1).to_bytes(2, "little") * 2
+    return bytes(data)
+
+
+def _motion_photo() -> bytes:
+    """The portrait followed by 1 MB of other data, as phone motion photos carry a video."""
+    tail = b"\x00\x00\x00\x20ftypmp42" + np.random.default_rng(7).integers(0, 256, 1 << 20, dtype=np.uint8).tobytes()
+    return PORTRAIT.read_bytes() + tail
+
+
 def _oversize() -> bytes:
     return b"\xff\xd8\xff\xe0" + bytes(MAX_BYTES)  # one JPEG-looking file past the byte limit
 
@@ -121,6 +134,8 @@ CASES = [
          make=lambda: b"\xff\xd8\xff" + bytes(100) + b"\xff\xda" + bytes(50) + b"\xff\xd9"),
     Case("bomb_30000x30000.png", "a PNG whose header claims 30000x30000 (decompression bomb)", "too_many_pixels",
          make=_bomb),
+    Case("gif_frame_over_screen.gif", "a GIF whose screen says 1x1 and whose first frame is 10001x10001",
+         "too_many_pixels", make=_gif_frame_over_screen),
     Case("oversize.jpg", "a JPEG-looking file one header over the 64 MiB byte limit", "too_large", make=_oversize),
     Case("tiny_1x1.png", "1x1 image", "ok", "no face", lambda: _encode(np.full((1, 1, 3), 90, np.uint8), ".png")),
     Case("tiny_8x8.png", "8x8 image", "ok", "no face", lambda: _encode(np.full((8, 8, 3), 90, np.uint8), ".png")),
@@ -142,6 +157,8 @@ CASES = [
          _animated_gif),
     Case("exif_rotated.jpg", "portrait stored on its side, EXIF orientation 6", "ok", "face",
          lambda: exif_rotated()[0]),
+    Case("motion_photo.jpg", "the portrait followed by 1 MB of video-like data (a phone motion photo)", "ok", "face",
+         _motion_photo),
     Case("no_face.jpg", "a photo with no face (samples/coffee.jpg)", "ok", "no face",
          lambda: (SAMPLES / "coffee.jpg").read_bytes()),
     Case("many_faces.jpg", "ten faces on one board", "ok", "one of the faces", lambda: many_faces()[0]),
