@@ -25,7 +25,7 @@ class RepositorySettings:
     scorer_instances: int = 1
     ort_threads: int = 2  # cpu scorer: ONNX Runtime intra-op threads per instance
     ort_spinning: bool = False  # cpu scorer: busy-waiting ORT threads burn the cores preprocess needs (perf/results/tuning.md)
-    ort_arena: bool = False  # cpu scorer: ORT's arena would keep the largest batch's memory for good
+    ort_arena_keep_batch: int = 8  # cpu scorer: ORT's arena is shrunk back after a larger batch (memory bound)
     preprocess_queue_delay_us: int = 0
     scorer_queue_delay_us: int = 2000
     preferred_batch_sizes: tuple[int, ...] = ()
@@ -72,7 +72,7 @@ def scorer_config(s: RepositorySettings) -> mc.ModelConfig:
         c.instance_group.add(count=s.scorer_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
         c.parameters["intra_op_threads"].string_value = str(s.ort_threads)
         c.parameters["allow_spinning"].string_value = "1" if s.ort_spinning else "0"
-        c.parameters["cpu_mem_arena"].string_value = "1" if s.ort_arena else "0"
+        c.parameters["arena_keep_batch"].string_value = str(s.ort_arena_keep_batch)
     elif s.target == "gpu-trt":
         c.platform = "tensorrt_plan"
         c.default_model_filename = "model.plan"
