@@ -23,8 +23,11 @@ MIN_OPSET = 17
 # Ops computed in FP32 inside the FP16 graph (casts around them).
 FP32_OPS = ("LayerNormalization",)
 # Module scopes (torch's node-name prefixes) kept wholly FP32: the fused quality statistics
-# count pixels (448*448 overflows FP16) and take logs of tiny energies.
-FP32_SCOPES = ("/stats/", "/guard/")
+# count pixels (448*448 overflows FP16) and take logs of tiny energies, their head was
+# fitted on FP32 statistics (training/models/swin.py), the prior's pooled moments square
+# deviations up to 1.5e6 (training/models/prior.py), and the output guard compares against
+# limits. build/tensorrt_limits.py finds tensors that would overflow outside these.
+FP32_SCOPES = ("/stats/", "/stats_head/", "/trunk/moments", "/guard/")
 # (op, input index) that the ONNX spec requires to stay float32 whatever the data type.
 _FP32_INPUTS = {("Resize", 2), ("Upsample", 1)}
 
@@ -226,6 +229,14 @@ def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, 
     def scoped(node) -> bool:
         return node.name.startswith(keep_fp32_scopes)
 
+    # A Cast into float that feeds a kept scope (the model's `x.float()` before the
+    # statistics) stays FP32: turned FP16 it would round what the scope reads.
+    kept_casts = {id(n) for n in graph.nodes if n.op == "Cast" and n.attrs.get("to") == f32 and not scoped(n)
+                  and any(scoped(c) for t in n.outputs for c in t.outputs)}
+
+    def fp32_node(node) -> bool:
+        return scoped(node) or id(node) in kept_casts
+
     def needs_fp32(node, tensor) -> bool:
         if scoped(node):
             return True
@@ -253,7 +264,7 @@ def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, 
 
     # Values held in node attributes, and casts into float.
     for node in graph.nodes:
-        if scoped(node):
+        if fp32_node(node):
             continue
         if node.op == "Cast" and node.attrs.get("to") == f32:
             node.attrs["to"] = f16
@@ -278,16 +289,16 @@ def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, 
     # FP32 scopes: cast FP16 tensors up on the way in and results down on the way out.
     graph_inputs = set(map(id, graph.inputs))
     up: dict[str, gs.Variable] = {}
-    for node in [n for n in graph.nodes if scoped(n)]:
+    for node in [n for n in graph.nodes if fp32_node(n)]:
         for i, t in enumerate(node.inputs):
             if (isinstance(t, gs.Variable) and t.dtype == np.float32 and id(t) not in graph_inputs
-                    and not any(scoped(p) for p in t.inputs)):
+                    and not any(fp32_node(p) for p in t.inputs)):
                 if t.name not in up:
                     up[t.name] = gs.Variable(f"{t.name}__fp32", dtype=np.float32)
                     cast(t, up[t.name], f32, f"{t.name}__cast_fp32")
                 node.inputs[i] = up[t.name]
         for t in node.outputs:
-            outside = [n for n in t.outputs if not scoped(n)]
+            outside = [n for n in t.outputs if not fp32_node(n)]
             if outside and t.dtype == np.float32:
                 down = gs.Variable(f"{t.name}__fp16", dtype=np.float16)
                 cast(t, down, f16, f"{t.name}__cast_fp16")
@@ -301,7 +312,7 @@ def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, 
         if inp.dtype != np.float32:
             continue
         half = gs.Variable(f"{inp.name}__fp16", dtype=np.float16, shape=inp.shape)
-        for node in [n for n in inp.outputs if not scoped(n)]:
+        for node in [n for n in inp.outputs if not fp32_node(n)]:
             for i, t in enumerate(node.inputs):
                 if t is inp:
                     node.inputs[i] = half

@@ -66,8 +66,12 @@ def build_repository(
         from .tensorrt_engine import read_engine_profile
 
         profile = read_engine_profile(engine_path)
-        settings = RepositorySettings(**{**settings.__dict__, "max_batch_size": int(profile["max_batch"]),
-                                         "preferred_batch_sizes": (int(profile["opt_batch"]),)})
+        if int(profile.get("min_batch", 1)) != 1:
+            raise ValueError(f"{engine_path}: its profile starts at batch {profile['min_batch']}; Triton sends "
+                             "batches from 1 up: rebuild it with min_batch=1")
+        # No preferred_batch_size: with one profile, Triton's batcher forms the largest batch
+        # it can (up to max_batch) instead of stopping at opt_batch.
+        settings = RepositorySettings(**{**settings.__dict__, "max_batch_size": int(profile["max_batch"])})
     elif onnx_path is None:
         raise ValueError(f"the {settings.target} target needs an ONNX scorer")
 

@@ -3,23 +3,32 @@
 An engine runs only on the TensorRT version and GPU architecture that built it, so build it
 on a GPU host inside the same Triton image that serves it:
 
-    docker run --gpus all --rm -it -v $PWD:/w -w /w nvcr.io/nvidia/tritonserver:<yy.mm>-py3
+    docker run --gpus all --rm -it -v $PWD:/w -w /w nvcr.io/nvidia/tritonserver:25.01-py3
     pip install -e '.[train,tensorrt]' && \\
         sampleiqa build-repository --target gpu-trt --checkpoint CKPT --out model_repository_gpu
 
-(use the `tensorrt` wheel that matches the image's TensorRT, e.g. `pip install tensorrt==<x.y>`,
-if the extra pulls a different one). The equivalent with the image's trtexec:
+The `tensorrt` extra pins the bindings to the TensorRT of that image (25.01: 10.8.0.43); for
+another image pin its version (`installed_tensorrt_version()` reads it from libnvinfer). The
+build refuses bindings whose version differs from the image's libnvinfer, and the sidecar
+records the version, so `check_engine_version` can refuse a plan the server would reject
+("Version tag does not match").
 
-    trtexec --onnx=model.onnx --saveEngine=model.plan --fp16 \\
+One build path on every TensorRT 10.x: a strongly typed network (NetworkDefinitionCreation
+Flag.STRONGLY_TYPED, in TensorRT since 10.0; weak typing is deprecated from 10.12 and gone in
+11) from the FP16 copy of the ONNX (`export_onnx.convert_to_fp16`), whose FP32 islands
+(LayerNormalization, the statistics and their head, the output guard) TensorRT must keep
+as typed. TF32 is cleared, so those islands compute in true FP32. The equivalent with the
+image's trtexec:
+
+    trtexec --onnx=model.fp16.onnx --saveEngine=model.plan --stronglyTyped --noTF32 \\
         --minShapes=PIXELS:1x3x448x448 --optShapes=PIXELS:16x3x448x448 \\
         --maxShapes=PIXELS:64x3x448x448 --timingCacheFile=timing.cache
 
-On TensorRT >= 10.12 (weak typing deprecated; removed in 11) give trtexec the FP16 ONNX from
-`export_onnx.convert_to_fp16` with `--stronglyTyped` instead of `--fp16`.
-
-This module imports without TensorRT (it is imported inside the functions), so the CPU test
-suite and the repository builder can read engine sidecars anywhere. Nothing here has been
-run against a real TensorRT in this project's CI: no machine here has TensorRT or a GPU.
+`build/tensorrt_limits.py` checks an ONNX against TensorRT's documented limits on CPU, so a
+model that cannot build fails in CI, not on a GPU host. This module imports without
+TensorRT (it is imported inside the functions); the tests drive the whole builder through a
+fake `tensorrt` module that records its calls. No machine here has TensorRT or a GPU: no
+real engine has been built by this project.
 """
 
 from __future__ import annotations
@@ -38,8 +47,6 @@ GPU_HOST_COMMAND = (
     "pip install -e '.[train,tensorrt]' && sampleiqa build-repository --target gpu-trt "
     "--checkpoint CKPT --out model_repository_gpu"
 )
-# First TensorRT with weak typing (BuilderFlag.FP16) deprecated: build strongly typed from there.
-STRONGLY_TYPED_FROM = (10, 12)
 PRECISIONS = ("fp16", "fp32")
 _PROFILE_KEYS = ("min_batch", "opt_batch", "max_batch", "precision", "strongly_typed",
                  "tensorrt_version", "input", "output", "img_size")
@@ -110,6 +117,34 @@ def read_engine_profile(plan_path: str | Path) -> dict:
     return profile
 
 
+def installed_tensorrt_version() -> str | None:
+    """The TensorRT runtime of this host (libnvinfer's getInferLibVersion, no Python bindings
+    needed: Triton images ship the library), as "major.minor.patch"; None without one."""
+    import ctypes
+
+    for name in ("libnvinfer.so.10", "libnvinfer.so.11", "libnvinfer.so"):
+        try:
+            lib = ctypes.CDLL(name)
+        except OSError:
+            continue
+        v = int(lib.getInferLibVersion())  # major * 10000 + minor * 100 + patch (TensorRT >= 10)
+        return f"{v // 10000}.{v // 100 % 100}.{v % 100}"
+    return None
+
+
+def check_engine_version(plan_path: str | Path, runtime_version: str | None = None) -> None:
+    """Refuse a plan built by another TensorRT than the runtime that will load it (Triton
+    fails it at load with "Version tag does not match"). `runtime_version`: default, this
+    host's libnvinfer; nothing is checked where there is none (a CPU machine)."""
+    runtime_version = runtime_version or installed_tensorrt_version()
+    built = read_engine_profile(plan_path).get("tensorrt_version")
+    if runtime_version is None or built is None:
+        return
+    if _version_tuple(built)[:3] != _version_tuple(runtime_version)[:3]:
+        raise RuntimeError(f"{plan_path} was built with TensorRT {built}, but this host's TensorRT is "
+                           f"{runtime_version}: rebuild it here (engines do not move between versions)")
+
+
 def _onnx_has_fp16(onnx_path: Path) -> bool:
     import onnx
 
@@ -138,18 +173,22 @@ def _make_logger(trt):
 
 def build_engine(onnx_path: str | Path, plan_path: str | Path, min_batch: int = 1, opt_batch: int = 16,
                  max_batch: int = 64, precision: str = "fp16", timing_cache: str | Path | None = None,
-                 workspace_gib: float = 4.0, strongly_typed: bool | None = None) -> Path:
+                 workspace_gib: float = 4.0) -> Path:
     """Build a serialized TensorRT engine from the scorer's ONNX; writes the plan and its sidecar.
 
-    strongly_typed=None picks it from the TensorRT version: strongly typed from 10.12 on (an
-    FP32 ONNX is first converted to `<plan_stem>.fp16.onnx` with convert_to_fp16), else the
-    weakly typed BuilderFlag.FP16. timing_cache: a file read if present and written back after
-    the build, so rebuilds on the same GPU skip most tactic timing.
+    Always strongly typed: for fp16 an FP32 ONNX is first converted to `<plan_stem>.fp16.onnx`
+    with convert_to_fp16 (whose FP32 islands the engine then keeps); fp32 builds the FP32 graph
+    as it is. TF32 is off. min_batch must be 1: Triton's batcher sends any batch from 1 up,
+    and a request outside the profile fails. timing_cache: a file read if present and written
+    back after the build, so rebuilds on the same GPU skip most tactic timing.
     """
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, {max_batch}")
+    if min_batch != 1:
+        raise ValueError(f"min_batch {min_batch}: Triton sends batches from 1 up, which an engine whose "
+                         "profile starts higher refuses; keep min_batch=1 (opt_batch sets the tuned size)")
     trt = _import_tensorrt()
 
     onnx_path, plan_path = Path(onnx_path), Path(plan_path)
@@ -157,11 +196,16 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, min_batch: int = 
         raise FileNotFoundError(onnx_path)
     plan_path.parent.mkdir(parents=True, exist_ok=True)
     version = trt.__version__
-    if strongly_typed is None:
-        strongly_typed = _version_tuple(version) >= STRONGLY_TYPED_FROM
-    log.info("TensorRT %s, %s, %s", version, precision, "strongly typed" if strongly_typed else "weakly typed")
+    runtime = installed_tensorrt_version()
+    if runtime is not None and _version_tuple(runtime)[:3] != _version_tuple(version)[:3]:
+        raise RuntimeError(f"the tensorrt Python bindings are {version} but this host's libnvinfer is {runtime}: "
+                           f"pip install tensorrt=={runtime}.* (the engine must match the server's TensorRT)")
+    log.info("TensorRT %s, %s, strongly typed", version, precision)
 
-    if strongly_typed and precision == "fp16" and not _onnx_has_fp16(onnx_path):
+    from .tensorrt_limits import check_onnx
+
+    check_onnx(onnx_path)  # TopK, operators: fail before minutes of building
+    if precision == "fp16" and not _onnx_has_fp16(onnx_path):
         # Strongly typed: the ONNX's own types are the engine's precision.
         from .export_onnx import convert_to_fp16
 
@@ -171,9 +215,7 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, min_batch: int = 
 
     trt_logger = _make_logger(trt)
     builder = trt.Builder(trt_logger)
-    flags = 0
-    if strongly_typed:
-        flags |= 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
+    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
     network = builder.create_network(flags)  # explicit batch is the only mode in TensorRT 10
     parser = trt.OnnxParser(network, trt_logger)
     log.info("parsing %s", onnx_path)
@@ -194,8 +236,9 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, min_batch: int = 
 
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
-    if precision == "fp16" and not strongly_typed:
-        config.set_flag(trt.BuilderFlag.FP16)  # strongly typed networks reject precision flags
+    # Strongly typed networks take no precision flags; TF32 (on by default) would round the
+    # FP32 islands' matmuls and convolutions to 10 mantissa bits.
+    config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
     profile.set_shape(PIXELS, (min_batch, *chw), (opt_batch, *chw), (max_batch, *chw))
     config.add_optimization_profile(profile)
@@ -224,7 +267,7 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, min_batch: int = 
         _write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
     write_engine_profile(
         plan_path, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, precision=precision,
-        strongly_typed=bool(strongly_typed), tensorrt_version=version, input=PIXELS, output=SCORE,
+        strongly_typed=True, tensorrt_version=version, input=PIXELS, output=SCORE,
         img_size=img_size,
     )
     log.info("done: %s, %.1f MiB in %.0f s", plan_path, len(plan) / (1 << 20), seconds)

@@ -44,6 +44,7 @@ TAIL = 0.1  # fraction of blocks in the "flattest" and "most detailed" tails
 EPS = 1e-6
 QUANTILES = (0.02, 0.1, 0.25, 0.5, 0.75, 0.9, 0.98)
 LUMA_QUANTILES = (0.01, 0.05, 0.25, 0.5, 0.75, 0.95, 0.99)
+QUANTILE_STRIDE = 56  # luma samples for the quantiles: TopK K = 448*448/56 = 3,584 <= TensorRT's 3,840
 HIST_BINS = 16
 SAT_LEVELS = (0.1, 0.2, 0.35, 0.5, 0.7)
 NEIGHBOURS = ((0, 1), (1, 0), (1, 1), (1, -1))
@@ -132,6 +133,12 @@ class Responses(NamedTuple):
     lap: torch.Tensor  # Laplacian [N,1,h,w]
     grad2: torch.Tensor  # squared Sobel gradient magnitude
     grad: torch.Tensor  # Sobel gradient magnitude, sqrt(grad2 + EPS)
+
+
+def _sorted(rows: torch.Tensor) -> torch.Tensor:
+    """Each row in ascending order. torch.sort exports as TopK with K read from the tensor's
+    shape at run time; TensorRT wants K constant (and <= 3,840), so K is a Python int here."""
+    return torch.topk(rows, int(rows.shape[1]), dim=1, largest=False, sorted=True).values
 
 
 def _pick(sorted_rows: torch.Tensor, quantiles) -> torch.Tensor:
@@ -247,14 +254,16 @@ class QualityStats(nn.Module):
         luma = gray.flatten(1)[:, ::7]  # every 7th pixel is plenty for a histogram
         hist = _histogram(luma, [i / HIST_BINS for i in range(1, HIST_BINS)])
         entropy = -(hist * torch.log(hist + EPS)).sum(1, keepdim=True)
-        quantiles = _pick(torch.sort(luma, dim=1).values, LUMA_QUANTILES)
+        # Quantiles from every 56th pixel (3,584 at 448x448): the sort exports as TopK, and
+        # TensorRT caps TopK's K at 3,840 (28,672 samples would not build).
+        quantiles = _pick(_sorted(gray.flatten(1)[:, ::QUANTILE_STRIDE]), LUMA_QUANTILES)
         return [hist, entropy, quantiles, rgb.mean((2, 3)), rgb.flatten(2).std(2)]
 
     def _layout(self, rgb: torch.Tensor, gray: torch.Tensor, block_maps: list[torch.Tensor]) -> list[torch.Tensor]:
         feats = []
         for blocks in block_maps[:2]:
             flat = blocks.flatten(1)
-            feats += [_pick(torch.sort(flat, dim=1).values, QUANTILES),
+            feats += [_pick(_sorted(flat), QUANTILES),
                       F.avg_pool2d(blocks, (int(blocks.shape[2]) // 4, int(blocks.shape[3]) // 4)).flatten(1)[:, :16],
                       flat.std(1, keepdim=True)]
         hi, lo = rgb.amax(1), rgb.amin(1)
