@@ -3,6 +3,7 @@
     cpu       preprocess (python) -> scorer (python + ONNX Runtime)   [the default]
     gpu-onnx  preprocess (python) -> scorer (onnxruntime_onnx, KIND_GPU)
     gpu-trt   preprocess (python) -> scorer (tensorrt_plan FP16, KIND_GPU)
+    gpu-torch preprocess (python) -> scorer (python + PyTorch FP16, CUDA graphs, KIND_GPU)
 
 The python models' sources are the ones in this checkout's model_repository/. With
 `vendor=True` (the default) the preprocessing package is copied beside preprocess/1/model.py,
@@ -55,12 +56,17 @@ def build_repository(
     onnx_path: str | Path | None = None,
     engine_path: str | Path | None = None,
     vendor: bool = True,
+    checkpoint: str | Path | None = None,
 ) -> Path:
     """Write a servable repository to `out`. The cpu and gpu-onnx targets take `onnx_path`;
     gpu-trt takes a built `engine_path` (build/tensorrt_engine.py) whose profile sets
-    max_batch_size."""
+    max_batch_size; gpu-torch takes the training `checkpoint` (its scorer needs sampleiqa,
+    torch and timm where Triton runs)."""
     out = Path(out)
-    if settings.target == "gpu-trt":
+    if settings.target == "gpu-torch":
+        if checkpoint is None:
+            raise ValueError("the gpu-torch target needs a training checkpoint (e.g. training/weights/biq2021_default.pt)")
+    elif settings.target == "gpu-trt":
         if engine_path is None:
             raise ValueError("the gpu-trt target needs a TensorRT engine (model.plan)")
         from .tensorrt_engine import read_engine_profile
@@ -85,6 +91,9 @@ def build_repository(
         _copy(Path(onnx_path), scorer_dir / "model.onnx")
     elif settings.target == "gpu-onnx":
         _copy(Path(onnx_path), scorer_dir / "model.onnx")
+    elif settings.target == "gpu-torch":
+        _copy(Path(__file__).resolve().parent / "torch_scorer_model.py", scorer_dir / "model.py")
+        _copy(Path(checkpoint), scorer_dir / "model.pt")
     else:
         _copy(Path(engine_path), scorer_dir / "model.plan")
     (out / ENSEMBLE / "1").mkdir(parents=True, exist_ok=True)

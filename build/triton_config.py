@@ -14,7 +14,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from sampleiqa.contracts import CROP, ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, PIXELS, PREPROCESS, SCORE, SCORER
 
-TARGETS = ("cpu", "gpu-trt", "gpu-onnx")
+TARGETS = ("cpu", "gpu-trt", "gpu-onnx", "gpu-torch")
 
 
 @dataclass(frozen=True)
@@ -26,6 +26,8 @@ class RepositorySettings:
     ort_threads: int = 2  # cpu scorer: ONNX Runtime intra-op threads per instance
     ort_spinning: bool = False  # cpu scorer: busy-waiting ORT threads burn the cores preprocess needs (perf/results/tuning.md)
     ort_arena_keep_batch: int = 8  # cpu scorer: ORT's arena is shrunk back after a larger batch (memory bound)
+    torch_device: str = "gpu"  # gpu-torch: "cpu" runs the same model on CPU (the dry run of perf/gpu_run.py)
+    cuda_graphs: bool = True  # gpu-torch: one CUDA graph per batch bucket
     preprocess_queue_delay_us: int = 0
     scorer_queue_delay_us: int = 2000
     preferred_batch_sizes: tuple[int, ...] = ()
@@ -77,6 +79,14 @@ def scorer_config(s: RepositorySettings) -> mc.ModelConfig:
         c.platform = "tensorrt_plan"
         c.default_model_filename = "model.plan"
         c.instance_group.add(count=s.scorer_instances, kind=mc.ModelInstanceGroup.KIND_GPU)
+    elif s.target == "gpu-torch":
+        # Python backend running PyTorch (build/torch_runner.py): FP16 and CUDA graphs on the GPU.
+        c.backend = "python"
+        gpu = s.torch_device == "gpu"
+        kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
+        c.instance_group.add(count=s.scorer_instances, kind=kind)
+        c.parameters["precision"].string_value = "fp16" if gpu else "fp32"
+        c.parameters["cuda_graphs"].string_value = "1" if gpu and s.cuda_graphs else "0"
     else:
         c.platform = "onnxruntime_onnx"
         c.default_model_filename = "model.onnx"

@@ -145,9 +145,17 @@ def cmd_build_repository(args) -> int:
 
     settings = RepositorySettings(target=args.target, max_batch_size=args.max_batch,
                                   preprocess_instances=args.preprocess_instances,
-                                  scorer_instances=args.scorer_instances, ort_threads=args.ort_threads)
+                                  scorer_instances=args.scorer_instances, ort_threads=args.ort_threads,
+                                  torch_device=args.torch_device)
     out = Path(args.out)
     onnx_path, engine = args.onnx, args.engine
+    if args.target == "gpu-torch":
+        if not args.checkpoint:
+            print("sampleiqa build-repository: --target gpu-torch needs --checkpoint", file=sys.stderr)
+            return 2
+        build_repository(out, settings, checkpoint=args.checkpoint, vendor=not args.no_vendor)
+        print(f"wrote the {args.target} repository to {out}", file=sys.stderr)
+        return 0
     with tempfile.TemporaryDirectory(prefix="sampleiqa-build-") as scratch:
         if onnx_path is None and engine is None:
             onnx_path = Path(scratch) / "scorer.onnx"
@@ -352,7 +360,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_evaluate)
 
     p = sub.add_parser("build-repository", help="assemble a Triton model repository for a target")
-    p.add_argument("--target", choices=["cpu", "gpu-trt", "gpu-onnx"], default="cpu")
+    p.add_argument("--target", choices=["cpu", "gpu-trt", "gpu-onnx", "gpu-torch"], default="cpu")
     p.add_argument("--out", required=True)
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", help="training checkpoint (.pt)")
@@ -367,6 +375,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--preprocess-instances", type=int, default=2)
     p.add_argument("--scorer-instances", type=int, default=1)
     p.add_argument("--ort-threads", type=int, default=2)
+    p.add_argument("--torch-device", choices=["gpu", "cpu"], default="gpu",
+                   help="gpu-torch: where the scorer runs (cpu: a dry run of the GPU repository)")
     p.add_argument("--no-vendor", action="store_true",
                    help="do not copy the preprocessing package into the repository (it must be installed)")
     p.set_defaults(func=cmd_build_repository)

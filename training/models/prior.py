@@ -66,7 +66,9 @@ class Moments(nn.Module):
     deviations of Lite0's stage outputs reach 1.5e6, past FP16's 65,504."""
 
     def forward(self, h: torch.Tensor) -> list[torch.Tensor]:
-        return [h.mean((2, 3)), h.std((2, 3))]
+        with torch.autocast(h.device.type, enabled=False):  # FP32 under AMP too (gpu-torch serving)
+            h = h.float()
+            return [h.mean((2, 3)), h.std((2, 3))]
 
 
 class Lite0Trunk(nn.Module):

@@ -1,0 +1,62 @@
+"""The gpu-torch target (python backend + PyTorch, FP16 and CUDA graphs on a GPU), run here on
+CPU through the real Triton: the same repository layout, model.py and runner as on a GPU
+host, with the scorer on CPU in FP32. Its scores must be the CPU ensemble's."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+torch = pytest.importorskip("torch")
+
+from sampleiqa.build.repository import build_repository  # noqa: E402
+from sampleiqa.build.torch_runner import TorchScorer, buckets, guard  # noqa: E402
+from sampleiqa.build.triton_config import RepositorySettings, read_config  # noqa: E402
+from sampleiqa.clients import ScoringClient  # noqa: E402
+from sampleiqa.clients.server import TritonServer  # noqa: E402
+
+from .conftest import ROOT, SAMPLES, biq_images  # noqa: E402
+
+CHECKPOINT = ROOT / "training" / "weights" / "biq2021_default.pt"
+
+
+def test_buckets_and_guard():
+    assert buckets(64) == [1, 2, 4, 8, 16, 32, 64] and buckets(48) == [1, 2, 4, 8, 16, 32, 48]
+    x = torch.zeros(4, 3, 8, 8)
+    x[1, 0, 0, 0] = float("nan")
+    x[2] = 5.0
+    got = guard(x, torch.tensor([[0.5], [0.5], [0.5], [7.0]]))
+    assert got[0, 0] == 0.5 and got[1:3].isnan().all() and got[3, 0] == 1.0
+
+
+def test_torch_scorer_matches_the_served_onnx_scorer():
+    import onnxruntime as ort
+
+    from sampleiqa.clients.server import DEFAULT_REPOSITORY
+    from sampleiqa.preprocessing import preprocess_file
+
+    x = np.stack([preprocess_file(p).pixels for p in biq_images(5)])
+    ref = ort.InferenceSession(str(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx"),
+                               providers=["CPUExecutionProvider"]).run(None, {"PIXELS": x})[0]
+    scorer = TorchScorer(CHECKPOINT, device="cpu", max_batch=2)  # 5 items: chunks of 2
+    got = scorer(x)
+    assert got.shape == (5, 1) and np.abs(got - ref).max() < 1e-4, np.abs(got - ref).max()
+
+
+@pytest.mark.server
+def test_gpu_torch_repository_served_on_cpu_scores_like_the_cpu_ensemble(tmp_path, client):
+    out = build_repository(tmp_path / "repo", RepositorySettings(target="gpu-torch", torch_device="cpu"),
+                           checkpoint=CHECKPOINT, vendor=False)
+    scorer = read_config(out / "scorer")
+    assert scorer.backend == "python" and scorer.parameters["precision"].string_value == "fp32"
+    gpu = read_config(build_repository(tmp_path / "gpu", RepositorySettings(target="gpu-torch"),
+                                       checkpoint=CHECKPOINT, vendor=False) / "scorer")
+    assert gpu.instance_group[0].kind == gpu.instance_group[0].KIND_GPU
+    assert gpu.parameters["precision"].string_value == "fp16" and gpu.parameters["cuda_graphs"].string_value == "1"
+    photos = [p.read_bytes() for p in biq_images(6)] + [(SAMPLES / "astronaut.jpg").read_bytes()]
+    with TritonServer(out, log_file=tmp_path / "t.log", supervise=False) as server, ScoringClient(server.url) as c:
+        got = c.score_batch(photos)
+    ref = client.score_batch(photos)  # the session's CPU ensemble
+    assert all(r.ok for r in got), got
+    assert max(abs(a.score - b.score) for a, b in zip(got, ref)) < 1e-4
+    assert [r.face_box for r in got] == [r.face_box for r in ref]
