@@ -60,3 +60,20 @@ def test_gpu_torch_repository_served_on_cpu_scores_like_the_cpu_ensemble(tmp_pat
     assert all(r.ok for r in got), got
     assert max(abs(a.score - b.score) for a, b in zip(got, ref)) < 1e-4
     assert [r.face_box for r in got] == [r.face_box for r in ref]
+
+
+@pytest.mark.server
+def test_gpu_run_rehearsal_on_cpu(tmp_path):
+    """perf/gpu_run.py end to end with the scorer on CPU: every step runs (repository,
+    score comparison through two real Triton servers, real perf_analyzer, in-process runner,
+    decoding), so a lent GPU's minutes go to measuring."""
+    import json
+
+    from sampleiqa.perf.gpu_run import main
+
+    assert main(["--out", str(tmp_path), "--device", "cpu", "--quick", "--photos", "8"]) == 0
+    steps = json.loads((tmp_path / "gpu_run.json").read_text())["steps"]
+    assert all("result" in s for s in steps.values()), {k: s.get("error") for k, s in steps.items()}
+    assert steps["scores: GPU repository against the CPU ensemble"]["result"]["same_scores"]
+    assert (tmp_path / "gpu_perf.md").exists() and (tmp_path / "gpu_perf-scorer.png").exists()
+    assert "## in-process scorer (TorchScorer)" in (tmp_path / "gpu_run.md").read_text()
