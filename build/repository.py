@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 SOURCE_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
 PACKAGE_DIR = Path(__file__).resolve().parent.parent / "sampleiqa"
 # What a vendored preprocess model needs from the package: no torch, no clients.
-VENDORED = ("__init__.py", "contracts.py", "preprocessing")
+VENDORED = ("__init__.py", "contracts.py", "preprocessing", "scores.py")
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -89,6 +89,8 @@ def build_repository(
     if settings.target == "cpu":
         _copy(SOURCE_REPOSITORY / SCORER / "1" / "model.py", scorer_dir / "model.py")
         _copy(Path(onnx_path), scorer_dir / "model.onnx")
+        if vendor:
+            vendor_preprocessing(scorer_dir)  # sampleiqa.scores, beside the model
     elif settings.target == "gpu-onnx":
         _copy(Path(onnx_path), scorer_dir / "model.onnx")
     elif settings.target == "gpu-torch":

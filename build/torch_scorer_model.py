@@ -13,11 +13,10 @@ import site
 for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.pathsep)):
     site.addsitedir(_dir)
 
-import numpy as np
 import triton_python_backend_utils as pb_utils
 
 from sampleiqa.build.torch_runner import TorchScorer
-from sampleiqa.contracts import PIXELS, SCORE
+from sampleiqa.scores import gather_pixels, split_responses
 
 
 class TritonPythonModel:
@@ -32,20 +31,8 @@ class TritonPythonModel:
                                   max_batch=max(1, int(config.get("max_batch_size", 64))))
 
     def execute(self, requests):
-        batches = [pb_utils.get_input_tensor_by_name(r, PIXELS).as_numpy() for r in requests]
-        scores = self.scorer(batches[0] if len(batches) == 1 else np.concatenate(batches))
-        responses, start = [], 0
-        for b in batches:
-            mine = scores[start:start + len(b)]
-            bad = np.flatnonzero(~np.isfinite(mine[:, 0]))
-            if len(bad):
-                error = pb_utils.TritonError(f"item {bad[0]}: [non_finite] no finite score: PIXELS hold NaN, Inf "
-                                             "or values outside what a normalised image gives")
-                responses.append(pb_utils.InferenceResponse(error=error))
-            else:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(SCORE, mine)]))
-            start += len(b)
-        return responses
+        batches, pixels = gather_pixels(pb_utils, requests)
+        return split_responses(pb_utils, batches, self.scorer(pixels))
 
     def finalize(self):
         self.scorer = None

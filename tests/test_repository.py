@@ -26,7 +26,10 @@ def test_generated_configs_parse_and_keep_the_contract(tmp_path, target):
     engine = tmp_path / "model.plan"
     engine.write_bytes(b"plan")
     write_engine_profile(engine, min_batch=1, opt_batch=8, max_batch=48, precision="fp16")
-    out = build_repository(tmp_path / "repo", RepositorySettings(target=target), onnx_path=onnx, engine_path=engine)
+    checkpoint = tmp_path / "model.pt"
+    checkpoint.write_bytes(b"pt")
+    out = build_repository(tmp_path / "repo", RepositorySettings(target=target), onnx_path=onnx, engine_path=engine,
+                           checkpoint=checkpoint)
     configs = {name: read_config(out / name) for name in (PREPROCESS, SCORER, ENSEMBLE)}
     for c in configs.values():
         assert isinstance(c, mc.ModelConfig) and c.max_batch_size > 0
@@ -39,6 +42,10 @@ def test_generated_configs_parse_and_keep_the_contract(tmp_path, target):
     assert (out / PREPROCESS / "1" / "sampleiqa" / "preprocessing" / "crops.py").exists()  # vendored
     if target == "cpu":
         assert scorer.backend == "python" and (out / SCORER / "1" / "model.onnx").exists()
+        assert (out / SCORER / "1" / "sampleiqa" / "scores.py").exists()  # vendored beside the scorer too
+    elif target == "gpu-torch":
+        assert scorer.backend == "python" and (out / SCORER / "1" / "model.pt").exists()
+        assert scorer.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     elif target == "gpu-onnx":
         assert scorer.platform == "onnxruntime_onnx"
         assert scorer.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU

@@ -10,15 +10,19 @@ NaN, which the clients turn into the same error).
 import json
 import os
 import site
+import sys
 
 for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.pathsep)):
     site.addsitedir(_dir)
+try:
+    import sampleiqa.scores  # noqa: F401  installed package
+except ImportError:  # a deployed repository carries a vendored copy beside this file
+    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
-import numpy as np
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-PIXELS, SCORE = "PIXELS", "SCORE"
+from sampleiqa.scores import gather_pixels, split_responses
 
 
 class TritonPythonModel:
@@ -44,22 +48,10 @@ class TritonPythonModel:
         self.shrink.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
 
     def execute(self, requests):
-        batches = [pb_utils.get_input_tensor_by_name(r, PIXELS).as_numpy() for r in requests]
-        pixels = batches[0] if len(batches) == 1 else np.concatenate(batches)
+        batches, pixels = gather_pixels(pb_utils, requests)
         options = self.shrink if len(pixels) > self.keep_batch else None
-        scores = self.session.run(None, {self.input_name: pixels}, options)[0].astype(np.float32).reshape(-1, 1)
-        responses, start = [], 0
-        for b in batches:
-            mine = scores[start : start + len(b)]
-            bad = np.flatnonzero(~np.isfinite(mine[:, 0]))
-            if len(bad):
-                error = pb_utils.TritonError(f"item {bad[0]}: [non_finite] no finite score: PIXELS hold NaN, Inf "
-                                             "or values outside what a normalised image gives")
-                responses.append(pb_utils.InferenceResponse(error=error))
-            else:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(SCORE, mine)]))
-            start += len(b)
-        return responses
+        scores = self.session.run(None, {self.input_name: pixels}, options)[0]
+        return split_responses(pb_utils, batches, scores)
 
     def finalize(self):
         self.session = None
