@@ -85,10 +85,12 @@ def read_image_file(path: str, limit: int = MAX_BYTES) -> bytes:
     except OSError as exc:
         raise FileRefused("unreadable", exc.strerror or str(exc)) from None
     try:
-        mode = os.fstat(fd).st_mode
-        if not stat.S_ISREG(mode):
-            what = next((name for test, name in _KINDS if test(mode)), "not a regular file")
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            what = next((name for test, name in _KINDS if test(st.st_mode)), "not a regular file")
             raise FileRefused("not_a_file", f"{what}: only regular files are read")
+        if st.st_size > limit:  # never read a huge file into memory just to have it refused
+            raise FileRefused("too_large", f"{st.st_size} bytes exceeds the limit of {limit}")
         chunks, size = [], 0
         while size <= limit:  # read to EOF, whatever stat said (the file may be growing)
             chunk = os.read(fd, min(1 << 24, limit + 1 - size))
@@ -96,7 +98,7 @@ def read_image_file(path: str, limit: int = MAX_BYTES) -> bytes:
                 return b"".join(chunks)
             chunks.append(chunk)
             size += len(chunk)
-        raise FileRefused("too_large", f"more than {limit} bytes exceeds the limit of {limit}")
+        raise FileRefused("too_large", f"the file grew past the limit of {limit} bytes while it was read")
     except OSError as exc:
         raise FileRefused("unreadable", exc.strerror or str(exc)) from None
     finally:

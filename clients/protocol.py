@@ -21,7 +21,7 @@ MAX_RESPONSE = 16 * 1024 * 1024  # what we accept back: a few numbers per image
 RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"}
 # A python-backend stub that died (OOM killer): the launcher restarts the server; until then
 # the server answers, but every request through that instance fails.
-_UNHEALTHY = re.compile(r"Stub process '[^']*' is not healthy")
+_UNHEALTHY = re.compile(r"Stub process (?:'[^']*' )?is not healthy")
 _ITEM_ERROR = re.compile(r"item (\d+): \[(\w+)\] (.*)", re.S)
 
 
