@@ -99,7 +99,6 @@ def add_score_guard(model):
     the CPU scorer and the clients turn into a `[non_finite]` error. `x <= limit` is false
     for NaN, so one comparison catches both. Idempotent. Returns the (modified) ModelProto.
     """
-    import onnx
     from onnx import TensorProto, helper
 
     graph = model.graph

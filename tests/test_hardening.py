@@ -23,7 +23,7 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from sampleiqa.clients import RetryPolicy, ScoringClient
+from sampleiqa.clients import ScoringClient
 from sampleiqa.clients.protocol import classify
 from sampleiqa.clients import server as launcher
 from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port, orphaned_stub
