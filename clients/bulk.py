@@ -193,6 +193,17 @@ def retried(row: dict) -> bool:
     return row["status"] != "ok" and split_code(row["error"] or "") in RETRIED_CODES
 
 
+def remaining(path: str | Path, fmt: str, paths: list[str]) -> list[str]:
+    """The paths without a final row in the output (nothing is rewritten)."""
+    rows = read_rows(path, fmt)
+    missing = [c for c in ("path", "status", "error") if rows and c not in rows[0]]
+    if missing:
+        raise ValueError(f"{path} is not a sampleiqa score output (no {', '.join(missing)} column): "
+                         "choose another --out, or --overwrite it")
+    done = {identity(r["path"]) for r in rows if not retried(r)}
+    return [p for p in paths if identity(p) not in done]
+
+
 def read_done(path: str | Path, fmt: str) -> tuple[list[str], int]:
     """(paths that have a final row, number of retried rows dropped). Rows to retry are
     removed from the output (rewritten atomically), so each file ends with one row."""
@@ -213,7 +224,8 @@ def check_output(path: str | Path, resume: bool) -> None:
     was not asked for (a silent append would mix two runs; an overwrite would lose one)."""
     path = Path(path)
     if not resume and path.is_file() and path.stat().st_size > 0:
-        raise FileExistsError(f"{path} already has rows: pass --resume to continue it, or choose another --out")
+        raise FileExistsError(f"{path} already has rows: pass --resume to continue it, --overwrite to start "
+                              "again, or choose another --out")
     parent = path.parent
     if path.is_dir():
         raise PermissionError(f"output {path} is a folder")

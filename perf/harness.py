@@ -78,10 +78,10 @@ def run(args: argparse.Namespace) -> int:
     finally:
         if server is not None:
             server.stop()
-    from .report import write_report
+    from .report import summary_lines, write_report
 
     md = write_report(report, Path(args.out_dir), args.name)
-    print(report.summary_text())
+    print("\n".join(summary_lines(report)))
     print(f"report: {md}", file=sys.stderr)
     return 0
 

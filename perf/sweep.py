@@ -201,11 +201,6 @@ class Report:
     def median(self, key: str) -> float:
         return statistics.median(r.figures()[key] for r in self.runs)
 
-    def summary_text(self) -> str:
-        from .report import summary_lines
-
-        return "\n".join(summary_lines(self))
-
 
 def run_sweeps(url: str, plan: SweepPlan, server_pid: int | None = None) -> Report:
     """`server_pid`: the embedded server's process, whose CPU time is read around each level."""

@@ -75,13 +75,23 @@ def _shortest(path: Path) -> Path:
 
 def cmd_score(args) -> int:
     from sampleiqa.clients import RetryPolicy, ScoringClient
-    from sampleiqa.clients.bulk import check_output, discover, score_files
+    from sampleiqa.clients.bulk import check_output, discover, remaining, score_files
     from sampleiqa.clients.server import start_embedded
 
     fmt = args.format or ("jsonl" if str(args.out).endswith(".jsonl") else "csv")
+    out = Path(args.out)
     try:
-        check_output(args.out, args.resume)  # before anything slow
+        check_output(out, resume=True)  # writable: before anything slow
         paths = discover(args.paths or [_shortest(SAMPLES)], recursive=args.recursive)
+        if args.overwrite:
+            out.unlink(missing_ok=True)
+        elif not args.resume and out.is_file() and out.stat().st_size > 0:
+            left = remaining(out, fmt, paths)
+            if not left:  # the same command run again: nothing to do, and nothing to mix up
+                print(f"sampleiqa score: all {len(paths)} files already have a row in {out}; nothing to do "
+                      "(--overwrite scores them again)", file=sys.stderr)
+                return 0
+            check_output(out, resume=False)
     except (OSError, ValueError) as exc:
         print(f"sampleiqa score: {exc}", file=sys.stderr)
         return 2
@@ -90,7 +100,9 @@ def cmd_score(args) -> int:
         return 2
     server = None
     urls = args.url
-    if not urls:
+    if urls:
+        _say_if_waiting(urls, args)
+    else:
         server = start_embedded(args.repository, "score", log_file=args.server_log)
         if server is None:
             return 1
@@ -105,6 +117,21 @@ def cmd_score(args) -> int:
             server.stop()
     print(summary.text(Path(args.out)), file=sys.stderr)
     return 0 if summary.finished else 1
+
+
+def _say_if_waiting(urls: list[str], args) -> None:
+    """A server that does not answer at once: say so now, not after --retry-seconds of silence."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(urls[0], **(_tls(args).client_kwargs() if _tls(args) else {})) as c:
+        try:
+            if c.is_server_ready(client_timeout=2):
+                return
+        except Exception:  # refused, unreachable, TLS mismatch: the client's retries will tell which
+            pass
+    until = time.strftime("%H:%M:%S", time.localtime(time.time() + args.retry_seconds))
+    print(f"sampleiqa score: no ready server at {urls[0]} yet; retrying until {until} "
+          f"(--retry-seconds {args.retry_seconds:g})", file=sys.stderr)
 
 
 def cmd_serve(args) -> int:
@@ -312,7 +339,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--timeout", type=float, default=60.0, help="seconds per request")
     p.add_argument("--retry-seconds", type=float, default=60.0,
                    help="keep retrying an unreachable server this long (outlasts a restart) before stopping")
-    p.add_argument("--resume", action="store_true", help="skip files already in --out")
+    p.add_argument("--resume", action="store_true",
+                   help="skip files already in --out, and score again those whose row says [server] or [timeout]")
+    p.add_argument("--overwrite", action="store_true", help="start --out afresh, dropping the rows it has")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--repository", default=DEFAULT_REPOSITORY, help="model repository for the embedded server")
     p.add_argument("--server-log", default=None, help="embedded server log file")

@@ -188,3 +188,39 @@ def test_build_repository_cli_makes_a_servable_repository(client, tmp_path):
     reference = client.score(data)
     assert built.ok and built.face_box == reference.face_box
     assert abs(built.score - reference.score) < 1e-5
+
+
+def test_the_same_command_run_again_has_nothing_to_do(server, tmp_path):
+    """README command 1 run twice: the second run says every file is done and exits 0;
+    a new file in the folder needs --resume (named), --overwrite starts again."""
+    folder = tmp_path / "photos"
+    folder.mkdir()
+    for p in biq_images(2):
+        (folder / p.name).symlink_to(p)
+    out = tmp_path / "scores.csv"
+    args = ["score", folder, "--url", server.url, "--out", out]
+    assert run(args).returncode == 0
+    again = run(args)
+    assert again.returncode == 0 and "all 2 files already have a row" in again.stderr, again.stderr
+    assert len(rows(out)) == 2
+    (folder / "new.jpg").symlink_to(biq_images(3)[2])
+    res = run(args)
+    assert res.returncode == 2 and "--resume" in res.stderr and "--overwrite" in res.stderr
+    res = run(args + ["--overwrite"])
+    assert res.returncode == 0 and len(rows(out)) == 3
+
+
+def test_a_url_with_nothing_listening_says_it_is_waiting_at_once(tmp_path):
+    from sampleiqa.clients.server import free_port
+
+    start = time.monotonic()
+    proc = subprocess.Popen(SAMPLEIQA + ["score", str(biq_images(1)[0]), "--url", f"127.0.0.1:{free_port()}",
+                                             "--out", str(tmp_path / "s.csv"), "--retry-seconds", "20"],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        line = proc.stderr.readline()
+        assert "no ready server" in line and "retrying until" in line, line
+        assert time.monotonic() - start < 15
+    finally:
+        proc.kill()
+        proc.wait()

@@ -1,8 +1,8 @@
 """Training and evaluation crops, made by the serving preprocessing code itself.
 
 `eval_tensor` is exactly what the served `preprocess` model returns for the same file
-(tests/test_serving.py checks it against the live server). `train_tensor` draws a random
-448x448 crop that holds the whole face (sampleiqa.preprocessing.random_plan) and may
+(tests/test_serving.py checks it against the live server). `random_face_crop` draws a
+random 448x448 crop that holds the whole face (sampleiqa.preprocessing.random_plan) and may
 flip it: flips keep perceived quality; blur, noise, JPEG, colour and rescaling do not.
 """
 
@@ -12,20 +12,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sampleiqa.preprocessing import Box, apply_plan, decode_bgr, find_face, preprocess_bytes, random_plan, to_tensor
+from sampleiqa.preprocessing import Box, apply_plan, preprocess_bytes, random_plan
 
 
 def eval_tensor(path: str | Path) -> np.ndarray:
     return preprocess_bytes(Path(path).read_bytes()).pixels
-
-
-def train_tensor(path: str | Path, rng: np.random.Generator, face: Box | None = None,
-                 hflip_p: float = 0.5) -> np.ndarray:
-    """A random face-containing crop. `face` can be cached by the dataset (detection is
-    the slow step); None means detect now."""
-    bgr = decode_bgr(Path(path).read_bytes())
-    face = face if face is not None else find_face(bgr)
-    return to_tensor(random_face_crop(bgr, face, rng, hflip_p))
 
 
 def random_face_crop(bgr: np.ndarray, face: Box | None, rng: np.random.Generator, hflip_p: float = 0.5) -> np.ndarray:
