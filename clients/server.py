@@ -1,5 +1,8 @@
 """The embedded Triton server: the real tritonserver 2.51 binary from the nvidia-pytriton wheel.
 
+(Over 300 lines: one launcher, whose start, readiness, lock-down, supervision and stop share
+the process and its state; the /proc and shm parts are in stubs.py.)
+
 Used by `sampleiqa serve`, by `sampleiqa score` when no --url is given, and by the tests.
 It binds loopback by default, logs to a file, waits for the ensemble to be ready, and
 stops its child on exit. The child also gets SIGTERM if its parent dies, even by SIGKILL
@@ -44,6 +47,8 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sampleiqa.contracts import ENSEMBLE
+
+from .stubs import SHM, alive, make_private, orphaned_stub, stub_regions
 
 log = logging.getLogger(__name__)
 
@@ -138,62 +143,6 @@ def exposure_warning(host: str, tls: "ServerTLS | None", http_port: int | None, 
     return (f"serving {', '.join(plain)} without TLS on {host}: anyone who can reach this host can send images, "
             "read scores and watch the traffic. Bind 127.0.0.1, or use --tls-cert/--tls-key (HTTP and metrics "
             "have no TLS here: keep them on loopback or behind a proxy).")
-
-
-STUB = b"triton_python_backend_stub"
-
-
-def _ppid(pid: int) -> int | None:
-    try:
-        stat = Path(f"/proc/{pid}/stat").read_text()
-    except OSError:
-        return None
-    return int(stat.rsplit(")", 1)[1].split()[1])  # field 4 (the command name may hold spaces)
-
-
-def child_pids(pid: int) -> list[int]:
-    """The processes whose parent is pid (/proc only: psutil is not a dependency)."""
-    return [int(e.name) for e in Path("/proc").iterdir() if e.name.isdigit() and _ppid(int(e.name)) == pid]
-
-
-def orphaned_stub(pid: int) -> bool:
-    """Whether pid is a python-backend stub whose Triton is gone (re-parented to init)."""
-    try:
-        return _ppid(pid) == 1 and STUB in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
-
-
-def alive(pid: int) -> bool:
-    """Running: not gone and not a zombie waiting for its parent to reap it."""
-    try:
-        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] != "Z"
-    except OSError:
-        return False
-
-
-SHM = Path("/dev/shm")
-
-
-def stub_regions(server_pid: int) -> dict[int, str]:
-    """{stub pid: its shared-memory region name} for the python-backend stubs of a server
-    (the stub's command line: binary, model.py, region, ...)."""
-    found = {}
-    for pid in child_pids(server_pid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(STUB) and len(argv) > 2:
-            found[pid] = os.fsdecode(argv[2])
-    return found
-
-
-def make_private(region: str) -> None:
-    try:
-        os.chmod(SHM / region, 0o600)
-    except OSError:
-        pass  # gone already
 
 
 KEPT_LOGS = 20  # default log names carry the (random) port, so old ones would pile up

@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sampleiqa.clients.server import child_pids
+from sampleiqa.clients.stubs import child_pids
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 DATA = Path(os.environ.get("SAMPLEIQA_DATA", REPO_ROOT.parent / "shared" / "data")) / "biq2021" / "images"

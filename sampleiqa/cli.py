@@ -75,7 +75,9 @@ def _shortest(path: Path) -> Path:
 
 def cmd_score(args) -> int:
     from sampleiqa.clients import RetryPolicy, ScoringClient
-    from sampleiqa.clients.bulk import check_output, discover, remaining, score_files
+    from sampleiqa.clients.bulk import score_files
+    from sampleiqa.clients.files import discover
+    from sampleiqa.clients.rows import check_output, remaining
     from sampleiqa.clients.server import start_embedded
 
     fmt = args.format or ("jsonl" if str(args.out).endswith(".jsonl") else "csv")

@@ -13,7 +13,8 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 
-from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port, orphaned_stub
+from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port
+from sampleiqa.clients.stubs import orphaned_stub
 
 from .conftest import biq_images
 

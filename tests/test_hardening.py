@@ -25,8 +25,8 @@ from tritonclient.utils import InferenceServerException
 
 from sampleiqa.clients import ScoringClient
 from sampleiqa.clients.protocol import classify
-from sampleiqa.clients import server as launcher
-from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port, orphaned_stub
+from sampleiqa.clients import stubs
+from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port
 from sampleiqa.contracts import CROP, PIXELS, SCORE
 from sampleiqa.preprocessing import PreprocessError, decode_bgr
 
@@ -133,7 +133,7 @@ def test_pixels_no_image_gives_get_a_non_finite_error_and_scores_stay_in_range(s
 # 3. What other local users can read -----------------------------------------------------
 
 def test_stub_shared_memory_and_logs_are_private_to_the_server_user(server, tmp_path):
-    regions = [launcher.SHM / r for r in server.regions if (launcher.SHM / r).exists()]
+    regions = [stubs.SHM / r for r in server.regions if (stubs.SHM / r).exists()]
     assert len(regions) >= 3  # 2 preprocess instances and the scorer
     assert all(r.stat().st_mode & 0o777 == 0o600 for r in regions), [oct(r.stat().st_mode) for r in regions]
     assert server.log_file.stat().st_mode & 0o777 == 0o600
@@ -386,13 +386,13 @@ def test_tritonclient_shared_memory_utilities_work_with_our_install(server):
 
 def test_a_killed_server_leaves_no_shared_memory_or_stub(tmp_path):
     server = TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log", supervise=False).start()
-    regions = [launcher.SHM / r for r in server.regions if (launcher.SHM / r).exists()]
-    stubs = list(server.stub_pids)
-    assert regions and stubs
-    for pid in [server.process.pid, *stubs]:  # the OOM killer's way: no one cleans up
+    regions = [stubs.SHM / r for r in server.regions if (stubs.SHM / r).exists()]
+    pids = list(server.stub_pids)
+    assert regions and pids
+    for pid in [server.process.pid, *pids]:  # the OOM killer's way: no one cleans up
         os.kill(pid, signal.SIGKILL)
     time.sleep(0.5)
     assert any(r.exists() for r in regions)  # what the fault tests used to leave behind
     server.stop()
     assert not [r for r in regions if r.exists()]
-    assert not [p for p in stubs if launcher.alive(p) or orphaned_stub(p)]
+    assert not [p for p in pids if stubs.alive(p) or stubs.orphaned_stub(p)]
