@@ -29,6 +29,7 @@ from .checkpoint import save_checkpoint
 from .config import StageConfig, TrainConfig
 from .data.cache import CachedSet, build_cache
 from .data.crops import random_face_crop
+from .plots import plot_history
 from .data.datasets import create_dataset
 from .data.synthetic import ranked_pair
 from .ema import WeightAverage
@@ -117,7 +118,7 @@ def _loaded_ahead(load, steps: list, first: int, rng_key: list[int], threads: in
             yield pending.popleft().result()
 
 
-def _eval_batches(data: CachedSet, indices, batch_size: int, label: str | None = None):
+def eval_batches(data: CachedSet, indices, batch_size: int, label: str | None = None):
     """(indices, tensor) batches of the served crops; with `label`, a progress line."""
     indices = list(indices)
     bar = Progress(len(indices), label) if label else None
@@ -139,7 +140,7 @@ def predict_cached(scorer: SwinScorer, data: CachedSet, batch_size: int = 32, de
     scorer.eval()
     device = device or next(scorer.parameters()).device
     out = [scorer(x.to(device)).float().view(-1).cpu().numpy()
-           for _, x in _eval_batches(data, range(len(data)), batch_size, "evaluating" if progress else None)]
+           for _, x in eval_batches(data, range(len(data)), batch_size, "evaluating" if progress else None)]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
@@ -155,17 +156,17 @@ def _init_weights(scorer: SwinScorer, path: str) -> set[str]:
     return set(usable)
 
 
-def _raw_stats(scorer: SwinScorer, data: CachedSet, indices, label: str | None = None) -> torch.Tensor:
+def raw_stats(scorer: SwinScorer, data: CachedSet, indices, label: str | None = None) -> torch.Tensor:
     """Raw statistics [len(indices), F] of the served crops, on the scorer's device."""
     device = scorer.stats.mean.device
     with torch.no_grad():
-        return torch.cat([scorer.stats.raw(x.to(device)) for _, x in _eval_batches(data, indices, 64, label)])
+        return torch.cat([scorer.stats.raw(x.to(device)) for _, x in eval_batches(data, indices, 64, label)])
 
 
 def _fit_stats(scorer: SwinScorer, data: CachedSet, n: int) -> None:
     if scorer.stats is None:
         return
-    scorer.stats.fit(_raw_stats(scorer, data, np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)))
+    scorer.stats.fit(raw_stats(scorer, data, np.linspace(0, len(data) - 1, min(n, len(data))).astype(int)))
 
 
 def cross_fit_folds(n: int, folds: int, seed: int) -> np.ndarray:
@@ -347,7 +348,7 @@ class Trainer:
         running: dict[str, float] = {}
         started = time.monotonic()
         if self.dist.main:
-            raw = _raw_stats(self.scorer, self.train_data, range(len(self.train_data)),
+            raw = raw_stats(self.scorer, self.train_data, range(len(self.train_data)),
                              f"statistics of {self.train_set.name}")
             with torch.no_grad():
                 features = self.scorer.stats.standardise(raw)
@@ -454,30 +455,6 @@ class Trainer:
             log.close()
         self.dist.close()
         return {"best_srocc": self.state["best"], "last": result, "out_dir": str(self.out)}
-
-
-def plot_history(history: list[dict], path: Path) -> None:
-    """Loss and validation correlations per epoch, as a PNG."""
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
-
-    x = range(1, len(history) + 1)
-    fig, (ax1, ax2) = plt.subplots(1, 2, figsize=(10, 4))
-    ax1.plot(x, [h["loss"] for h in history], "k.-", label="loss")
-    ax1.set_xlabel("epoch (all stages)")
-    ax1.set_yscale("log")
-    ax1.legend()
-    for key in ("val_srocc", "val_plcc"):
-        if any(key in h for h in history):
-            ax2.plot(x, [h.get(key, float("nan")) for h in history], ".-", label=key)
-    ax2.set_xlabel("epoch (all stages)")
-    ax2.legend()
-    ax2.grid(alpha=0.3)
-    fig.tight_layout()
-    fig.savefig(path, dpi=90)
-    plt.close(fig)
 
 
 def train(cfg: TrainConfig, resume: bool = False) -> dict:

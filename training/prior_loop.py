@@ -165,7 +165,7 @@ def train_prior(cfg: TrainConfig) -> dict:
     result = evaluate_scores(predict_top(scorer.top, val)[0], val.scores, val.scenes) if val else None
     save_checkpoint(out / "last.pt", scorer, config_file=str(cfg.source), **({"val": result} if result else {}))
     history = [json.loads(line) for line in (out / "log.jsonl").read_text().splitlines()]
-    from .loop import plot_history
+    from .plots import plot_history
 
     plot_history(history, out / "training.png")
     best = headline(result)["srocc"] if result else -math.inf

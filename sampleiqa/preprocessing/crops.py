@@ -31,7 +31,8 @@ class CropPlan(NamedTuple):
     size: int = CROP
 
 
-def _scale(width: int, height: int, face: Box | None, size: int) -> float:
+def crop_scale(width: int, height: int, face: Box | None, size: int = CROP) -> float:
+    """Scaled pixels per original pixel: up to fill the crop, down only to fit the face."""
     floor = size / min(width, height)  # the crop must fit inside the scaled image
     s = max(1.0, floor)
     if face is not None and max(face.w, face.h) * s > size:
@@ -39,8 +40,31 @@ def _scale(width: int, height: int, face: Box | None, size: int) -> float:
     return s
 
 
-def _scaled_dims(width: int, height: int, s: float, size: int) -> tuple[int, int]:
+def scaled_dims(width: int, height: int, s: float, size: int = CROP) -> tuple[int, int]:
     return max(size, round(width * s)), max(size, round(height * s))
+
+
+class CropRegion(NamedTuple):
+    """The part of the scaled image that every crop holding the face lies in (the training
+    cache keeps only this), and the face in its pixels (None: no face, the central region)."""
+
+    scale: float
+    scaled: tuple[int, int]  # width, height of the whole scaled image
+    box: tuple[int, int, int, int]  # x0, y0, x1, y1 in scaled pixels
+    face: tuple[int, int, int, int] | None  # x, y, w, h inside the region
+
+
+def face_crops_region(width: int, height: int, face: Box | None, size: int = CROP) -> CropRegion:
+    s = crop_scale(width, height, face, size)
+    sw, sh = scaled_dims(width, height, s, size)
+    if face is None:
+        rx, ry = max(0, (sw - 2 * size) // 2), max(0, (sh - 2 * size) // 2)
+        return CropRegion(s, (sw, sh), (rx, ry, min(sw, rx + 2 * size), min(sh, ry + 2 * size)), None)
+    x0, y0 = round(face.x * s), round(face.y * s)
+    x1, y1 = min(sw, round((face.x + face.w) * s)), min(sh, round((face.y + face.h) * s))
+    # The face is at most `size` wide once scaled, so a crop holding it starts within `size` of it.
+    rx, ry = max(0, x1 - size), max(0, y1 - size)
+    return CropRegion(s, (sw, sh), (rx, ry, min(sw, x0 + size), min(sh, y0 + size)), (x0 - rx, y0 - ry, x1 - x0, y1 - y0))
 
 
 def _clamp(v: float, hi: int) -> int:
@@ -49,8 +73,8 @@ def _clamp(v: float, hi: int) -> int:
 
 def plan_crop(width: int, height: int, face: Box | None, size: int = CROP) -> CropPlan:
     """The deterministic crop: centred on the face (or the image), kept inside the image."""
-    s = _scale(width, height, face, size)
-    sw, sh = _scaled_dims(width, height, s, size)
+    s = crop_scale(width, height, face, size)
+    sw, sh = scaled_dims(width, height, s, size)
     if face is None:
         cx, cy = sw / 2, sh / 2
     else:
@@ -68,8 +92,8 @@ def contains_face(plan: CropPlan, face: Box, tolerance: float = 0.5) -> bool:
 def random_plan(width: int, height: int, face: Box | None, rng: np.random.Generator,
                 size: int = CROP, max_tries: int = 50) -> CropPlan:
     """A uniformly random crop that holds the whole face; redrawn until it does."""
-    s = _scale(width, height, face, size)
-    sw, sh = _scaled_dims(width, height, s, size)
+    s = crop_scale(width, height, face, size)
+    sw, sh = scaled_dims(width, height, s, size)
     for _ in range(max_tries):
         plan = CropPlan(s, int(rng.integers(0, sw - size + 1)), int(rng.integers(0, sh - size + 1)), size)
         if face is None or contains_face(plan, face):

@@ -34,7 +34,7 @@ import numpy as np
 from sampleiqa.clients.progress import Progress
 from sampleiqa.contracts import CROP
 from sampleiqa.preprocessing import Box, PreprocessError, apply_plan, decode_bgr, find_face, plan_crop
-from sampleiqa.preprocessing.crops import _scale, _scaled_dims
+from sampleiqa.preprocessing.crops import face_crops_region
 
 from .datasets import LabelledSet
 
@@ -74,19 +74,11 @@ def _prepare(path: Path) -> tuple[np.ndarray, np.ndarray, tuple[int, int, int, i
     face = find_face(bgr)
     h, w = bgr.shape[:2]
     eval_crop = apply_plan(bgr, plan_crop(w, h, face))
-    s = _scale(w, h, face, CROP)
-    sw, sh = _scaled_dims(w, h, s, CROP)
-    if s != 1.0:
-        bgr = cv2.resize(bgr, (sw, sh), interpolation=cv2.INTER_AREA if s < 1 else cv2.INTER_LINEAR)
-    if face is None:
-        rx, ry = max(0, (sw - 2 * CROP) // 2), max(0, (sh - 2 * CROP) // 2)
-        return eval_crop, bgr[ry : ry + 2 * CROP, rx : rx + 2 * CROP], None
-    x0, y0 = round(face.x * s), round(face.y * s)
-    x1, y1 = min(sw, round((face.x + face.w) * s)), min(sh, round((face.y + face.h) * s))
-    # Every crop that holds the face lies inside this region (the face is at most CROP wide).
-    rx, ry = max(0, x1 - CROP), max(0, y1 - CROP)
-    region = bgr[ry : min(sh, y0 + CROP), rx : min(sw, x0 + CROP)]
-    return eval_crop, region, (x0 - rx, y0 - ry, x1 - x0, y1 - y0)
+    region = face_crops_region(w, h, face)
+    if region.scale != 1.0:
+        bgr = cv2.resize(bgr, region.scaled, interpolation=cv2.INTER_AREA if region.scale < 1 else cv2.INTER_LINEAR)
+    x0, y0, x1, y1 = region.box
+    return eval_crop, bgr[y0:y1, x0:x1], region.face
 
 
 def _worker_init() -> None:

@@ -27,7 +27,7 @@ from scipy.stats import pearsonr, spearmanr
 from sampleiqa.training.config import StageConfig
 from sampleiqa.training.data.cache import build_cache
 from sampleiqa.training.data.datasets import load_biq2021
-from sampleiqa.training.loop import _raw_stats, fit_stats_head
+from sampleiqa.training.loop import raw_stats, fit_stats_head
 from sampleiqa.training.schedule import lr_at
 from sampleiqa.training.losses import RANK_LOSSES
 from sampleiqa.training.models import create_model
@@ -71,7 +71,7 @@ def fit_independent(head: StatsHead, x: torch.Tensor, z: torch.Tensor, seed: int
 
 variant = sys.argv[1] if len(sys.argv) > 1 else "side"
 data = build_cache(load_biq2021("../shared/data/biq2021", "train"))
-raw = _raw_stats(create_model("swin_compact_stats"), data, range(len(data)), "statistics")
+raw = raw_stats(create_model("swin_compact_stats"), data, range(len(data)), "statistics")
 z = torch.from_numpy(((data.scores - data.scores.mean()) / data.scores.std()).astype(np.float32))
 folds = np.random.default_rng(123).permutation(len(z)) % 5
 for features in (sys.argv[2] if len(sys.argv) > 2 else "all").split(","):

@@ -20,7 +20,7 @@ from scipy.stats import spearmanr
 from sampleiqa.training.checkpoint import load_scorer
 from sampleiqa.training.data.cache import build_cache
 from sampleiqa.training.data.datasets import load_biq2021
-from sampleiqa.training.loop import _eval_batches
+from sampleiqa.training.loop import eval_batches
 
 model, _ = load_scorer(sys.argv[1] if len(sys.argv) > 1 else sys.exit(
     "usage: CHECKPOINT of a statistics model (swin_compact_stats; the shipped one until 2026-11-27 is "
@@ -28,7 +28,7 @@ model, _ = load_scorer(sys.argv[1] if len(sys.argv) > 1 else sys.exit(
 data = build_cache(load_biq2021("../shared/data/biq2021", "val"))
 backbone, stats = [], []
 with torch.no_grad():
-    for _, x in _eval_batches(data, range(len(data)), 32, "val"):
+    for _, x in eval_batches(data, range(len(data)), 32, "val"):
         backbone.append(model.head(model.backbone(x)).view(-1))
         stats.append(model.stats_head(model.stats(x)).view(-1))
 backbone, stats = torch.cat(backbone).numpy(), torch.cat(stats).numpy()

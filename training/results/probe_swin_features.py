@@ -7,7 +7,7 @@ from sampleiqa.training.checkpoint import load_scorer
 from sampleiqa.training.models import create_model
 from sampleiqa.training.data.cache import build_cache
 from sampleiqa.training.data.datasets import load_biq2021
-from sampleiqa.training.loop import _eval_batches
+from sampleiqa.training.loop import eval_batches
 from sampleiqa.training.metrics import correlations
 from sklearn.linear_model import Ridge
 torch.set_num_threads(2)
@@ -20,7 +20,7 @@ tr = build_cache(load_biq2021('../shared/data/biq2021','train')); va = build_cac
 def feats(c, n):
     idx = np.linspace(0, len(c)-1, n).astype(int)
     with torch.no_grad():
-        F = [m.backbone(x) for _, x in _eval_batches(c, idx, 32)]
+        F = [m.backbone(x) for _, x in eval_batches(c, idx, 32)]
     return torch.cat(F).numpy(), c.scores[idx]
 ftr, ytr = feats(tr, 1500); fva, yva = feats(va, 500)
 mu, sd = ftr.mean(0), ftr.std(0) + 1e-6
