@@ -2,8 +2,8 @@
 
 `export_onnx` traces the model with the TorchScript exporter (opset >= 17, so LayerNorm is
 one LayerNormalization node that TensorRT maps to INormalizationLayer), folds constants with
-onnx-graphsurgeon and runs the full ONNX checker. `convert_to_fp16` makes the FP16 copy that
-TensorRT's strongly-typed mode (>= 10.12) needs; see its docstring for what stays FP32.
+onnx-graphsurgeon, adds the output guard and runs the full ONNX checker. `fp16=True` makes the
+FP16 copy TensorRT's strongly typed build takes (build/fp16.py says what stays FP32).
 """
 
 from __future__ import annotations
@@ -13,23 +13,12 @@ import os
 import warnings
 from pathlib import Path
 
-import numpy as np
 
 from sampleiqa.contracts import CROP, PIXELS, PIXELS_LIMIT, SCORE
 
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 17
-# Ops computed in FP32 inside the FP16 graph (casts around them).
-FP32_OPS = ("LayerNormalization",)
-# Module scopes (torch's node-name prefixes) kept wholly FP32: the fused quality statistics
-# count pixels (448*448 overflows FP16) and take logs of tiny energies, their head was
-# fitted on FP32 statistics (training/models/swin.py), the prior's pooled moments square
-# deviations up to 1.5e6 (training/models/prior.py), and the output guard compares against
-# limits. build/tensorrt_limits.py finds tensors that would overflow outside these.
-FP32_SCOPES = ("/stats/", "/stats_head/", "/trunk/moments", "/guard/")
-# (op, input index) that the ONNX spec requires to stay float32 whatever the data type.
-_FP32_INPUTS = {("Resize", 2), ("Upsample", 1)}
 
 
 def _tmp_path(path: Path) -> Path:
@@ -37,7 +26,8 @@ def _tmp_path(path: Path) -> Path:
     return path.with_name(f".{path.name}.{os.getpid()}.tmp")
 
 
-def _save_atomic(model, path: Path) -> None:
+def save_onnx_atomic(model, path: Path) -> None:
+    """onnx.save through a temporary file beside `path`, renamed into place."""
     import onnx
 
     tmp = _tmp_path(path)
@@ -83,7 +73,7 @@ def clean_onnx(path: str | Path) -> dict:
     # gs stamps the newest IR version; older TensorRT parsers reject IR versions they don't know.
     out.ir_version = ir_version
     after = len(out.graph.node)
-    _save_atomic(out, path)
+    save_onnx_atomic(out, path)
     log.info("cleaned: %d -> %d nodes", before, after)
     return {"nodes_before": before, "nodes_after": after}
 
@@ -146,12 +136,12 @@ def guard_onnx(path: str | Path) -> Path:
     # Shapes and types for the new tensors: the FP16 copy reads them to place its casts.
     model = onnx.shape_inference.infer_shapes(add_score_guard(onnx.load(path)))
     onnx.checker.check_model(model, full_check=True)
-    _save_atomic(model, path)
+    save_onnx_atomic(model, path)
     return path
 
 
 def export_onnx(model, out_path: str | Path, opset: int = MIN_OPSET, fp16: bool = False) -> Path:
-    """Export a SwinScorer to ONNX (dynamic batch), clean and check it. fp16: see convert_to_fp16."""
+    """Export a SwinScorer to ONNX (dynamic batch), clean and check it. fp16: also the FP16 copy (build/fp16.py)."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}: LayerNormalization needs opset 17 "
                          "(TensorRT overflows a decomposed FP16 LayerNorm)")
@@ -181,6 +171,8 @@ def export_onnx(model, out_path: str | Path, opset: int = MIN_OPSET, fp16: bool 
         clean_onnx(tmp)
         guard_onnx(tmp)
         if fp16:
+            from .fp16 import convert_to_fp16
+
             convert_to_fp16(tmp, tmp)
         onnx.checker.check_model(str(tmp), full_check=True)
         tmp.replace(out_path)
@@ -196,151 +188,3 @@ def export_checkpoint(checkpoint_path: str | Path, out_path: str | Path, opset: 
 
     model, _ = load_scorer(checkpoint_path)
     return export_onnx(model, out_path, opset=opset, fp16=fp16)
-
-
-def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, ...] = FP32_OPS,
-                    keep_fp32_scopes: tuple[str, ...] = FP32_SCOPES) -> Path:
-    """FP16 copy of an FP32 ONNX graph for TensorRT's strongly-typed mode.
-
-    - float32 initializers / Constant values become float16; Cast(to=FLOAT) becomes FLOAT16.
-    - The graph inputs and outputs stay FLOAT32 (PIXELS, SCORE: Triton configs don't change),
-      with a Cast at each boundary.
-    - LayerNormalization stays FP32: its input is cast up, its scale/bias stay float32 and
-      its output is cast back to FP16. The mean/variance then cannot overflow FP16, whatever
-      TensorRT does with the normalization layer's compute precision.
-    - Nodes under `keep_fp32_scopes` stay FP32 with their constants; they read graph inputs
-      directly, get a Cast up from FP16 tensors, and their results are cast down for the rest.
-    - Not handled (absent from the Swin scorer): ops with a float dtype attribute
-      (RandomNormal, EyeLike, ...), control-flow subgraphs.
-    `src` and `dst` may be the same path. The result passes strict shape inference and the
-    full checker.
-    """
-    import onnx
-    import onnx_graphsurgeon as gs
-
-    src, dst = Path(src), Path(dst)
-    f16, f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
-    model = onnx.load(src)
-    ir_version = model.ir_version
-    graph = gs.import_onnx(model)
-    keep = set(keep_fp32_ops)
-
-    def scoped(node) -> bool:
-        return node.name.startswith(keep_fp32_scopes)
-
-    # A Cast into float that feeds a kept scope (the model's `x.float()` before the
-    # statistics) stays FP32: turned FP16 it would round what the scope reads.
-    kept_casts = {id(n) for n in graph.nodes if n.op == "Cast" and n.attrs.get("to") == f32 and not scoped(n)
-                  and any(scoped(c) for t in n.outputs for c in t.outputs)}
-
-    def fp32_node(node) -> bool:
-        return scoped(node) or id(node) in kept_casts
-
-    def needs_fp32(node, tensor) -> bool:
-        if scoped(node):
-            return True
-        idx = [i for i, t in enumerate(node.inputs) if t is tensor]
-        if node.op in keep:
-            return any(i > 0 for i in idx)  # scale / bias; input 0 gets a Cast
-        return any((node.op, i) in _FP32_INPUTS for i in idx)
-
-    # Weights and folded constants.
-    for tensor in list(graph.tensors().values()):
-        if not isinstance(tensor, gs.Constant) or tensor.dtype != np.float32:
-            continue
-        users = list(tensor.outputs)
-        fp32_users = [n for n in users if needs_fp32(n, tensor)]
-        if not fp32_users:
-            tensor.values = tensor.values.astype(np.float16)
-            continue
-        others = [n for n in users if n not in fp32_users]
-        if others:  # shared with FP16 consumers: give them their own half copy
-            half = gs.Constant(f"{tensor.name}__fp16", tensor.values.astype(np.float16))
-            for n in others:
-                for i, t in enumerate(n.inputs):
-                    if t is tensor and not needs_fp32(n, t):
-                        n.inputs[i] = half
-
-    # Values held in node attributes, and casts into float.
-    for node in graph.nodes:
-        if fp32_node(node):
-            continue
-        if node.op == "Cast" and node.attrs.get("to") == f32:
-            node.attrs["to"] = f16
-        if node.op in ("Constant", "ConstantOfShape"):
-            value = node.attrs.get("value")
-            if isinstance(value, gs.Constant) and value.dtype == np.float32:
-                value.values = value.values.astype(np.float16)
-
-    def cast(inp, out, to, name):
-        graph.nodes.append(gs.Node("Cast", name=name, attrs={"to": to}, inputs=[inp], outputs=[out]))
-
-    # FP32 islands.
-    for node in [n for n in graph.nodes if n.op in keep]:
-        x, y = node.inputs[0], node.outputs[0]
-        x32 = gs.Variable(f"{node.name}__in_fp32", dtype=np.float32)
-        y32 = gs.Variable(f"{node.name}__out_fp32", dtype=np.float32)
-        node.inputs[0] = x32
-        node.outputs[0] = y32
-        cast(x, x32, f32, f"{node.name}__cast_in")
-        cast(y32, y, f16, f"{node.name}__cast_out")
-
-    # FP32 scopes: cast FP16 tensors up on the way in and results down on the way out.
-    graph_inputs = set(map(id, graph.inputs))
-    up: dict[str, gs.Variable] = {}
-    for node in [n for n in graph.nodes if fp32_node(n)]:
-        for i, t in enumerate(node.inputs):
-            if (isinstance(t, gs.Variable) and t.dtype == np.float32 and id(t) not in graph_inputs
-                    and not any(fp32_node(p) for p in t.inputs)):
-                if t.name not in up:
-                    up[t.name] = gs.Variable(f"{t.name}__fp32", dtype=np.float32)
-                    cast(t, up[t.name], f32, f"{t.name}__cast_fp32")
-                node.inputs[i] = up[t.name]
-        for t in node.outputs:
-            outside = [n for n in t.outputs if not fp32_node(n)]
-            if outside and t.dtype == np.float32:
-                down = gs.Variable(f"{t.name}__fp16", dtype=np.float16)
-                cast(t, down, f16, f"{t.name}__cast_fp16")
-                for n in outside:
-                    for j, x in enumerate(n.inputs):
-                        if x is t:
-                            n.inputs[j] = down
-
-    # Boundary: float32 in and out.
-    for inp in graph.inputs:
-        if inp.dtype != np.float32:
-            continue
-        half = gs.Variable(f"{inp.name}__fp16", dtype=np.float16, shape=inp.shape)
-        for node in [n for n in inp.outputs if not fp32_node(n)]:
-            for i, t in enumerate(node.inputs):
-                if t is inp:
-                    node.inputs[i] = half
-        cast(inp, half, f16, f"{inp.name}__cast_fp16")
-    for out in graph.outputs:
-        if out.dtype != np.float32:
-            continue
-        half = gs.Variable(f"{out.name}__fp16", dtype=np.float16)
-        for node in list(out.inputs):  # the producer
-            node.outputs[node.outputs.index(out)] = half
-        for node in list(out.outputs):  # internal consumers of an output, if any
-            for i, t in enumerate(node.inputs):
-                if t is out:
-                    node.inputs[i] = half
-        cast(half, out, f32, f"{out.name}__cast_fp32")
-
-    # Intermediate dtypes are stale now: drop them and let shape inference redo them.
-    io = {t.name for t in graph.inputs + graph.outputs}
-    for t in graph.tensors().values():
-        if isinstance(t, gs.Variable) and t.name not in io:
-            t.dtype, t.shape = None, None
-    graph.cleanup().toposort()
-    out_model = gs.export_onnx(graph)
-    out_model.ir_version = ir_version
-    del out_model.graph.value_info[:]
-    out_model = onnx.shape_inference.infer_shapes(out_model, check_type=True, strict_mode=True)
-    onnx.checker.check_model(out_model, full_check=True)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    _save_atomic(out_model, dst)
-    n_fp32 = sum(1 for n in out_model.graph.node if n.op_type in keep)
-    log.info("fp16: %s (%d %s kept fp32)", dst, n_fp32, "/".join(sorted(keep)) or "ops")
-    return dst

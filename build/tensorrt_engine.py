@@ -15,7 +15,7 @@ records the version, so `check_engine_version` can refuse a plan the server woul
 
 One build path on every TensorRT 10.x: a strongly typed network (NetworkDefinitionCreation
 Flag.STRONGLY_TYPED, in TensorRT since 10.0; weak typing is deprecated from 10.12 and gone in
-11) from the FP16 copy of the ONNX (`export_onnx.convert_to_fp16`), whose FP32 islands
+11) from the FP16 copy of the ONNX (`build/fp16.py`), whose FP32 islands
 (LayerNormalization, the statistics and their head, the output guard) TensorRT must keep
 as typed. TF32 is cleared, so those islands compute in true FP32. The equivalent with the
 image's trtexec:
@@ -171,17 +171,7 @@ def _make_logger(trt):
     return _Logger()
 
 
-def build_engine(onnx_path: str | Path, plan_path: str | Path, min_batch: int = 1, opt_batch: int = 16,
-                 max_batch: int = 64, precision: str = "fp16", timing_cache: str | Path | None = None,
-                 workspace_gib: float = 4.0) -> Path:
-    """Build a serialized TensorRT engine from the scorer's ONNX; writes the plan and its sidecar.
-
-    Always strongly typed: for fp16 an FP32 ONNX is first converted to `<plan_stem>.fp16.onnx`
-    with convert_to_fp16 (whose FP32 islands the engine then keeps); fp32 builds the FP32 graph
-    as it is. TF32 is off. min_batch must be 1: Triton's batcher sends any batch from 1 up,
-    and a request outside the profile fails. timing_cache: a file read if present and written
-    back after the build, so rebuilds on the same GPU skip most tactic timing.
-    """
+def _check_request(min_batch: int, opt_batch: int, max_batch: int, precision: str) -> None:
     if precision not in PRECISIONS:
         raise ValueError(f"precision {precision!r} not in {PRECISIONS}")
     if not 1 <= min_batch <= opt_batch <= max_batch:
@@ -189,40 +179,37 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, min_batch: int = 
     if min_batch != 1:
         raise ValueError(f"min_batch {min_batch}: Triton sends batches from 1 up, which an engine whose "
                          "profile starts higher refuses; keep min_batch=1 (opt_batch sets the tuned size)")
-    trt = _import_tensorrt()
 
-    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
-    if not onnx_path.is_file():
-        raise FileNotFoundError(onnx_path)
-    plan_path.parent.mkdir(parents=True, exist_ok=True)
-    version = trt.__version__
+
+def _check_bindings(version: str) -> None:
     runtime = installed_tensorrt_version()
     if runtime is not None and _version_tuple(runtime)[:3] != _version_tuple(version)[:3]:
         raise RuntimeError(f"the tensorrt Python bindings are {version} but this host's libnvinfer is {runtime}: "
                            f"pip install tensorrt=={runtime}.* (the engine must match the server's TensorRT)")
-    log.info("TensorRT %s, %s, strongly typed", version, precision)
 
+
+def _typed_onnx(onnx_path: Path, plan_path: Path, precision: str) -> Path:
+    """The ONNX to parse: strongly typed, its own types are the engine's precision."""
     from .tensorrt_limits import check_onnx
 
     check_onnx(onnx_path)  # TopK, operators: fail before minutes of building
-    if precision == "fp16" and not _onnx_has_fp16(onnx_path):
-        # Strongly typed: the ONNX's own types are the engine's precision.
-        from .export_onnx import convert_to_fp16
+    if precision != "fp16" or _onnx_has_fp16(onnx_path):
+        return onnx_path
+    from .fp16 import convert_to_fp16
 
-        fp16_path = plan_path.with_name(plan_path.stem + ".fp16.onnx")
-        log.info("converting to fp16: %s", fp16_path)
-        onnx_path = convert_to_fp16(onnx_path, fp16_path)
+    fp16_path = plan_path.with_name(plan_path.stem + ".fp16.onnx")
+    log.info("converting to fp16: %s", fp16_path)
+    return convert_to_fp16(onnx_path, fp16_path)
 
-    trt_logger = _make_logger(trt)
-    builder = trt.Builder(trt_logger)
-    flags = 1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)
-    network = builder.create_network(flags)  # explicit batch is the only mode in TensorRT 10
-    parser = trt.OnnxParser(network, trt_logger)
+
+def _parse(trt, builder, logger, onnx_path: Path):
+    """(network, [3, H, W]) of a strongly typed network with PIXELS [N,3,H,W] -> SCORE."""
+    network = builder.create_network(1 << int(trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+    parser = trt.OnnxParser(network, logger)
     log.info("parsing %s", onnx_path)
     if not parser.parse_from_file(str(onnx_path)):
         errors = "; ".join(str(parser.get_error(i)) for i in range(parser.num_errors))
         raise RuntimeError(f"TensorRT could not parse {onnx_path}: {errors}")
-
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
     if PIXELS not in inputs or SCORE not in outputs:
@@ -231,44 +218,67 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, min_batch: int = 
     shape = tuple(inputs[PIXELS].shape)  # (-1, 3, H, W): only the batch is dynamic
     if len(shape) != 4 or any(d < 0 for d in shape[1:]):
         raise RuntimeError(f"{PIXELS} must be [N,3,H,W] with a static H and W, got {shape}")
-    chw = shape[1:]
-    img_size = int(chw[-1])
+    return network, shape[1:]
 
+
+def _builder_config(trt, builder, chw, batches: tuple[int, int, int], workspace_gib: float, cache_path: Path | None):
     config = builder.create_builder_config()
     config.set_memory_pool_limit(trt.MemoryPoolType.WORKSPACE, int(workspace_gib * (1 << 30)))
     # Strongly typed networks take no precision flags; TF32 (on by default) would round the
     # FP32 islands' matmuls and convolutions to 10 mantissa bits.
     config.clear_flag(trt.BuilderFlag.TF32)
     profile = builder.create_optimization_profile()
-    profile.set_shape(PIXELS, (min_batch, *chw), (opt_batch, *chw), (max_batch, *chw))
+    profile.set_shape(PIXELS, *[(b, *chw) for b in batches])
     config.add_optimization_profile(profile)
-
-    cache_path = Path(timing_cache) if timing_cache else None
     if cache_path is not None:
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
-        cache = config.create_timing_cache(blob)
         # ignore_mismatch=False: a cache from another GPU/TensorRT is refused, not silently used.
-        if not config.set_timing_cache(cache, ignore_mismatch=False):
+        if not config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False):
             raise RuntimeError(f"TensorRT refused timing cache {cache_path} (other GPU or TensorRT version?); "
                                "delete it to start a fresh one")
         log.info("timing cache: %s (%d bytes)", cache_path, len(blob))
+    return config
 
+
+def build_engine(onnx_path: str | Path, plan_path: str | Path, min_batch: int = 1, opt_batch: int = 16,
+                 max_batch: int = 64, precision: str = "fp16", timing_cache: str | Path | None = None,
+                 workspace_gib: float = 4.0) -> Path:
+    """Build a serialized TensorRT engine from the scorer's ONNX; writes the plan and its sidecar.
+
+    Always strongly typed: for fp16 an FP32 ONNX is first converted to `<plan_stem>.fp16.onnx`
+    (build/fp16.py, whose FP32 islands the engine then keeps); fp32 builds the FP32 graph as it
+    is. TF32 is off. min_batch must be 1: Triton's batcher sends any batch from 1 up, and a
+    request outside the profile fails. timing_cache: a file read if present and written back
+    after the build, so rebuilds on the same GPU skip most tactic timing.
+    """
+    _check_request(min_batch, opt_batch, max_batch, precision)
+    trt = _import_tensorrt()
+    onnx_path, plan_path = Path(onnx_path), Path(plan_path)
+    if not onnx_path.is_file():
+        raise FileNotFoundError(onnx_path)
+    plan_path.parent.mkdir(parents=True, exist_ok=True)
+    _check_bindings(trt.__version__)
+    log.info("TensorRT %s, %s, strongly typed", trt.__version__, precision)
+    onnx_path = _typed_onnx(onnx_path, plan_path, precision)
+
+    logger = _make_logger(trt)
+    builder = trt.Builder(logger)
+    network, chw = _parse(trt, builder, logger, onnx_path)
+    cache_path = Path(timing_cache) if timing_cache else None
+    config = _builder_config(trt, builder, chw, (min_batch, opt_batch, max_batch), workspace_gib, cache_path)
     log.info("building batch %d/%d/%d (can take minutes)", min_batch, opt_batch, max_batch)
     t0 = time.monotonic()
     serialized = builder.build_serialized_network(network, config)
     if serialized is None:
         raise RuntimeError(f"TensorRT failed to build an engine from {onnx_path}; see the TensorRT log lines above")
     plan = bytes(memoryview(serialized))
-    seconds = time.monotonic() - t0
 
     _write_atomic(plan_path, plan)
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
-    write_engine_profile(
-        plan_path, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch, precision=precision,
-        strongly_typed=True, tensorrt_version=version, input=PIXELS, output=SCORE,
-        img_size=img_size,
-    )
-    log.info("done: %s, %.1f MiB in %.0f s", plan_path, len(plan) / (1 << 20), seconds)
+    write_engine_profile(plan_path, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
+                         precision=precision, strongly_typed=True, tensorrt_version=trt.__version__,
+                         input=PIXELS, output=SCORE, img_size=int(chw[-1]))
+    log.info("done: %s, %.1f MiB in %.0f s", plan_path, len(plan) / (1 << 20), time.monotonic() - t0)
     return plan_path

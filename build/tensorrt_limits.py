@@ -84,7 +84,7 @@ def overflow_problems(model, pixels: np.ndarray, fp32_scopes: tuple[str, ...]) -
     import onnx
     import onnxruntime as ort
 
-    from .export_onnx import FP32_OPS
+    from .fp16 import FP32_OPS
 
     inferred = onnx.shape_inference.infer_shapes(model)
     floats = {v.name for v in list(inferred.graph.value_info) + list(inferred.graph.output)
@@ -112,7 +112,7 @@ def overflow_problems(model, pixels: np.ndarray, fp32_scopes: tuple[str, ...]) -
             peak = float(np.nanmax(np.abs(value)))
             if peak > FP16_MAX:
                 problems.append(f"{watched[name]}: |{name}| reaches {peak:.3g} on the sample photos, past FP16's "
-                                f"{FP16_MAX:g}; keep it in an FP32 scope (export_onnx.FP32_SCOPES)")
+                                f"{FP16_MAX:g}; keep it in an FP32 scope (build/fp16.py FP32_SCOPES)")
     return problems
 
 
@@ -121,7 +121,7 @@ def check_onnx(path: str | Path, pixels: np.ndarray | None = None) -> None:
     photos) adds the FP16 overflow check."""
     import onnx
 
-    from .export_onnx import FP32_SCOPES
+    from .fp16 import FP32_SCOPES
 
     model = onnx.load(str(path))
     problems = static_problems(model)

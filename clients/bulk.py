@@ -59,6 +59,33 @@ class Summary:
         return "\n".join(lines)
 
 
+class _Rows:
+    """Rows on their way to the output: flushed in batches (64 rows or a second), counted in
+    the summary once they are in the file."""
+
+    def __init__(self, writer: RowWriter, summary: Summary, progress: Progress):
+        self.writer, self.summary, self.progress = writer, summary, progress
+        self.pending: list[tuple[dict, ScoreResult]] = []
+        self.last_flush = time.monotonic()
+
+    def record(self, path: str, result: ScoreResult) -> None:
+        self.pending.append((to_row(path, result), result))
+        self.progress.update(1, **({"err": 1} if not result.ok else {}))
+        if len(self.pending) >= 64 or time.monotonic() - self.last_flush > 1.0:
+            self.flush()
+
+    def flush(self) -> None:
+        batch, self.pending = self.pending, []
+        self.last_flush = time.monotonic()
+        self.writer.write_rows([row for row, _ in batch])
+        for _, result in batch:
+            self.summary.scored += 1
+            if result.ok:
+                self.summary.faces += bool(result.face_found)
+            else:
+                self.summary.errors[result.error_code] += 1
+
+
 def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", resume: bool = False,
                 concurrency: int = 8, batch_size: int = 1, progress_stream=sys.stderr) -> Summary:
     """Score `paths` with a ScoringClient, writing one row per file to `out`."""
@@ -68,8 +95,8 @@ def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", res
     done_ids = {identity(p) for p in done}
     todo = [p for p in paths if identity(p) not in done_ids]
     summary = Summary(total=len(paths), skipped=len(paths) - len(todo), retrying=retrying)
-    writer = RowWriter(out, fmt)
     progress = Progress(len(todo), "scoring", stream=progress_stream)
+    rows = _Rows(RowWriter(out, fmt), summary, progress)
     refused: list[tuple[str, ScoreResult]] = []  # files never sent: unreadable, not a file, too large
 
     def readable():  # read lazily; a file that cannot be read gets its row beside the scored ones
@@ -80,47 +107,23 @@ def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", res
                 refused.append((p, exc.result))
 
     start = time.monotonic()
-    pending: list[tuple[dict, ScoreResult]] = []
-    last_flush = start
-
-    def flush():  # the summary counts rows once they are in the file
-        nonlocal last_flush
-        batch = pending[:]
-        pending.clear()
-        last_flush = time.monotonic()
-        writer.write_rows([row for row, _ in batch])
-        for _, result in batch:
-            summary.scored += 1
-            if result.ok:
-                summary.faces += bool(result.face_found)
-            else:
-                summary.errors[result.error_code] += 1
-
-    def record(path: str, result: ScoreResult):
-        pending.append((to_row(path, result), result))
-        progress.update(1, **({"err": 1} if not result.ok else {}))
-
-    def record_refused():
-        while refused:
-            record(*refused.pop())
-
     try:
         try:
             for path, result in client.score_many(readable(), concurrency=concurrency, batch_size=batch_size):
-                record(path, result)
-                record_refused()
-                if len(pending) >= 64 or time.monotonic() - last_flush > 1.0:
-                    flush()
-            record_refused()
+                for item in [(path, result), *refused]:
+                    rows.record(*item)
+                refused.clear()
+            for item in refused:
+                rows.record(*item)
         except TransportError as exc:
             summary.aborted = str(exc)
         except KeyboardInterrupt:
             summary.aborted = "interrupted"
         finally:
             try:
-                flush()
+                rows.flush()
             finally:
-                writer.close()
+                rows.writer.close()
     except OutputError as exc:  # disk full: what is in the file is whole lines, and resume goes on
         summary.aborted = str(exc)
     finally:

@@ -12,7 +12,8 @@ torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from sampleiqa.build.export_onnx import clean_onnx, convert_to_fp16, export_checkpoint, export_onnx  # noqa: E402
+from sampleiqa.build.export_onnx import clean_onnx, export_checkpoint, export_onnx  # noqa: E402
+from sampleiqa.build.fp16 import convert_to_fp16  # noqa: E402
 from sampleiqa.contracts import CROP, PIXELS, SCORE  # noqa: E402
 
 from .conftest import BIQ  # noqa: E402
@@ -171,7 +172,7 @@ def test_fp16_copy_computes_the_fp32_scopes_in_fp32(model, onnx_path, photos, tm
     moments) is finite in the FP16 copy, and the statistics, which read the pixels, are the
     same as in FP32: nothing on their way in, such as the model's top-level Cast, was turned
     FP16. Before: the statistics moved by up to 0.05 sd."""
-    from sampleiqa.build.export_onnx import FP32_SCOPES
+    from sampleiqa.build.fp16 import FP32_SCOPES
 
     dst = convert_to_fp16(onnx_path, tmp_path / "scoped.fp16.onnx")
     graph = onnx.load(onnx_path).graph
@@ -200,7 +201,7 @@ def test_fp16_copy(model, onnx_path, photos, tmp_path):
     dtypes = {i.name: i.data_type for i in m.graph.initializer}
     sizes = {i.name: int(np.prod(i.dims)) for i in m.graph.initializer}
     # Every float weight is half except those that only FP32 scopes and LayerNormalization read.
-    from sampleiqa.build.export_onnx import FP32_SCOPES
+    from sampleiqa.build.fp16 import FP32_SCOPES
 
     users: dict[str, list] = {}
     for n in m.graph.node:
