@@ -18,13 +18,14 @@ import shutil
 from pathlib import Path
 
 from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
+from sampleiqa.paths import DEFAULT_REPOSITORY, REPO_ROOT
 
 from .triton_config import RepositorySettings, all_configs, to_pbtxt
 
 log = logging.getLogger(__name__)
 
-SOURCE_REPOSITORY = Path(__file__).resolve().parent.parent / "model_repository"
-PACKAGE_DIR = Path(__file__).resolve().parent.parent / "sampleiqa"
+SOURCE_REPOSITORY = DEFAULT_REPOSITORY  # the python models' sources
+PACKAGE_DIR = REPO_ROOT / "sampleiqa"
 # What a vendored preprocess model needs from the package: no torch, no clients.
 VENDORED = ("__init__.py", "contracts.py", "preprocessing", "scores.py")
 

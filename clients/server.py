@@ -47,13 +47,12 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from sampleiqa.contracts import ENSEMBLE
+from sampleiqa.paths import DEFAULT_REPOSITORY
 
 from .stubs import SHM, alive, make_private, orphaned_stub, stub_regions
 
 log = logging.getLogger(__name__)
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_REPOSITORY = REPO_ROOT / "model_repository"
 
 
 # What an inference client never needs: loading/unloading models, registering shared

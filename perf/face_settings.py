@@ -19,10 +19,10 @@ from pathlib import Path
 
 import cv2
 
+from sampleiqa.paths import REPO_ROOT, SAMPLES, SHARED_DATA
 from sampleiqa.preprocessing import Box, create_detector, decode_bgr, find_face
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-MARKED = REPO_ROOT / "samples" / "faces_marked.csv"
+MARKED = SAMPLES / "faces_marked.csv"
 
 # (label, detector name, settings); the first YuNet row is the shipped default.
 CANDIDATES = [
@@ -66,7 +66,7 @@ def marked_faces(data: Path, marks: Path = MARKED) -> dict[Path, Box | None]:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--data", default=str(REPO_ROOT.parent / "shared" / "data"))
+    p.add_argument("--data", default=str(SHARED_DATA))
     p.add_argument("--count", type=int, default=600, help="ss03 photos for the recall proxy and the timing")
     p.add_argument("--out", default="perf/results/face_detectors.md")
     args = p.parse_args(argv)

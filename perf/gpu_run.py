@@ -31,8 +31,9 @@ import time
 import traceback
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-CHECKPOINT = REPO_ROOT / "training" / "weights" / "biq2021_default.pt"
+from sampleiqa.paths import DEFAULT_REPOSITORY, WEIGHTS
+
+CHECKPOINT = WEIGHTS / "biq2021_default.pt"
 FP16_TOLERANCE = 1e-2  # served FP16 scores against the CPU FP32 ensemble, on a 0-1 scale
 
 
@@ -96,8 +97,6 @@ def score_through(repository: Path, photos: list[bytes], log: Path) -> list:
 
 
 def compare(gpu_repo: Path, photos: list[bytes], out: Path) -> dict:
-    from sampleiqa.clients.server import DEFAULT_REPOSITORY
-
     cpu = score_through(DEFAULT_REPOSITORY, photos, out / "triton-cpu.log")
     gpu = score_through(gpu_repo, photos, out / "triton-gpu.log")
     failed = {i: r.error for i, r in enumerate(gpu) if not r.ok}
@@ -114,7 +113,7 @@ def perf(gpu_repo: Path, out: Path, quick: bool, preprocess_instances: int) -> d
     embedded server, loopback, shared memory for the scorer's tensors)."""
     concurrency = "1,4" if quick else "1,8,32,64"
     cmd = [sys.executable, "-m", "sampleiqa.cli", "perf", "--repository", str(gpu_repo),
-           "--onnx", str(REPO_ROOT / "model_repository" / "scorer" / "1" / "model.onnx"),
+           "--onnx", str(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx"),
            "--concurrency", concurrency, "--photos", "16" if quick else "64",
            "--measurement-ms", "1500" if quick else "3000", "--batches", "1,8",
            "--baseline-seconds", "1", "--threads", str(max(1, preprocess_instances)),

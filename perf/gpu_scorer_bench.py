@@ -1,8 +1,8 @@
 """The scorer model on a lent GPU (H100/H200; torch + timm, no Triton, no TensorRT).
 
-    python perf/gpu_scorer_bench.py                       # from a plain checkout, no install
-    python perf/gpu_scorer_bench.py --model swin_tiny_448 # the anchor size
-    python perf/gpu_scorer_bench.py --device cpu --batches 1,2 --seconds 1   # a dry run anywhere
+    python -m sampleiqa.perf.gpu_scorer_bench                        # installed (perf/gpu_run.sh does it)
+    python -m sampleiqa.perf.gpu_scorer_bench --model swin_tiny_448  # the anchor size
+    python -m sampleiqa.perf.gpu_scorer_bench --device cpu --batches 1,2 --seconds 1   # a dry run anywhere
 
 Measures the model at 448x448 in torch FP32, torch FP16 and torch.compile FP16 over batch
 sizes 1..256: images/s and the achieved fraction of the card's dense FP16 tensor-core
@@ -22,13 +22,12 @@ import sys
 import time
 from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
-sys.path.insert(0, str(ROOT))  # a plain checkout: `training` and `sampleiqa` import from here
+import torch
 
-import torch  # noqa: E402
+from sampleiqa.paths import RESULTS
+from sampleiqa.training.models.swin import create_model
 
-from perf.plots import new_axes, save  # noqa: E402
-from training.models.swin import create_model  # noqa: E402
+from .plots import new_axes, save
 
 # Dense FP16 tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's datasheets.
 PEAK_FP16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.4,
@@ -170,13 +169,13 @@ def main(argv=None) -> int:
     p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per point")
     p.add_argument("--budget-s", type=float, default=450.0, help="stop measuring after this long")
     p.add_argument("--peak-tflops", type=float, help="override the card's dense FP16 peak")
-    p.add_argument("--out", default=str(ROOT / "perf" / "results"))
+    p.add_argument("--out", default=str(RESULTS))
     args = p.parse_args(argv)
     args.batches = [int(b) for b in args.batches.split(",")]
     args.modes = args.modes.split(",")
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
-    command = "python perf/gpu_scorer_bench.py " + " ".join(argv if argv is not None else sys.argv[1:])
+    command = "python -m sampleiqa.perf.gpu_scorer_bench " + " ".join(argv if argv is not None else sys.argv[1:])
 
     def write(r: dict) -> Path:
         stem = out / f"gpu_scorer_{re.sub(r'[^A-Za-z0-9]+', '_', r['card']).strip('_')}_{r['model']}"

@@ -12,7 +12,8 @@ import sys
 import time
 from pathlib import Path
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
+from sampleiqa.paths import DEFAULT_REPOSITORY, RESULTS
+
 MODELS = ("sampleiqa", "preprocess", "scorer")  # ensemble first: it is the figure users see
 
 
@@ -28,7 +29,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .inputs import DEFAULT_IMAGES
 
     p.add_argument("--url", help="server HOST:PORT (default: start the embedded server for the run)")
-    p.add_argument("--repository", default=str(REPO_ROOT / "model_repository"),
+    p.add_argument("--repository", default=str(DEFAULT_REPOSITORY),
                    help="repository for the embedded server; its scorer/1/model.onnx is the baselines' model")
     p.add_argument("--onnx", help="scorer ONNX for the in-process baselines (default: the repository's)")
     p.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of real photos")
@@ -50,7 +51,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-shared-memory", action="store_true",
                    help="send the scorer's tensors over gRPC (default: system shared memory on loopback)")
     p.add_argument("--name", default=time.strftime("run-%Y%m%d-%H%M"), help="report name")
-    p.add_argument("--out-dir", default=str(REPO_ROOT / "perf" / "results"))
+    p.add_argument("--out-dir", default=str(RESULTS))
     p.add_argument("--note", default="", help="free text for the report (what was changed)")
 
 

@@ -17,9 +17,9 @@ from pathlib import Path
 import numpy as np
 
 from sampleiqa.contracts import IMAGE, PIXELS
+from sampleiqa.paths import SHARED_DATA
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DEFAULT_IMAGES = REPO_ROOT.parent / "shared" / "data" / "biq2021" / "images"
+DEFAULT_IMAGES = SHARED_DATA / "biq2021" / "images"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 

@@ -14,7 +14,7 @@ from pathlib import Path
 from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
 
 from .plots import new_axes, save
-from .stats import mean_batch
+from .batch_stats import mean_batch
 from .sweep import Report
 
 # (what the issue asks, figure, threshold, True when the figure must reach at least the threshold)

@@ -24,9 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from sampleiqa.clients.stubs import child_pids
+from sampleiqa.paths import SAMPLES, SHARED_DATA
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("SAMPLEIQA_DATA", REPO_ROOT.parent / "shared" / "data")) / "biq2021" / "images"
+DATA = Path(os.environ.get("SAMPLEIQA_DATA", SHARED_DATA)) / "biq2021" / "images"
 # After warm-up ONNX Runtime's arena may still extend once, by a chunk of ~85 MiB with the
 # 534-statistics graph (at random: whether a burst of requests needs it), and then levels off;
 # a leak keeps growing. See perf/results/soak.md.
@@ -54,7 +54,7 @@ def image_set(n: int) -> list[tuple[bytes, str]]:
     """(bytes, expected error code or "" for a score): n real photos, then two bad inputs."""
     photos = sorted(DATA.glob("*.jpg"))[:n] if DATA.is_dir() else []
     if not photos:  # no shared data: the bundled samples
-        photos = sorted((REPO_ROOT / "samples").glob("*.jpg"))
+        photos = sorted(SAMPLES.glob("*.jpg"))
     items = [(p.read_bytes(), "") for p in photos]
     good = items[0][0]
     return items + [(good[: len(good) // 2], "truncated"), (b"", "empty")]

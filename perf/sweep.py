@@ -15,7 +15,7 @@ from pathlib import Path
 from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
 
 from .analyzer import AnalyzerSettings, Load, Measurement, UnstableMeasurement, measure
-from .stats import batch_executions, executed_between, inference_count, mean_batch
+from .batch_stats import batch_executions, executed_between, inference_count, mean_batch
 
 
 @dataclass(frozen=True)
@@ -125,7 +125,7 @@ class RunResult:
 
 
 def run_baselines(plan: SweepPlan, photos: list[bytes], tensors) -> Baselines:
-    from .baselines import best_of, model_only, ort_session, pipeline, preprocess_ms_per_image
+    from .in_process import best_of, model_only, ort_session, pipeline, preprocess_ms_per_image
 
     # The strongest baseline: ORT with its threads spinning between ops (its default) or not.
     sessions = [ort_session(plan.onnx, plan.threads, spinning) for spinning in (True, False)]

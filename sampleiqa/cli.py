@@ -16,8 +16,7 @@ from pathlib import Path
 
 from . import __version__
 
-REPO_ROOT = Path(__file__).resolve().parent.parent
-SAMPLES = REPO_ROOT / "samples"
+from .paths import SAMPLES
 
 
 def _add_tls(p: argparse.ArgumentParser) -> None:
@@ -323,7 +322,7 @@ def cmd_perf(args) -> int:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from sampleiqa.clients.server import DEFAULT_REPOSITORY
+    from sampleiqa.paths import DEFAULT_REPOSITORY
 
     parser = argparse.ArgumentParser(prog="sampleiqa", description="Portrait image quality scoring")
     parser.add_argument("--version", action="version", version=f"sampleiqa {__version__}")

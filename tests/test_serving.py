@@ -2,6 +2,8 @@
 
 import asyncio
 
+from pathlib import Path
+
 import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
@@ -48,20 +50,26 @@ def test_a_corrupt_item_in_a_batch_costs_only_itself(client):
     np.testing.assert_allclose([r.score for r in results if r.ok], expected, atol=1e-5)
 
 
-def test_served_pixels_equal_training_evaluation_tensor(server):
-    """One source of truth: the `preprocess` model and training's eval crop agree exactly."""
-    from sampleiqa.training.data.crops import eval_tensor
+def test_served_pixels_equal_training_evaluation_tensor(server, tmp_path):
+    """One source of truth: the `preprocess` model and training's evaluation (the crop cache
+    and the batches the loop evaluates on) give the same tensor, bit for bit."""
+    pytest.importorskip("torch")
+    from sampleiqa.training.data.cache import build_cache
+    from sampleiqa.training.data.datasets import LabelledSet, Sample
+    from sampleiqa.training.loop import eval_batches
 
     paths = [*list(FACES)[:3], NO_FACE[0]]
+    data = build_cache(LabelledSet("parity", [Sample(Path(p), 0.5) for p in paths]), root=tmp_path, workers=1)
+    (_, training), = list(eval_batches(data, range(len(data)), len(data)))
     c = grpcclient.InferenceServerClient(server.url)
-    for path in paths:
+    for path, expected in zip(data.paths, training.numpy()):
         inp = grpcclient.InferInput(IMAGE, [1, 1], "BYTES")
-        inp.set_data_from_numpy(np.array([[path.read_bytes()]], dtype=object))
-        out = c.infer(PREPROCESS, [inp])
-        served = out.as_numpy(PIXELS)[0]
+        inp.set_data_from_numpy(np.array([[Path(path).read_bytes()]], dtype=object))
+        served = c.infer(PREPROCESS, [inp]).as_numpy(PIXELS)[0]
         assert served.shape == (3, CROP, CROP)
-        np.testing.assert_array_equal(served, eval_tensor(path))
+        np.testing.assert_array_equal(served, expected)
     c.close()
+    assert len(data.paths) == len(paths)
 
 
 def test_score_many_and_asyncio_client_agree(server, client):

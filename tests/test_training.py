@@ -17,7 +17,7 @@ from .conftest import ROOT, biq_images
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from sampleiqa.training.data.crops import random_face_crop  # noqa: E402
+from sampleiqa.training.data.train_crops import random_face_crop  # noqa: E402
 from sampleiqa.training.data.synthetic import DISTORTIONS, ranked_pair  # noqa: E402
 from sampleiqa.training.losses import fidelity_rank_loss, margin_rank_loss  # noqa: E402
 from sampleiqa.training.models import create_model  # noqa: E402

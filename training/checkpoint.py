@@ -28,16 +28,3 @@ def load_scorer(path: str | Path) -> tuple[SwinScorer, dict]:
     model = create_model(cfg.pop("name"), pretrained=False, **cfg)
     model.load_state_dict(ckpt["state_dict"])  # FP16 release weights are copied into FP32
     return model.eval(), {k: v for k, v in ckpt.items() if k not in ("config", "state_dict")}
-
-
-def release_checkpoint(src: str | Path, dst: str | Path, **notes) -> Path:
-    """A small checkpoint to ship: FP16 weights, the config, and what the run recorded
-    (validation figures, config file); no optimizer or resume state. `load_scorer` reads it
-    back into FP32."""
-    ckpt = torch.load(Path(src), map_location="cpu", weights_only=False)
-    state = {k: v.half() if v.is_floating_point() else v for k, v in ckpt["state_dict"].items()}
-    keep = {k: ckpt[k] for k in ("val", "config_file") if k in ckpt}
-    dst = Path(dst)
-    dst.parent.mkdir(parents=True, exist_ok=True)
-    torch.save({"config": ckpt["config"], "state_dict": state, **keep, **notes}, dst)
-    return dst

@@ -28,7 +28,7 @@ from sampleiqa.preprocessing import to_tensor
 from .checkpoint import save_checkpoint
 from .config import StageConfig, TrainConfig
 from .data.cache import CachedSet, build_cache
-from .data.crops import random_face_crop
+from .data.train_crops import random_face_crop
 from .plots import plot_history
 from .data.datasets import create_dataset
 from .data.synthetic import ranked_pair

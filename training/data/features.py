@@ -28,7 +28,7 @@ from sampleiqa.contracts import CROP
 from sampleiqa.preprocessing import to_tensor
 
 from .cache import CachedSet, preprocessing_fingerprint
-from .crops import random_face_crop
+from .train_crops import random_face_crop
 
 FEATURES_VERSION = 1
 
