@@ -9,33 +9,17 @@ FP16 copy TensorRT's strongly typed build takes (build/fp16.py says what stays F
 from __future__ import annotations
 
 import logging
-import os
 import warnings
 from pathlib import Path
 
 
 from sampleiqa.contracts import CROP, PIXELS, PIXELS_LIMIT, SCORE
 
+from .onnx_files import save_onnx_atomic, tmp_path
+
 log = logging.getLogger(__name__)
 
 MIN_OPSET = 17
-
-
-def _tmp_path(path: Path) -> Path:
-    # Same folder as the target, so the final rename is atomic.
-    return path.with_name(f".{path.name}.{os.getpid()}.tmp")
-
-
-def save_onnx_atomic(model, path: Path) -> None:
-    """onnx.save through a temporary file beside `path`, renamed into place."""
-    import onnx
-
-    tmp = _tmp_path(path)
-    try:
-        onnx.save(model, tmp)
-        tmp.replace(path)
-    finally:
-        tmp.unlink(missing_ok=True)
 
 
 def _quiet_ort():
@@ -154,7 +138,7 @@ def export_onnx(model, out_path: str | Path, opset: int = MIN_OPSET, fp16: bool 
     size = getattr(cfg, "img_size", CROP)
     model = model.eval()
     dummy = torch.zeros(1, 3, size, size, dtype=torch.float32)
-    tmp = _tmp_path(out_path)
+    tmp = tmp_path(out_path)
     try:
         log.info("exporting opset %d, input [N,3,%d,%d]", opset, size, size)
         with torch.no_grad(), warnings.catch_warnings():

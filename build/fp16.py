@@ -20,6 +20,8 @@ from pathlib import Path
 
 import numpy as np
 
+from .onnx_files import save_onnx_atomic
+
 log = logging.getLogger(__name__)
 
 # Ops computed in FP32 inside the FP16 graph (casts around them).
@@ -172,8 +174,6 @@ def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, 
     strict shape inference and the full checker."""
     import onnx
     import onnx_graphsurgeon as gs
-
-    from .export_onnx import save_onnx_atomic
 
     src, dst = Path(src), Path(dst)
     model = onnx.load(src)

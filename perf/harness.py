@@ -12,6 +12,7 @@ import sys
 import time
 from pathlib import Path
 
+from sampleiqa.commands import Command
 from sampleiqa.paths import DEFAULT_REPOSITORY, RESULTS
 
 MODELS = ("sampleiqa", "preprocess", "scorer")  # ensemble first: it is the figure users see
@@ -40,7 +41,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request-rate", type=_floats, default=[], help="comma-separated requests/s levels (optional)")
     p.add_argument("--measurement-ms", type=int, default=4000, help="perf_analyzer's measurement window")
     p.add_argument("--stability", type=int, default=25, help="perf_analyzer's stability percentage")
-    p.add_argument("--max-trials", type=int, default=6)
+    p.add_argument("--max-trials", type=int, default=6, help="perf_analyzer's trials per level before it gives up on stability")
     p.add_argument("--request-count", type=int, default=0,
                    help="measure exactly N requests per level instead of waiting for stability (noisy machines)")
     p.add_argument("--batches", type=_ints, default=[1, 4, 8, 16], help="in-process batch sizes tried")
@@ -51,7 +52,7 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--no-shared-memory", action="store_true",
                    help="send the scorer's tensors over gRPC (default: system shared memory on loopback)")
     p.add_argument("--name", default=time.strftime("run-%Y%m%d-%H%M"), help="report name")
-    p.add_argument("--out-dir", default=str(RESULTS))
+    p.add_argument("--out-dir", default=str(RESULTS), help="where the report and plots go")
     p.add_argument("--note", default="", help="free text for the report (what was changed)")
 
 
@@ -95,3 +96,8 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+COMMANDS = {
+    "perf": Command("perf_analyzer sweeps, in-process baselines and a report in perf/results/", add_arguments, run),
+}

@@ -56,7 +56,7 @@ def test_served_pixels_equal_training_evaluation_tensor(server, tmp_path):
     pytest.importorskip("torch")
     from sampleiqa.training.data.cache import build_cache
     from sampleiqa.training.data.datasets import LabelledSet, Sample
-    from sampleiqa.training.loop import eval_batches
+    from sampleiqa.training.prediction import eval_batches
 
     paths = [*list(FACES)[:3], NO_FACE[0]]
     data = build_cache(LabelledSet("parity", [Sample(Path(p), 0.5) for p in paths]), root=tmp_path, workers=1)

@@ -4,7 +4,6 @@ would overflow in FP16, fail it here rather than on a GPU host."""
 
 from __future__ import annotations
 
-import numpy as np
 import onnx
 import pytest
 from onnx import TensorProto, helper

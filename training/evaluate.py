@@ -24,7 +24,7 @@ Predictions = tuple[np.ndarray, dict[str, str]]  # scores (NaN = failed), path -
 def predict_checkpoint(checkpoint: str | Path, dataset: LabelledSet, batch_size: int = 32) -> Predictions:
     from .checkpoint import load_scorer
     from .data.cache import build_cache
-    from .loop import predict_cached
+    from .prediction import predict_cached
 
     scorer, _ = load_scorer(checkpoint)
     data = build_cache(dataset)

@@ -15,6 +15,8 @@ Prior models only: every fold reuses the cached trunk outputs (training/data/fea
 
 from __future__ import annotations
 
+import logging
+
 import argparse
 import json
 import time
@@ -30,6 +32,8 @@ from .metrics import evaluate_scores, headline
 from .models import create_model
 from .prior_loop import fit_top, load_features, predict_top, prepare_top
 from .resample import resample
+
+log = logging.getLogger(__name__)
 
 SUBSETS = ("ss01", "ss02", "ss03")
 
@@ -88,6 +92,7 @@ def main(argv=None) -> int:
     p.add_argument("--folds", default="", help="comma-separated subset of ss01,ss02,ss03,val")
     p.add_argument("--out", default="", help="write a Markdown table (and .json beside it)")
     args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", datefmt="%H:%M:%S")
     cfg = load_config(args.config)
     if cfg.train.get("kind") != "biq2021":
         raise SystemExit("leave-one-subset-out needs BIQ2021 (its file names carry the subset)")
@@ -115,8 +120,8 @@ def main(argv=None) -> int:
             table[name][fold] = headline(evaluate_scores(pred, test.scores, test.scenes))
             if args.out:  # after every fold: a stopped run keeps what it measured
                 Path(args.out).with_suffix(".json").write_text(json.dumps(table, indent=1))
-            print(f"{name} {fold}: SROCC {table[name][fold]['srocc']:.4f} PLCC {table[name][fold]['plcc']:.4f} "
-                  f"({len(tr)} -> {len(te)} photos, {time.monotonic() - started:.0f} s)", flush=True)
+            log.info(f"{name} {fold}: SROCC {table[name][fold]['srocc']:.4f} PLCC {table[name][fold]['plcc']:.4f} "
+                     f"({len(tr)} -> {len(te)} photos, {time.monotonic() - started:.0f} s)")
     write_report(table, args.out)
     return 0
 

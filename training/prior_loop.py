@@ -13,6 +13,8 @@ scored best on `val`, so `val` stays an honest figure).
 
 from __future__ import annotations
 
+import logging
+
 import json
 import math
 import os
@@ -38,6 +40,8 @@ from .models.prior import PriorSwinScorer, PriorTop
 from .resample import plot_histograms, resample
 from .pairs import epoch_pairs
 from .schedule import adamw, lr_at
+
+log = logging.getLogger(__name__)
 
 
 class FeatureTwin(nn.Module):
@@ -74,7 +78,7 @@ def predict_top(top: PriorTop, data: FeatureSet, batch_size: int = 64) -> tuple[
 
 
 def fit_top(top: PriorTop, train: FeatureSet, epoch_indices: np.ndarray, stage: StageConfig, seed: int,
-            stage_index: int = 0, val: FeatureSet | None = None, log=None) -> PriorTop:
+            stage_index: int = 0, val: FeatureSet | None = None, history=None) -> PriorTop:
     """One `prior` stage on cached features; returns the moving average of the weights (or
     the weights themselves without `ema_decay`). `val`, when given, is scored every epoch."""
     if stage.kind != "prior":
@@ -124,11 +128,11 @@ def fit_top(top: PriorTop, train: FeatureSet, epoch_indices: np.ndarray, stage: 
             swin_only = evaluate_scores(swin, val.scores, val.scenes)
             record.update({f"val_{k}": v for k, v in headline(result).items()})
             record["val_swin_only_srocc"] = headline(swin_only)["srocc"]
-            print(f"[{stage.name} epoch {epoch + 1}] val\n{format_result(result)}\n"
-                  f"  Swin-only head: SROCC {headline(swin_only)['srocc']:.4f}", flush=True)
-        if log is not None:
-            log.write(json.dumps(record) + "\n")
-            log.flush()
+            log.info(f"[{stage.name} epoch {epoch + 1}] val\n{format_result(result)}\n"
+                     f"  Swin-only head: SROCC {headline(swin_only)['srocc']:.4f}")
+        if history is not None:
+            history.write(json.dumps(record) + "\n")
+            history.flush()
     return ema.model if ema else top
 
 
@@ -141,7 +145,7 @@ def prepare_top(scorer: PriorSwinScorer, train: FeatureSet) -> None:
 
 def load_features(spec: dict, scorer: PriorSwinScorer, cfg: TrainConfig, label: str) -> FeatureSet:
     dataset = create_dataset(spec)
-    print(dataset.describe(), flush=True)
+    log.info(dataset.describe())
     return build_features(build_cache(dataset), scorer.trunk, cfg.feature_views, cfg.seed, label=label)
 
 
@@ -155,12 +159,12 @@ def train_prior(cfg: TrainConfig) -> dict:
     train = load_features(cfg.train, scorer, cfg, "train")
     val = load_features(cfg.val, scorer, cfg, "val") if cfg.val else None
     resampled = resample(train.scores, cfg.resample)
-    print(resampled.summary(), flush=True)
+    log.info(resampled.summary())
     plot_histograms(resampled, out / "resample.png", f"{cfg.train.get('kind')}: {cfg.resample.target}")
     prepare_top(scorer, train)
-    with open(out / "log.jsonl", "a") as log:
+    with open(out / "log.jsonl", "a") as history:
         for i, stage in enumerate(cfg.stages):
-            trained = fit_top(scorer.top, train, resampled.indices(), stage, cfg.seed, i, val, log)
+            trained = fit_top(scorer.top, train, resampled.indices(), stage, cfg.seed, i, val, history)
             scorer.top.load_state_dict(trained.state_dict())
     result = evaluate_scores(predict_top(scorer.top, val)[0], val.scores, val.scenes) if val else None
     save_checkpoint(out / "last.pt", scorer, config_file=str(cfg.source), **({"val": result} if result else {}))

@@ -18,6 +18,8 @@ and prunes those not used for a while (and leftovers of builds that were killed)
 
 from __future__ import annotations
 
+import logging
+
 import hashlib
 import json
 import os
@@ -38,6 +40,7 @@ from sampleiqa.preprocessing.crops import face_crops_region
 
 from .datasets import LabelledSet
 
+log = logging.getLogger(__name__)
 CACHE_VERSION = 2
 CACHE_NAME = re.compile(r"[0-9a-f]{16}(\.tmp\d+)?")  # `_key`, or a build in progress
 
@@ -158,9 +161,9 @@ def _write(dataset: LabelledSet, folder: Path, workers: int) -> None:
         shutil.rmtree(tmp)
         return
     if unreadable:
-        print(f"warning: {len(unreadable)} unreadable images left out of {dataset.name}:", flush=True)
+        log.warning("%d unreadable images left out of %s:", len(unreadable), dataset.name)
         for p, err in list(unreadable.items())[:10]:
-            print(f"  {p}: {err}", flush=True)
+            log.warning("  %s: %s", p, err)
 
 
 @dataclass

@@ -27,7 +27,8 @@ from scipy.stats import pearsonr, spearmanr
 from sampleiqa.training.config import StageConfig
 from sampleiqa.training.data.cache import build_cache
 from sampleiqa.training.data.datasets import load_biq2021
-from sampleiqa.training.loop import raw_stats, fit_stats_head
+from sampleiqa.training.prediction import raw_stats
+from sampleiqa.training.stats_stage import fit_stats_head
 from sampleiqa.training.schedule import lr_at
 from sampleiqa.training.losses import RANK_LOSSES
 from sampleiqa.training.models import create_model

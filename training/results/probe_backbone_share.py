@@ -20,7 +20,7 @@ from scipy.stats import spearmanr
 from sampleiqa.training.checkpoint import load_scorer
 from sampleiqa.training.data.cache import build_cache
 from sampleiqa.training.data.datasets import load_biq2021
-from sampleiqa.training.loop import eval_batches
+from sampleiqa.training.prediction import eval_batches
 
 model, _ = load_scorer(sys.argv[1] if len(sys.argv) > 1 else sys.exit(
     "usage: CHECKPOINT of a statistics model (swin_compact_stats; the shipped one until 2026-11-27 is "

@@ -7,7 +7,7 @@ from sampleiqa.training.checkpoint import load_scorer
 from sampleiqa.training.models import create_model
 from sampleiqa.training.data.cache import build_cache
 from sampleiqa.training.data.datasets import load_biq2021
-from sampleiqa.training.loop import eval_batches
+from sampleiqa.training.prediction import eval_batches
 from sampleiqa.training.metrics import correlations
 from sklearn.linear_model import Ridge
 torch.set_num_threads(2)

@@ -1,0 +1,198 @@
+"""`sampleiqa score` and `sampleiqa serve`: their flags and what they run. Light at import
+(the CLI builds every parser); the work is in bulk.py and server.py."""
+
+from __future__ import annotations
+
+import argparse
+import signal
+import sys
+import time
+from pathlib import Path
+
+from sampleiqa.commands import Command
+from sampleiqa.paths import DEFAULT_REPOSITORY, SAMPLES
+
+
+def _add_tls(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("TLS (gRPC)")
+    g.add_argument("--tls", "--ssl", dest="ssl", action="store_true", help="connect with TLS")
+    g.add_argument("--tls-ca", "--ssl-root-certs", dest="ssl_root_certs", metavar="CA.pem",
+                   help="CA certificate file that signed the server's certificate")
+    g.add_argument("--tls-key", "--ssl-key", dest="ssl_key", metavar="KEY.pem", help="client private key (mutual TLS)")
+    g.add_argument("--tls-cert", "--ssl-cert", dest="ssl_cert", metavar="CERT.pem", help="client certificate chain (mutual TLS)")
+
+
+def _tls(args):
+    from sampleiqa.clients.protocol import TLSConfig
+
+    if not (args.ssl or args.ssl_root_certs or args.ssl_key or args.ssl_cert):
+        return None
+    return TLSConfig(args.ssl_root_certs, args.ssl_key, args.ssl_cert)
+
+
+def _add_serve_security(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("security (see README: Bad input, faults and security)")
+    g.add_argument("--admin-key", default=None, metavar="KEY",
+                   help="key for the model-repository/shared-memory/trace/logging APIs (default: "
+                        "$SAMPLEIQA_ADMIN_KEY, else random per start); inference never needs it")
+    g.add_argument("--unrestricted", action="store_true", help="do not restrict those APIs (not advised)")
+    g.add_argument("--tls-cert", metavar="CERT.pem", help="server certificate (PEM): turns on gRPC TLS")
+    g.add_argument("--tls-key", metavar="KEY.pem", help="server private key (PEM)")
+    g.add_argument("--tls-ca", metavar="CA.pem", help="CA that signs client certificates (with --tls-mutual)")
+    g.add_argument("--tls-mutual", action="store_true", help="require client certificates signed by --tls-ca")
+    g.add_argument("--max-bytes", type=int, metavar="N", help="largest accepted image file (default 64 MiB)")
+    g.add_argument("--max-pixels", type=int, metavar="N", help="largest accepted width x height (default 100 M)")
+
+
+def _server_security(args) -> dict:
+    """TritonServer keyword arguments from the serve security flags."""
+    from sampleiqa.clients.server import ServerError, ServerTLS
+
+    tls = None
+    if args.tls_cert or args.tls_key or args.tls_mutual:
+        if not (args.tls_cert and args.tls_key):
+            raise ServerError("TLS needs both --tls-cert and --tls-key")
+        tls = ServerTLS(args.tls_cert, args.tls_key, args.tls_ca, args.tls_mutual)
+    env = {k: str(v) for k, v in (("SAMPLEIQA_MAX_BYTES", args.max_bytes), ("SAMPLEIQA_MAX_PIXELS", args.max_pixels))
+           if v is not None}
+    return dict(tls=tls, admin_key=args.admin_key, restrict=not args.unrestricted, env=env)
+
+
+def _shortest(path: Path) -> Path:
+    """`samples` rather than /abs/path/samples when run from the checkout (rows are shorter)."""
+    try:
+        return path.relative_to(Path.cwd())
+    except ValueError:
+        return path
+
+
+def add_score_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("paths", nargs="*", help=f"files or folders (default: the bundled {SAMPLES.name}/ folder)")
+    p.add_argument("--url", action="append", metavar="HOST:PORT", help="server HOST:PORT (repeat to spread load); "
+                                                  "default: start the embedded CPU server for this run")
+    p.add_argument("--out", default="scores.csv", metavar="FILE", help="output rows (CSV, or JSONL by suffix)")
+    p.add_argument("--format", choices=["csv", "jsonl"], help="default: from --out's suffix")
+    p.add_argument("--concurrency", type=int, default=8, metavar="N", help="requests in flight")
+    p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per request")
+    p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds per request")
+    p.add_argument("--retry-seconds", type=float, default=60.0, metavar="S",
+                   help="keep retrying an unreachable server this long (outlasts a restart) before stopping")
+    p.add_argument("--resume", action="store_true",
+                   help="skip files already in --out, and score again those whose row says [server] or [timeout]")
+    p.add_argument("--overwrite", action="store_true", help="start --out afresh, dropping the rows it has")
+    p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
+    p.add_argument("--repository", default=DEFAULT_REPOSITORY, metavar="DIR", help="model repository for the embedded server")
+    p.add_argument("--server-log", default=None, metavar="FILE", help="embedded server log file (default: ~/.cache/sampleiqa/triton-PORT.log)")
+    _add_tls(p)
+
+
+def cmd_score(args) -> int:
+    from sampleiqa.clients import RetryPolicy, ScoringClient
+    from sampleiqa.clients.bulk import score_files
+    from sampleiqa.clients.files import discover
+    from sampleiqa.clients.rows import check_output, remaining
+    from sampleiqa.clients.server import start_embedded
+
+    fmt = args.format or ("jsonl" if str(args.out).endswith(".jsonl") else "csv")
+    out = Path(args.out)
+    try:
+        check_output(out, resume=True)  # writable: before anything slow
+        paths = discover(args.paths or [_shortest(SAMPLES)], recursive=args.recursive)
+        if args.overwrite:
+            out.unlink(missing_ok=True)
+        elif not args.resume and out.is_file() and out.stat().st_size > 0:
+            left = remaining(out, fmt, paths)
+            if not left:  # the same command run again: nothing to do, and nothing to mix up
+                print(f"sampleiqa score: all {len(paths)} files already have a row in {out}; nothing to do "
+                      "(--overwrite scores them again)", file=sys.stderr)
+                return 0
+            check_output(out, resume=False)
+    except (OSError, ValueError) as exc:
+        print(f"sampleiqa score: {exc}", file=sys.stderr)
+        return 2
+    if not paths:
+        print("sampleiqa score: no image files found", file=sys.stderr)
+        return 2
+    server = None
+    urls = args.url
+    if urls:
+        _say_if_waiting(urls, args)
+    else:
+        server = start_embedded(args.repository, "score", log_file=args.server_log)
+        if server is None:
+            return 1
+        urls = [server.url]
+    try:
+        retry = RetryPolicy(seconds=args.retry_seconds)
+        with ScoringClient(urls, timeout_s=args.timeout, tls=_tls(args), retry=retry) as client:
+            summary = score_files(client, paths, args.out, fmt=fmt, resume=args.resume,
+                                  concurrency=args.concurrency, batch_size=args.batch_size)
+    finally:
+        if server is not None:
+            server.stop()
+    print(summary.text(Path(args.out)), file=sys.stderr)
+    return 0 if summary.finished else 1
+
+
+def _say_if_waiting(urls: list[str], args) -> None:
+    """A server that does not answer at once: say so now, not after --retry-seconds of silence."""
+    import tritonclient.grpc as grpcclient
+
+    with grpcclient.InferenceServerClient(urls[0], **(_tls(args).client_kwargs() if _tls(args) else {})) as c:
+        try:
+            if c.is_server_ready(client_timeout=2):
+                return
+        except Exception:  # refused, unreachable, TLS mismatch: the client's retries will tell which
+            pass
+    until = time.strftime("%H:%M:%S", time.localtime(time.time() + args.retry_seconds))
+    print(f"sampleiqa score: no ready server at {urls[0]} yet; retrying until {until} "
+          f"(--retry-seconds {args.retry_seconds:g})", file=sys.stderr)
+
+
+def add_serve_arguments(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--repository", default=DEFAULT_REPOSITORY, metavar="DIR", help="model repository to serve")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default loopback only)")
+    p.add_argument("--grpc-port", type=int, default=8001, metavar="PORT", help="gRPC port")
+    p.add_argument("--http-port", type=int, default=0, metavar="PORT", help="0: HTTP off")
+    p.add_argument("--metrics-port", type=int, default=0, metavar="PORT", help="0: metrics off")
+    p.add_argument("--log-file", default=None, metavar="FILE", help="Triton log (default: ~/.cache/sampleiqa/triton-PORT.log, 0600)")
+    _add_serve_security(p)
+    p.add_argument("triton_args", nargs=argparse.REMAINDER, help="after --: extra tritonserver flags")
+
+
+def cmd_serve(args) -> int:
+    from sampleiqa.clients.server import ServerError, TritonServer
+
+    try:
+        server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port or None,
+                              metrics_port=args.metrics_port or None, host=args.host, log_file=args.log_file,
+                              extra_args=args.triton_args, **_server_security(args))
+    except ServerError as exc:
+        print(f"sampleiqa serve: {exc}", file=sys.stderr)
+        return 2
+    stop = {"signal": None}
+
+    def on_signal(signum, _frame):
+        stop["signal"] = signum
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    try:
+        server.start()
+    except ServerError as exc:
+        print(f"sampleiqa serve: {exc}", file=sys.stderr)
+        return 1
+    print(f"SampleIQA serving on grpc://{server.url} (log: {server.log_file}); Ctrl-C stops", file=sys.stderr)
+    while stop["signal"] is None and server.running():
+        time.sleep(0.2)
+    code = 0 if stop["signal"] is not None else 1
+    if code:
+        print(f"Triton exited on its own:\n{server.log_tail()}", file=sys.stderr)
+    server.stop()
+    return code
+
+
+COMMANDS = {
+    "score": Command("score files and folders into one CSV/JSONL row per file", add_score_arguments, cmd_score),
+    "serve": Command("run the embedded Triton server until Ctrl-C / SIGTERM", add_serve_arguments, cmd_serve),
+}
