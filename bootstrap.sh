@@ -21,15 +21,26 @@ if [ ${#need_apt[@]} -gt 0 ]; then
 fi
 
 [ -x .venv/bin/python ] || "$PY" -m venv .venv
-.venv/bin/python -m pip install -q --upgrade pip 2>&1 | grep -v '^WARNING: Location' || true
 case "$profile" in
     serve) extras="serve" ;;
     dev)   extras="dev" ;;
     *) echo "usage: bash bootstrap.sh [serve|dev]" >&2; exit 2 ;;
 esac
-.venv/bin/python -m pip install -q -e ".[$extras]" 2>&1 | grep -v -e '^WARNING: Location' -e 'nvidia-pytriton 0.7.0 requires' -e "pip's dependency resolver" || true
-# The Triton 2.51 server binary. --no-deps: its Python pins conflict with tritonclient 2.51,
-# and only the binary and the python backend are used.
-.venv/bin/python -m pip install -q --no-deps nvidia-pytriton==0.7.0 2>&1 | grep -v '^WARNING: Location' || true
+# Install only when pyproject.toml changed since the last bootstrap of this profile; pip's
+# chatter (setuptools notices, resolver notes) goes to .venv/bootstrap.log, shown on failure.
+stamp=".venv/.bootstrap-$profile"
+want="$(sha256sum pyproject.toml | cut -d' ' -f1)"
+if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
+    echo "bootstrap: installing the $profile environment into .venv (a few minutes the first time) ..." >&2
+    log=.venv/bootstrap.log
+    {
+        .venv/bin/python -m pip install -q --upgrade pip &&
+        .venv/bin/python -m pip install -q -e ".[$extras]" &&
+        # The Triton 2.51 server binary. --no-deps: its Python pins conflict with tritonclient
+        # 2.51, and only the binary and the python backend are used.
+        .venv/bin/python -m pip install -q --no-deps nvidia-pytriton==0.7.0
+    } > "$log" 2>&1 || { cat "$log" >&2; echo "bootstrap: pip failed (log above, also in $log)" >&2; exit 1; }
+    echo "$want" > "$stamp"
+fi
 .venv/bin/python -c "from sampleiqa.clients.server import triton_paths; triton_paths()"
 echo "bootstrap: .venv ready ($profile)" >&2

@@ -93,9 +93,18 @@ def load_csv(path: str | Path, root: str | Path | None = None) -> LabelledSet:
     base = Path(root) if root is not None else path.parent
     rows = []
     with open(path, newline="") as f:
-        for r in csv.DictReader(f):
+        reader = csv.DictReader(f)
+        missing = [c for c in ("path", "score") if c not in (reader.fieldnames or [])]
+        if missing:
+            raise ValueError(f"{path} needs the columns path and score (scene optional); it has "
+                             f"{', '.join(reader.fieldnames or []) or 'none'}: missing {', '.join(missing)}")
+        for line, r in enumerate(reader, start=2):
+            try:
+                score = float(r["score"])
+            except (TypeError, ValueError):
+                raise ValueError(f"{path}, line {line}: score {r['score']!r} is not a number") from None
             p = Path(r["path"])
-            rows.append((p if p.is_absolute() else base / p, float(r["score"]), r.get("scene") or None))
+            rows.append((p if p.is_absolute() else base / p, score, r.get("scene") or None))
     return _split_present(f"csv[{path.name}]", rows)
 
 
