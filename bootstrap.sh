@@ -42,5 +42,5 @@ if [ "$(cat "$stamp" 2>/dev/null || true)" != "$want" ]; then
     } > "$log" 2>&1 || { cat "$log" >&2; echo "bootstrap: pip failed (log above, also in $log)" >&2; exit 1; }
     echo "$want" > "$stamp"
 fi
-.venv/bin/python -c "from sampleiqa.clients.server import triton_paths; triton_paths()"
+.venv/bin/python -c "from sampleiqa.server import triton_paths; triton_paths()"
 echo "bootstrap: .venv ready ($profile)" >&2

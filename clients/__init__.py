@@ -1,7 +1,7 @@
 """gRPC clients for the `sampleiqa` ensemble, the embedded server and the bulk CLI.
 
 Nothing on this path imports torch. The exports load on first use, so that training code
-importing `sampleiqa.clients.progress` does not need tritonclient.
+importing `sampleiqa.progress` does not need tritonclient.
 """
 
 from importlib import import_module

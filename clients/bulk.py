@@ -17,7 +17,7 @@ from pathlib import Path
 from sampleiqa.contracts import RETRIED_CODES
 
 from .files import FileRefused, identity, read_image_file
-from .progress import Progress
+from sampleiqa.progress import Progress
 from .protocol import ScoreResult, TransportError
 from .rows import OutputError, RowWriter, check_output, read_done, to_row
 

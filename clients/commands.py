@@ -46,7 +46,7 @@ def _add_serve_security(p: argparse.ArgumentParser) -> None:
 
 def _server_security(args) -> dict:
     """TritonServer keyword arguments from the serve security flags."""
-    from sampleiqa.clients.server import ServerError, ServerTLS
+    from sampleiqa.server import ServerError, ServerTLS
 
     tls = None
     if args.tls_cert or args.tls_key or args.tls_mutual:
@@ -91,7 +91,7 @@ def cmd_score(args) -> int:
     from sampleiqa.clients.bulk import score_files
     from sampleiqa.clients.files import discover
     from sampleiqa.clients.rows import check_output, remaining
-    from sampleiqa.clients.server import start_embedded
+    from sampleiqa.server import start_embedded
 
     fmt = args.format or ("jsonl" if str(args.out).endswith(".jsonl") else "csv")
     out = Path(args.out)
@@ -161,7 +161,7 @@ def add_serve_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_serve(args) -> int:
-    from sampleiqa.clients.server import ServerError, TritonServer
+    from sampleiqa.server import ServerError, TritonServer
 
     try:
         server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port or None,

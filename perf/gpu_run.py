@@ -88,7 +88,7 @@ def build(out: Path, device: str, preprocess_instances: int, max_batch: int) -> 
 
 def score_through(repository: Path, photos: list[bytes], log: Path) -> list:
     from sampleiqa.clients import ScoringClient
-    from sampleiqa.clients.server import TritonServer
+    from sampleiqa.server import TritonServer
 
     with TritonServer(repository, log_file=log, supervise=False) as server, \
             ScoringClient(server.url, timeout_s=300) as client:

@@ -41,5 +41,5 @@ if [ ${#wheels[@]} -gt 0 ]; then
 fi
 "$VENV/bin/python" -m pip install -q --no-index --no-deps --no-build-isolation -e .
 probe "$VENV/bin/python"
-"$VENV/bin/python" -c "from sampleiqa.clients.server import triton_paths; print('triton', triton_paths()[0])"
+"$VENV/bin/python" -c "from sampleiqa.server import triton_paths; print('triton', triton_paths()[0])"
 exec "$VENV/bin/python" -m sampleiqa.perf.gpu_run --out "$OUT" "$@"

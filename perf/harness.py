@@ -64,7 +64,7 @@ def run(args: argparse.Namespace) -> int:
     server = None
     url = args.url
     if not url:
-        from sampleiqa.clients.server import start_embedded
+        from sampleiqa.server import start_embedded
 
         # Loopback only and owned by this run; perf_analyzer registers system shared memory
         # for the scorer's tensors and cannot send the gRPC admin-key header.

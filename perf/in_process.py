@@ -13,23 +13,11 @@ from __future__ import annotations
 
 import time
 from concurrent.futures import ThreadPoolExecutor
-from pathlib import Path
 from typing import Callable, NamedTuple
 
 import numpy as np
 
 from sampleiqa.contracts import CROP
-
-
-def ort_session(onnx_path: str | Path, threads: int, spinning: bool = True):
-    import onnxruntime as ort
-
-    options = ort.SessionOptions()
-    options.intra_op_num_threads = threads
-    options.inter_op_num_threads = 1
-    options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-    options.add_session_config_entry("session.intra_op.allow_spinning", "1" if spinning else "0")
-    return ort.InferenceSession(str(onnx_path), options, providers=["CPUExecutionProvider"])
 
 
 def best_of(*results: dict[int, "Rate"]) -> dict[int, "Rate"]:

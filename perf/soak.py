@@ -23,7 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sampleiqa.clients.stubs import child_pids
+from sampleiqa.procfs import child_pids, rss_kib
 from sampleiqa.paths import SAMPLES, SHARED_DATA
 
 DATA = Path(os.environ.get("SAMPLEIQA_DATA", SHARED_DATA)) / "biq2021" / "images"
@@ -40,12 +40,11 @@ def tree_rss_mib(pid: int) -> tuple[float, int]:
     total_kib, count, todo = 0, 0, [pid]
     while todo:
         p = todo.pop()
-        try:
-            status = Path(f"/proc/{p}/status").read_text()
-        except OSError:
+        kib = rss_kib(p)
+        if kib is None:
             continue  # exited meanwhile
         count += 1
-        total_kib += next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
+        total_kib += kib
         todo += child_pids(p)
     return total_kib / 1024, count
 
@@ -166,7 +165,7 @@ def soak(clients: int = 4, seconds: float = 60, warmup_s: float = 10, images: in
     in the soak, each client also sends the whole image set at least once, however slow the
     machine. Call from the main
     thread (the server's parent-death signal follows the thread that starts it)."""
-    from sampleiqa.clients.server import TritonServer
+    from sampleiqa.server import TritonServer
 
     items = image_set(images)
     with TritonServer(log_file=log_file) as server:

@@ -125,10 +125,12 @@ class RunResult:
 
 
 def run_baselines(plan: SweepPlan, photos: list[bytes], tensors) -> Baselines:
-    from .in_process import best_of, model_only, ort_session, pipeline, preprocess_ms_per_image
+    from sampleiqa.onnx_runtime import cpu_session
+
+    from .in_process import best_of, model_only, pipeline, preprocess_ms_per_image
 
     # The strongest baseline: ORT with its threads spinning between ops (its default) or not.
-    sessions = [ort_session(plan.onnx, plan.threads, spinning) for spinning in (True, False)]
+    sessions = [cpu_session(plan.onnx, plan.threads, spinning) for spinning in (True, False)]
     batches, seconds = list(plan.batches), plan.baseline_seconds
     model = best_of(*(model_only(s, tensors, batches, seconds) for s in sessions))
     pipe = best_of(*(pipeline(s, photos, batches, plan.threads, seconds) for s in sessions))

@@ -34,7 +34,7 @@ def biq_images(n: int, split: str | None = None) -> list[Path]:
 @pytest.fixture(scope="session")
 def server(tmp_path_factory):
     """The committed CPU repository served by the real Triton binary on loopback."""
-    from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer
+    from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer
 
     log = tmp_path_factory.mktemp("triton") / "triton.log"
     with TritonServer(DEFAULT_REPOSITORY, log_file=log) as s:

@@ -121,7 +121,7 @@ def test_existing_output_needs_resume_and_unwritable_output_fails_fast(server, t
 
 
 def test_server_gone_stops_the_run_nonzero(tmp_path):
-    from sampleiqa.clients.server import free_port
+    from sampleiqa.server import free_port
 
     out = tmp_path / "scores.csv"
     res = run(["score", *biq_images(2), "--url", f"127.0.0.1:{free_port()}", "--out", out, "--timeout", "5",
@@ -133,7 +133,7 @@ def test_server_gone_stops_the_run_nonzero(tmp_path):
 def test_serve_stops_triton_on_sigterm(tmp_path):
     import tritonclient.grpc as grpcclient
 
-    from sampleiqa.clients.server import free_port
+    from sampleiqa.server import free_port
 
     port = free_port()
     log = tmp_path / "serve.log"
@@ -175,7 +175,7 @@ def test_build_repository_cli_makes_a_servable_repository(client, tmp_path):
     """`sampleiqa build-repository` from an ONNX file, served by a second real Triton."""
     from sampleiqa.build.triton_config import read_config
     from sampleiqa.clients import ScoringClient
-    from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer
+    from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer
 
     repo = tmp_path / "repo"
     res = run(["build-repository", "--target", "cpu", "--onnx", DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx",
@@ -211,7 +211,7 @@ def test_the_same_command_run_again_has_nothing_to_do(server, tmp_path):
 
 
 def test_a_url_with_nothing_listening_says_it_is_waiting_at_once(tmp_path):
-    from sampleiqa.clients.server import free_port
+    from sampleiqa.server import free_port
 
     start = time.monotonic()
     proc = subprocess.Popen(SAMPLEIQA + ["score", str(biq_images(1)[0]), "--url", f"127.0.0.1:{free_port()}",

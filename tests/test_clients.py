@@ -9,7 +9,7 @@ import tritonclient.grpc as grpcclient
 
 from sampleiqa.clients import RetryPolicy, ScoringClient, TransportError
 from sampleiqa.clients.protocol import channel_target
-from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port
+from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 
 from .conftest import SAMPLES
 
@@ -96,7 +96,7 @@ def pki(tmp_path_factory):
 
 def test_tls_client_talks_to_a_tls_server(pki, tmp_path):
     from sampleiqa.clients import TLSConfig
-    from sampleiqa.clients.server import ServerTLS
+    from sampleiqa.server import ServerTLS
 
     server = TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log",
                           tls=ServerTLS(pki["server_crt"], pki["server_key"]))

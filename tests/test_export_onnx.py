@@ -227,7 +227,7 @@ def test_fp16_copy(model, onnx_path, photos, tmp_path):
 def test_shipped_scorer_fp16_copy_scores_like_fp32(photos, tmp_path):
     """The committed repository's scorer and its FP16 copy (what TensorRT's strongly typed
     build takes) on real photos."""
-    from sampleiqa.clients.server import DEFAULT_REPOSITORY
+    from sampleiqa.server import DEFAULT_REPOSITORY
 
     shipped = Path(DEFAULT_REPOSITORY) / "scorer" / "1" / "model.onnx"
     fp16 = convert_to_fp16(shipped, tmp_path / "shipped.fp16.onnx")

@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 
-from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port
-from sampleiqa.clients.stubs import orphaned_stub
+from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
+from sampleiqa.procfs import orphaned_stub
 
 from .conftest import biq_images
 
@@ -117,7 +117,7 @@ def test_per_request_timeout_gives_timeout_rows_not_a_hang(server, client, tmp_p
 
 
 def test_old_default_triton_logs_are_pruned_not_piled_up(tmp_path):
-    from sampleiqa.clients.server import KEPT_LOGS, prune_logs
+    from sampleiqa.server import KEPT_LOGS, prune_logs
 
     for i in range(KEPT_LOGS + 5):
         log = tmp_path / f"triton-{50000 + i}.log"

@@ -13,7 +13,7 @@ from sampleiqa.build.repository import build_repository  # noqa: E402
 from sampleiqa.build.torch_runner import TorchScorer, buckets, guard  # noqa: E402
 from sampleiqa.build.triton_config import RepositorySettings, read_config  # noqa: E402
 from sampleiqa.clients import ScoringClient  # noqa: E402
-from sampleiqa.clients.server import TritonServer  # noqa: E402
+from sampleiqa.server import TritonServer  # noqa: E402
 
 from .conftest import ROOT, SAMPLES, biq_images  # noqa: E402
 
@@ -32,7 +32,7 @@ def test_buckets_and_guard():
 def test_torch_scorer_matches_the_served_onnx_scorer():
     import onnxruntime as ort
 
-    from sampleiqa.clients.server import DEFAULT_REPOSITORY
+    from sampleiqa.server import DEFAULT_REPOSITORY
     from sampleiqa.preprocessing import preprocess_file
 
     x = np.stack([preprocess_file(p).pixels for p in biq_images(5)])

@@ -25,8 +25,8 @@ from tritonclient.utils import InferenceServerException
 
 from sampleiqa.clients import ScoringClient
 from sampleiqa.clients.protocol import classify
-from sampleiqa.clients import stubs
-from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port
+from sampleiqa import procfs as stubs
+from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 from sampleiqa.contracts import CROP, PIXELS, SCORE
 from sampleiqa.preprocessing import PreprocessError, decode_bgr
 

@@ -120,7 +120,7 @@ def test_prior_model_trains_on_cached_features_and_serves_the_same_scores(tmp_pa
     got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run([SCORE], {PIXELS: x.numpy()})[0]
     np.testing.assert_allclose(got.reshape(-1), full, atol=1e-4)
     from sampleiqa.clients import ScoringClient
-    from sampleiqa.clients.server import TritonServer
+    from sampleiqa.server import TritonServer
 
     with TritonServer(repo, log_file=tmp_path / "triton.log") as own, ScoringClient(own.url, timeout_s=60) as c:
         served = [c.score(p.read_bytes()).score for p in biq_images(4)]

@@ -7,7 +7,7 @@ from tritonclient.grpc import model_config_pb2 as mc
 from sampleiqa.build.repository import build_repository
 from sampleiqa.build.tensorrt_engine import write_engine_profile
 from sampleiqa.build.triton_config import TARGETS, RepositorySettings, all_configs, parse_pbtxt, read_config, to_pbtxt
-from sampleiqa.clients.server import DEFAULT_REPOSITORY
+from sampleiqa.server import DEFAULT_REPOSITORY
 from sampleiqa.contracts import CROP, ENSEMBLE, PREPROCESS, SCORER
 
 

@@ -11,7 +11,7 @@ import tritonclient.http as httpclient
 from tritonclient.utils import InferenceServerException
 
 from sampleiqa.clients import ScoringClient
-from sampleiqa.clients.server import DEFAULT_REPOSITORY, TritonServer, free_port
+from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 
 from .conftest import SAMPLES, biq_images
 

@@ -65,7 +65,7 @@ def fake_trt(monkeypatch):
 
 @pytest.fixture(scope="module")
 def shipped_onnx():
-    from sampleiqa.clients.server import DEFAULT_REPOSITORY
+    from sampleiqa.server import DEFAULT_REPOSITORY
 
     return DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx"
 

@@ -9,7 +9,7 @@ import pytest
 from onnx import TensorProto, helper
 
 from sampleiqa.build.tensorrt_limits import TensorRTLimitError, check_onnx, sample_pixels
-from sampleiqa.clients.server import DEFAULT_REPOSITORY
+from sampleiqa.server import DEFAULT_REPOSITORY
 
 from .conftest import SAMPLES
 

@@ -21,7 +21,7 @@ from sampleiqa.training.data.train_crops import random_face_crop  # noqa: E402
 from sampleiqa.training.data.synthetic import DISTORTIONS, ranked_pair  # noqa: E402
 from sampleiqa.training.losses import fidelity_rank_loss, margin_rank_loss  # noqa: E402
 from sampleiqa.training.models import create_model  # noqa: E402
-from sampleiqa.clients.server import free_port  # noqa: E402
+from sampleiqa.server import free_port  # noqa: E402
 from sampleiqa.preprocessing import Box  # noqa: E402
 
 
@@ -193,7 +193,7 @@ def test_train_resume_and_evaluate_agree_on_every_path(tmp_path, server):
                    cwd=ROOT, capture_output=True)
     subprocess.run(cli + ["build-repository", "--target", "cpu", "--onnx", str(onnx), "--out", str(repo)],
                    check=True, cwd=ROOT, capture_output=True)
-    from sampleiqa.clients.server import TritonServer
+    from sampleiqa.server import TritonServer
 
     reports = {}
     with TritonServer(repo, log_file=tmp_path / "triton.log") as own:

@@ -16,7 +16,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sampleiqa.clients.progress import Progress
+from sampleiqa.progress import Progress
 from sampleiqa.preprocessing import PreprocessError, decode_bgr, to_tensor
 
 from .data.datasets import LabelledSet

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import numpy as np
 
-from sampleiqa.clients.progress import Progress
+from sampleiqa.progress import Progress
 from sampleiqa.preprocessing import PreprocessError, preprocess_file
 
 from .data.datasets import LabelledSet
@@ -34,13 +34,10 @@ def predict_checkpoint(checkpoint: str | Path, dataset: LabelledSet, batch_size:
 
 
 def predict_onnx(onnx_path: str | Path, dataset: LabelledSet, batch_size: int = 16, threads: int = 0) -> Predictions:
-    import onnxruntime as ort
-
     from sampleiqa.contracts import PIXELS
+    from sampleiqa.onnx_runtime import cpu_session
 
-    opts = ort.SessionOptions()
-    opts.intra_op_num_threads = threads
-    session = ort.InferenceSession(str(onnx_path), opts, providers=["CPUExecutionProvider"])
+    session = cpu_session(onnx_path, threads)
     scores = np.full(len(dataset.samples), np.nan)
     errors: dict[str, str] = {}
     bar = Progress(len(dataset.samples), "evaluating")

@@ -1,4 +1,6 @@
-"""The training loop behind `sampleiqa train CONFIG`.
+"""The training loop behind `sampleiqa train CONFIG` (a little over 300 lines: the Trainer
+keeps setup, resume, the stage loop and checkpoints together, as they share its state; the
+batches, distribution, prediction and the statistics stage are in their own modules).
 
 One process per device; with `torchrun` it runs DistributedDataParallel (NCCL on GPUs,
 gloo on CPU). Every step sees batch_size/2 pairs drawn from the re-sampled epoch: within a
@@ -21,7 +23,7 @@ import numpy as np
 import torch
 import torch.distributed as dist
 
-from sampleiqa.clients.progress import Progress
+from sampleiqa.progress import Progress
 
 from .batches import PairBatches, loaded_ahead
 from .checkpoint import save_checkpoint
@@ -57,6 +59,8 @@ def init_weights(scorer: SwinScorer, path: str) -> set[str]:
 class Trainer:
     def __init__(self, cfg: TrainConfig, resume: bool = False):
         self.cfg, self.dist = cfg, Distributed()
+        # done[i]: finished epochs of stage i; (stage, step_in_epoch): where an epoch stopped.
+        self.state = {"done": [], "stage": 0, "step_in_epoch": 0, "global_step": 0, "best": -math.inf, "history": []}
         torch.manual_seed(cfg.seed)
         if self.dist.device.type == "cpu":
             torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
@@ -83,18 +87,7 @@ class Trainer:
             plot_histograms(self.resampled, self.out / "resample.png", f"{self.train_set.name}: {cfg.resample.target}")
 
         self.scorer: SwinScorer = create_model(cfg.model)
-        # done[i]: finished epochs of stage i; (stage, step_in_epoch): where an epoch stopped.
-        self.state = {"done": [], "stage": 0, "step_in_epoch": 0, "global_step": 0, "best": -math.inf, "history": []}
-        last = self.out / "last.pt"
-        ckpt = None
-        if resume and last.exists():
-            ckpt = torch.load(last, map_location="cpu", weights_only=False)
-            self.scorer.load_state_dict(ckpt["state_dict"])
-            self.state = ckpt["train_state"]
-            if self.dist.main:
-                s = self.state
-                log.info(f"resuming from {last}: epochs done per stage {s['done']}, "
-                         f"stage {s['stage']} step {s['step_in_epoch']}")
+        ckpt = self._resume() if resume else None
         loaded = init_weights(self.scorer, cfg.init) if ckpt is None and cfg.init else set()
         self.scorer.to(self.dist.device)
         if ckpt is None:
@@ -116,6 +109,24 @@ class Trainer:
             self.folds = cross_fit_folds(len(self.train_data), folds, cfg.seed)
         # The stage the run stopped in: self.state (the same dict) moves on as stages start.
         self._ckpt_stage = ckpt["train_state"]["stage"] if ckpt else None
+
+    def _save_last(self, optimizer, scaler, ema) -> None:
+        """last.pt with what a resume needs, the weight average included."""
+        self._save("last.pt", optimizer, scaler, {"ema": ema.state_dict()} if ema else None)
+
+    def _resume(self) -> dict | None:
+        """The last checkpoint's weights and training state, if there is one."""
+        last = self.out / "last.pt"
+        if not last.exists():
+            return None
+        ckpt = torch.load(last, map_location="cpu", weights_only=False)
+        self.scorer.load_state_dict(ckpt["state_dict"])
+        self.state = ckpt["train_state"]
+        if self.dist.main:
+            s = self.state
+            log.info(f"resuming from {last}: epochs done per stage {s['done']}, "
+                     f"stage {s['stage']} step {s['step_in_epoch']}")
+        return ckpt
 
     def _optimizer(self, stage: StageConfig) -> torch.optim.Optimizer:
         frozen = tuple(f"{name}." for name in stage.freeze)
@@ -161,7 +172,7 @@ class Trainer:
             self.state["history"].append(record)
             history.write(json.dumps(record) + "\n")
             history.flush()
-            self._save("last.pt", optimizer, scaler, {"ema": ema.state_dict()} if ema else None)
+            self._save_last(optimizer, scaler, ema)
             plot_history(self.state["history"], self.out / "training.png")
         self.dist.barrier()
         return result
@@ -282,7 +293,7 @@ class Trainer:
                                      f"mse {running['mse']:.3f} rank {running['rank']:.3f} lr {lr:.1e}")
                         bar.update()
                     if time.monotonic() - last_save > cfg.checkpoint_every_s:
-                        self._save("last.pt", optimizer, scaler, {"ema": ema.state_dict()} if ema else None)
+                        self._save_last(optimizer, scaler, ema)
                         last_save = time.monotonic()
                 if bar:
                     bar.close()

@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import torch
 
-from sampleiqa.clients.progress import Progress
+from sampleiqa.progress import Progress
 
 from .batches import batch_to_tensor
 from .data.cache import CachedSet

@@ -25,7 +25,7 @@ import numpy as np
 import torch
 from torch import nn
 
-from sampleiqa.clients.progress import Progress
+from sampleiqa.progress import Progress
 
 from .checkpoint import save_checkpoint
 from .config import StageConfig, TrainConfig

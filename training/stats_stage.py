@@ -8,7 +8,7 @@ import math
 import numpy as np
 import torch
 
-from sampleiqa.clients.progress import Progress
+from sampleiqa.progress import Progress
 
 from .config import StageConfig
 from .data.cache import CachedSet

@@ -33,7 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sampleiqa.clients.progress import Progress
+from sampleiqa.progress import Progress
 from sampleiqa.contracts import CROP
 from sampleiqa.preprocessing import Box, PreprocessError, apply_plan, decode_bgr, find_face, plan_crop
 from sampleiqa.preprocessing.crops import face_crops_region

@@ -23,8 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sampleiqa.clients.progress import Progress
+from sampleiqa.progress import Progress
 from sampleiqa.contracts import CROP
+from sampleiqa.onnx_runtime import cpu_session
 from sampleiqa.preprocessing import to_tensor
 
 from .cache import CachedSet, preprocessing_fingerprint
@@ -89,7 +90,6 @@ class TrunkRunner:
     """The frozen trunk as an ONNX Runtime session (exported from the torch module)."""
 
     def __init__(self, trunk, folder: Path, threads: int = 0):
-        import onnxruntime as ort
         import torch
 
         folder.mkdir(parents=True, exist_ok=True)
@@ -101,9 +101,7 @@ class TrunkRunner:
                               opset_version=17, dynamo=False,
                               dynamic_axes={"x": {0: "N"}, "tokens": {0: "N"}, "pooled": {0: "N"}})
             tmp.replace(path)
-        so = ort.SessionOptions()
-        so.intra_op_num_threads = threads or os.cpu_count() or 1
-        self.session = ort.InferenceSession(str(path), so, providers=["CPUExecutionProvider"])
+        self.session = cpu_session(path, threads or os.cpu_count() or 1)
 
     def __call__(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
         tokens, pooled = self.session.run(None, {"x": x})

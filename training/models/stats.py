@@ -1,5 +1,8 @@
 """Fixed image statistics computed inside the network, fused into the scorer's head.
 
+(Over 300 lines on purpose: the 534 statistics are one exported scope, /stats/, kept FP32
+by build/fp16.py; their groups share the helpers at the top.)
+
 Sharpness, noise, compression and exposure explain much of perceived quality, and a
 transformer trained from scratch on a few thousand photos learns them slowly. These
 statistics are computed from the same normalised crop the backbone sees, with ops that

@@ -1,7 +1,7 @@
 """The embedded Triton server: the real tritonserver 2.51 binary from the nvidia-pytriton wheel.
 
 (Over 300 lines: one launcher, whose start, readiness, lock-down, supervision and stop share
-the process and its state; the /proc and shm parts are in stubs.py.)
+the process and its state; the /proc and shm parts are in procfs.py.)
 
 Used by `sampleiqa serve`, by `sampleiqa score` when no --url is given, and by the tests.
 It binds loopback by default, logs to a file, waits for the ensemble to be ready, and
@@ -49,7 +49,7 @@ from pathlib import Path
 from sampleiqa.contracts import ENSEMBLE
 from sampleiqa.paths import DEFAULT_REPOSITORY
 
-from .stubs import SHM, alive, make_private, orphaned_stub, stub_regions
+from .procfs import SHM, alive, make_private, orphaned_stub, stub_regions
 
 log = logging.getLogger(__name__)
 
