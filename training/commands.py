@@ -74,10 +74,10 @@ def _data_spec(pairs: list[str]) -> dict:
 
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_mutually_exclusive_group()
-    model.add_argument("--checkpoint", help="training checkpoint (.pt)")
-    model.add_argument("--onnx", default=str(Path(DEFAULT_REPOSITORY) / "scorer" / "1" / "model.onnx"),
+    model.add_argument("--checkpoint", metavar="FILE.pt", help="training checkpoint (.pt)")
+    model.add_argument("--onnx", metavar="FILE.onnx", default=str(Path(DEFAULT_REPOSITORY) / "scorer" / "1" / "model.onnx"),
                        help="exported scorer, run in process with ONNX Runtime (default: the shipped one)")
-    model.add_argument("--url", action="append", help="the served ensemble at HOST:PORT")
+    model.add_argument("--url", action="append", metavar="HOST:PORT", help="the served ensemble at HOST:PORT")
     p.add_argument("--data", nargs="+", default=["kind=biq2021", f"root={SHARED_DATA / 'biq2021'}", "split=val"],
                    metavar="KEY=VALUE", help="dataset spec, as in a config's [data] table; your own labels: "
                    "kind=csv path=FILE.csv (columns path,score[,scene]; relative paths from the CSV's folder); "
@@ -88,7 +88,7 @@ def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--baseline-train", nargs="+", default=["kind=biq2021", f"root={SHARED_DATA / 'biq2021'}", "split=train"],
                    metavar="KEY=VALUE", help="training set of the GBM baseline")
     p.add_argument("--concurrency", type=int, default=8, metavar="N", help="requests in flight with --url")
-    p.add_argument("--report", help="write a markdown table (and a .json beside it)")
+    p.add_argument("--report", metavar="FILE.md", help="write a markdown table (and a .json beside it)")
 
 
 def cmd_evaluate(args) -> int:
