@@ -16,7 +16,7 @@ from pathlib import Path
 
 from sampleiqa.contracts import RETRIED_CODES
 
-from .files import FileRefused, identity, read_image_file
+from .files import FileRefused, not_done, read_image_file
 from sampleiqa.progress import Progress
 from .protocol import ScoreResult, TransportError
 from .rows import OutputError, RowWriter, check_output, read_done, to_row
@@ -92,8 +92,7 @@ def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", res
     out = Path(out)
     check_output(out, resume)
     done, retrying = read_done(out, fmt) if resume else ([], 0)
-    done_ids = {identity(p) for p in done}
-    todo = [p for p in paths if identity(p) not in done_ids]
+    todo = not_done(paths, done)
     summary = Summary(total=len(paths), skipped=len(paths) - len(todo), retrying=retrying)
     progress = Progress(len(todo), "scoring", stream=progress_stream)
     rows = _Rows(RowWriter(out, fmt), summary, progress)

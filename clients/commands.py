@@ -98,6 +98,9 @@ def cmd_score(args) -> int:
     try:
         check_output(out, resume=True)  # writable: before anything slow
         paths = discover(args.paths or [_shortest(SAMPLES)], recursive=args.recursive)
+        if not paths:  # before --overwrite drops anything
+            print("sampleiqa score: no image files found", file=sys.stderr)
+            return 2
         if args.overwrite:
             out.unlink(missing_ok=True)
         elif not args.resume and out.is_file() and out.stat().st_size > 0:
@@ -109,9 +112,6 @@ def cmd_score(args) -> int:
             check_output(out, resume=False)
     except (OSError, ValueError) as exc:
         print(f"sampleiqa score: {exc}", file=sys.stderr)
-        return 2
-    if not paths:
-        print("sampleiqa score: no image files found", file=sys.stderr)
         return 2
     server = None
     urls = args.url
@@ -127,6 +127,9 @@ def cmd_score(args) -> int:
         with ScoringClient(urls, timeout_s=args.timeout, tls=_tls(args), retry=retry) as client:
             summary = score_files(client, paths, args.out, fmt=fmt, resume=args.resume,
                                   concurrency=args.concurrency, batch_size=args.batch_size)
+    except ValueError as exc:  # --resume of a file that is not a score output
+        print(f"sampleiqa score: {exc}", file=sys.stderr)
+        return 2
     finally:
         if server is not None:
             server.stop()
@@ -138,7 +141,8 @@ def _say_if_waiting(urls: list[str], args) -> None:
     """A server that does not answer at once: say so now, not after --retry-seconds of silence."""
     import tritonclient.grpc as grpcclient
 
-    with grpcclient.InferenceServerClient(urls[0], **(_tls(args).client_kwargs() if _tls(args) else {})) as c:
+    tls = _tls(args)
+    with grpcclient.InferenceServerClient(urls[0], **(tls.client_kwargs() if tls else {})) as c:
         try:
             if c.is_server_ready(client_timeout=2):
                 return

@@ -48,6 +48,12 @@ def discover(paths: Iterable[str | Path], recursive: bool = False) -> list[str]:
     return list(found.values())
 
 
+def not_done(paths: list[str], done: Iterable[str]) -> list[str]:
+    """The paths whose file (see identity) is not one of `done`'s."""
+    done_ids = {identity(p) for p in done}
+    return [p for p in paths if identity(p) not in done_ids]
+
+
 class FileRefused(Exception):
     def __init__(self, code: str, message: str):
         super().__init__(message)

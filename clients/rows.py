@@ -21,8 +21,9 @@ from pathlib import Path
 
 from sampleiqa.contracts import CSV_COLUMNS, RETRIED_CODES
 
-from .files import identity
+from .files import not_done
 from .protocol import ScoreResult, split_code
+
 
 def to_row(path: str, r: ScoreResult) -> dict:
     box = r.face_box if r.face_found else (None, None, None, None)  # no face: no box
@@ -49,8 +50,8 @@ class RowWriter:
         self.path, self.fmt = Path(path), fmt
         self.path.parent.mkdir(parents=True, exist_ok=True)
         self.fd = os.open(self.path, os.O_WRONLY | os.O_APPEND | os.O_CREAT, 0o644)
-        if os.fstat(self.fd).st_size == 0 and fmt == "csv":
-            self._write(format_row(dict(zip(CSV_COLUMNS, CSV_COLUMNS)), fmt))
+        if os.fstat(self.fd).st_size == 0:
+            self._write(header(fmt))
 
     def _write(self, data: bytes) -> None:
         """All of data, or none of it: a short or failed write is cut back to where it began."""
@@ -78,6 +79,11 @@ class RowWriter:
             os.close(self.fd)
 
 
+def header(fmt: str) -> bytes:
+    """What an output starts with: the column names for CSV, nothing for JSONL."""
+    return format_row(dict(zip(CSV_COLUMNS, CSV_COLUMNS)), fmt) if fmt == "csv" else b""
+
+
 def format_row(row: dict, fmt: str) -> bytes:
     if fmt == "csv":
         values = ["" if row[c] is None else row[c] for c in CSV_COLUMNS]
@@ -103,8 +109,14 @@ def read_rows(path: str | Path, fmt: str) -> list[dict]:
         data = data[:keep]
     text = data.decode("utf-8", "surrogateescape")
     if fmt == "csv":
-        return list(csv.DictReader(io.StringIO(text, newline="")))
-    return [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines(): U+2028
+        rows = list(csv.DictReader(io.StringIO(text, newline="")))
+    else:
+        rows = [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines(): U+2028
+    missing = [c for c in ("path", "status", "error") if rows and c not in rows[0]]
+    if missing:
+        raise ValueError(f"{path} is not a sampleiqa score output (no {', '.join(missing)} column): "
+                         "choose another --out, or --overwrite it")
+    return rows
 
 
 def retried(row: dict) -> bool:
@@ -114,13 +126,7 @@ def retried(row: dict) -> bool:
 
 def remaining(path: str | Path, fmt: str, paths: list[str]) -> list[str]:
     """The paths without a final row in the output (nothing is rewritten)."""
-    rows = read_rows(path, fmt)
-    missing = [c for c in ("path", "status", "error") if rows and c not in rows[0]]
-    if missing:
-        raise ValueError(f"{path} is not a sampleiqa score output (no {', '.join(missing)} column): "
-                         "choose another --out, or --overwrite it")
-    done = {identity(r["path"]) for r in rows if not retried(r)}
-    return [p for p in paths if identity(p) not in done]
+    return not_done(paths, (r["path"] for r in read_rows(path, fmt) if not retried(r)))
 
 
 def read_done(path: str | Path, fmt: str) -> tuple[list[str], int]:
@@ -132,8 +138,7 @@ def read_done(path: str | Path, fmt: str) -> tuple[list[str], int]:
     if dropped:
         path = Path(path)
         tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-        header = format_row(dict(zip(CSV_COLUMNS, CSV_COLUMNS)), fmt) if fmt == "csv" else b""
-        tmp.write_bytes(header + b"".join(format_row(r, fmt) for r in final))
+        tmp.write_bytes(header(fmt) + b"".join(format_row(r, fmt) for r in final))
         os.replace(tmp, path)
     return [r["path"] for r in final], dropped
 

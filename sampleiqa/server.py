@@ -54,7 +54,6 @@ from .procfs import SHM, alive, make_private, orphaned_stub, stub_regions
 log = logging.getLogger(__name__)
 
 
-
 # What an inference client never needs: loading/unloading models, registering shared
 # memory, and changing trace or log settings.
 RESTRICTED = ("model-repository", "shared-memory", "trace", "logging")
@@ -290,9 +289,8 @@ class TritonServer:
 
     def _launch(self, timeout_s: float) -> None:
         if self.default_log:
-            self.log_file.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
             prune_logs(self.log_file.parent)
-        log_fd = open_private_log(self.log_file)
+        log_fd = open_private_log(self.log_file)  # creates the folder 0700
         self._log_offset = os.lseek(log_fd, 0, os.SEEK_END)
         cmd = self.command()
         log.info("starting Triton on %s (log: %s)", self.url, self.log_file)
@@ -328,7 +326,7 @@ class TritonServer:
                 if proc is None or proc.poll() is not None:
                     continue  # stopped, or Triton itself died: stop() and `serve` handle that
                 dead = [pid for pid in self.stub_pids if not alive(pid)]
-                if not dead or proc.poll() is not None:
+                if not dead or proc.poll() is not None:  # stubs die with a dying Triton: not ours to restart
                     continue
                 now = time.monotonic()
                 recent = [t for t in recent if now - t < self.RESTART_WINDOW_S] + [now]
@@ -347,6 +345,7 @@ class TritonServer:
                 except (ServerError, OSError) as exc:
                     log.error("Triton did not come back: %s", exc)
                     return
+
     def wait_ready(self, timeout_s: float) -> None:
         import tritonclient.grpc as grpcclient
 

@@ -224,3 +224,17 @@ def test_a_url_with_nothing_listening_says_it_is_waiting_at_once(tmp_path):
     finally:
         proc.kill()
         proc.wait()
+
+
+def test_a_foreign_output_is_refused_and_overwrite_keeps_rows_when_nothing_is_found(server, tmp_path):
+    foreign = tmp_path / "other.csv"
+    foreign.write_text("image,mos\na.jpg,0.5\n")
+    for extra in ([], ["--resume"]):
+        res = run(["score", biq_images(1)[0], "--url", server.url, "--out", foreign, *extra])
+        assert res.returncode == 2 and "not a sampleiqa score output" in res.stderr, res.stderr
+    assert foreign.read_text() == "image,mos\na.jpg,0.5\n"
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    res = run(["score", empty, "--url", server.url, "--out", foreign, "--overwrite"])
+    assert res.returncode == 2 and "no image files" in res.stderr
+    assert foreign.read_text() == "image,mos\na.jpg,0.5\n"  # nothing was dropped for nothing
