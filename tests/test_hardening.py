@@ -52,10 +52,9 @@ def jsonl_rows(path: Path) -> list[dict]:
 
 
 def rss_mib(pid: int) -> float:
-    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
-        if line.startswith("VmRSS:"):
-            return int(line.split()[1]) / 1024
-    raise AssertionError(f"no VmRSS for {pid}")
+    kib = stubs.rss_kib(pid)
+    assert kib, f"no VmRSS for {pid}"
+    return kib / 1024
 
 
 def stub_of(server: TritonServer, model: str) -> int:
