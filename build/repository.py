@@ -15,17 +15,19 @@ from __future__ import annotations
 
 import logging
 import shutil
+import struct
 from pathlib import Path
 
 from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
-from sampleiqa.paths import DEFAULT_REPOSITORY, REPO_ROOT
+from sampleiqa.paths import DEFAULT_REPOSITORY, REPO_ROOT, SAMPLES
 
-from .triton_config import RepositorySettings, all_configs, to_pbtxt
+from .triton_config import WARMUP_FILE, RepositorySettings, all_configs, to_pbtxt
 
 log = logging.getLogger(__name__)
 
 SOURCE_REPOSITORY = DEFAULT_REPOSITORY  # the python models' sources
 PACKAGE_DIR = REPO_ROOT / "sampleiqa"
+WARMUP_PHOTO = SAMPLES / "grace_hopper.jpg"  # a real face: warm-up runs detection and the crop
 # What a vendored preprocess model needs from the package: no torch, no clients.
 VENDORED = ("__init__.py", "contracts.py", "preprocessing", "scores.py")
 
@@ -43,6 +45,15 @@ def _copy(src: Path, dst: Path) -> None:
 def vendor_preprocessing(version_dir: Path) -> None:
     for name in VENDORED:
         _copy(PACKAGE_DIR / name, version_dir / "sampleiqa" / name)
+
+
+def write_warmup_inputs(out: Path, photo: Path = WARMUP_PHOTO) -> None:
+    """preprocess/warmup/IMAGE: one TYPE_STRING element as Triton reads it from a file,
+    a 4-byte little-endian length and then the bytes."""
+    data = photo.read_bytes()
+    folder = out / PREPROCESS / "warmup"
+    folder.mkdir(parents=True, exist_ok=True)
+    (folder / WARMUP_FILE).write_bytes(struct.pack("<I", len(data)) + data)
 
 
 def write_configs(out: Path, settings: RepositorySettings) -> None:
@@ -83,6 +94,7 @@ def build_repository(
         raise ValueError(f"the {settings.target} target needs an ONNX scorer")
 
     write_configs(out, settings)
+    write_warmup_inputs(out)
     _copy(SOURCE_REPOSITORY / PREPROCESS / "1" / "model.py", out / PREPROCESS / "1" / "model.py")
     if vendor:
         vendor_preprocessing(out / PREPROCESS / "1")

@@ -1,14 +1,17 @@
 """Generated Triton configs: every one parses into tritonclient's ModelConfig, and the
 committed CPU repository is exactly what `sampleiqa build-repository` generates."""
 
+import struct
+
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from sampleiqa.build.repository import build_repository
+from sampleiqa.build.repository import WARMUP_PHOTO, build_repository
 from sampleiqa.build.tensorrt_engine import write_engine_profile
-from sampleiqa.build.triton_config import TARGETS, RepositorySettings, all_configs, parse_pbtxt, read_config, to_pbtxt
+from sampleiqa.build.triton_config import (TARGETS, WARMUP_FILE, RepositorySettings, all_configs, parse_pbtxt,
+                                           read_config, to_pbtxt)
 from sampleiqa.server import DEFAULT_REPOSITORY
-from sampleiqa.contracts import CROP, ENSEMBLE, PREPROCESS, SCORER
+from sampleiqa.contracts import CROP, ENSEMBLE, IMAGE, PIXELS, PREPROCESS, SCORER
 
 
 def test_committed_cpu_repository_matches_the_generator():
@@ -17,6 +20,24 @@ def test_committed_cpu_repository_matches_the_generator():
         text = (DEFAULT_REPOSITORY / name / "config.pbtxt").read_text()
         assert parse_pbtxt(text) == config, f"{name}/config.pbtxt was edited by hand or is stale"
     assert (DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx").stat().st_size > 1_000_000
+    warmup = (DEFAULT_REPOSITORY / PREPROCESS / "warmup" / WARMUP_FILE).read_bytes()
+    assert struct.unpack("<I", warmup[:4])[0] == len(warmup) - 4 and warmup[4:] == WARMUP_PHOTO.read_bytes()
+
+
+@pytest.mark.server
+def test_triton_runs_the_warmup_and_refuses_a_model_whose_warmup_fails(tmp_path):
+    """The committed repository loads with its warm-up (every server test shows that); the
+    same repository with a broken warm-up photo is refused at start, so the warm-up really runs."""
+    import shutil
+
+    from sampleiqa.server import ServerError, TritonServer
+
+    repo = shutil.copytree(DEFAULT_REPOSITORY, tmp_path / "repo", ignore=shutil.ignore_patterns("__pycache__"))
+    (repo / PREPROCESS / "warmup" / WARMUP_FILE).write_bytes(struct.pack("<I", 9) + b"not a jpg")
+    server = TritonServer(repo, log_file=tmp_path / "triton.log", exit_timeout_s=1, supervise=False)
+    with pytest.raises(ServerError):
+        server.start(timeout_s=60)
+    assert "failed to run warmup sample 'one_photo'" in (tmp_path / "triton.log").read_text()
 
 
 @pytest.mark.parametrize("target", TARGETS)
@@ -40,6 +61,11 @@ def test_generated_configs_parse_and_keep_the_contract(tmp_path, target):
     assert {o.name: o.data_type for o in ens.output} == {
         "SCORE": mc.TYPE_FP32, "FACE_BOX": mc.TYPE_INT32, "FACE_FOUND": mc.TYPE_BOOL}
     assert (out / PREPROCESS / "1" / "sampleiqa" / "preprocessing" / "crops.py").exists()  # vendored
+    # Warm-up on each composing model (an ensemble cannot carry it): a real photo, zeros for the scorer.
+    assert [w.inputs[IMAGE].input_data_file for w in pre.model_warmup] == [WARMUP_FILE]
+    assert (out / PREPROCESS / "warmup" / WARMUP_FILE).read_bytes()[4:] == WARMUP_PHOTO.read_bytes()
+    assert [(w.batch_size, w.inputs[PIXELS].zero_data) for w in scorer.model_warmup] == [(1, True)]
+    assert not ens.model_warmup
     if target == "cpu":
         assert scorer.backend == "python" and (out / SCORER / "1" / "model.onnx").exists()
         assert (out / SCORER / "1" / "sampleiqa" / "scores.py").exists()  # vendored beside the scorer too
