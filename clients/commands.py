@@ -12,6 +12,8 @@ from pathlib import Path
 from sampleiqa.commands import Command
 from sampleiqa.paths import DEFAULT_REPOSITORY, SAMPLES
 
+from .endpoints import server_urls, tls_config
+
 
 def _add_tls(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("TLS (gRPC)")
@@ -20,14 +22,6 @@ def _add_tls(p: argparse.ArgumentParser) -> None:
                    help="CA certificate file that signed the server's certificate")
     g.add_argument("--tls-key", "--ssl-key", dest="ssl_key", metavar="KEY.pem", help="client private key (mutual TLS)")
     g.add_argument("--tls-cert", "--ssl-cert", dest="ssl_cert", metavar="CERT.pem", help="client certificate chain (mutual TLS)")
-
-
-def _tls(args):
-    from sampleiqa.clients.protocol import TLSConfig
-
-    if not (args.ssl or args.ssl_root_certs or args.ssl_key or args.ssl_cert):
-        return None
-    return TLSConfig(args.ssl_root_certs, args.ssl_key, args.ssl_cert)
 
 
 def _add_serve_security(p: argparse.ArgumentParser) -> None:
@@ -70,8 +64,10 @@ def add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("paths", nargs="*", help=f"files or folders (default: the bundled {SAMPLES.name}/ folder)")
     p.add_argument("--url", action="append", metavar="HOST:PORT", help="server HOST:PORT (repeat to spread load); "
                                                   "default: start the embedded CPU server for this run")
-    p.add_argument("--out", default="scores.csv", metavar="FILE", help="output rows (CSV, or JSONL by suffix)")
-    p.add_argument("--format", choices=["csv", "jsonl"], help="default: from --out's suffix")
+    p.add_argument("--out", metavar="FILE", help="output rows: a file (CSV, or JSONL by suffix; default scores.csv); "
+                                                 "with --engine ray a folder or URI of shards (default scores/)")
+    p.add_argument("--format", choices=["csv", "jsonl", "parquet"],
+                   help="default: from --out's suffix; parquet (the default) only with --engine ray")
     p.add_argument("--concurrency", type=int, default=8, metavar="N", help="requests in flight")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per request")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds per request")
@@ -84,17 +80,30 @@ def add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", default=DEFAULT_REPOSITORY, metavar="DIR", help="model repository for the embedded server")
     p.add_argument("--server-log", default=None, metavar="FILE", help="embedded server log file (default: ~/.cache/sampleiqa/triton-PORT.log)")
     _add_tls(p)
+    g = p.add_argument_group("distributed (--engine ray: README, Run on a cluster)")
+    g.add_argument("--engine", choices=["local", "ray"], default="local",
+                   help="local: this process; ray: a Ray cluster (pip install sampleiqa[ray]), inputs may be URIs")
+    g.add_argument("--ray-address", metavar="auto|HOST:PORT", help="Ray cluster to join (default: a local one for this run)")
+    g.add_argument("--ray-actors", type=int, default=2, metavar="N", help="scoring actors (gRPC clients)")
+    g.add_argument("--ray-actor-cpus", type=float, default=1.0, metavar="N", help="CPUs Ray reserves per actor")
+    g.add_argument("--shard-size", type=int, default=1000, metavar="N", help="files per output shard")
 
 
 def cmd_score(args) -> int:
+    if args.engine == "ray":
+        from .ray_commands import score_on_ray
+
+        return score_on_ray(args)
     from sampleiqa.clients import RetryPolicy, ScoringClient
     from sampleiqa.clients.bulk import score_files
     from sampleiqa.clients.files import discover
     from sampleiqa.clients.rows import check_output, remaining
-    from sampleiqa.server import start_embedded
 
     fmt = args.format or ("jsonl" if str(args.out).endswith(".jsonl") else "csv")
-    out = Path(args.out)
+    if fmt == "parquet":
+        print("sampleiqa score: --format parquet writes shards: it needs --engine ray", file=sys.stderr)
+        return 2
+    out = Path(args.out or "scores.csv")
     try:
         check_output(out, resume=True)  # writable: before anything slow
         paths = discover(args.paths or [_shortest(SAMPLES)], recursive=args.recursive)
@@ -113,19 +122,13 @@ def cmd_score(args) -> int:
     except (OSError, ValueError) as exc:
         print(f"sampleiqa score: {exc}", file=sys.stderr)
         return 2
-    server = None
-    urls = args.url
-    if urls:
-        _say_if_waiting(urls, args)
-    else:
-        server = start_embedded(args.repository, "score", log_file=args.server_log)
-        if server is None:
-            return 1
-        urls = [server.url]
+    server, urls = server_urls(args)
+    if not urls:
+        return 1
     try:
         retry = RetryPolicy(seconds=args.retry_seconds)
-        with ScoringClient(urls, timeout_s=args.timeout, tls=_tls(args), retry=retry) as client:
-            summary = score_files(client, paths, args.out, fmt=fmt, resume=args.resume,
+        with ScoringClient(urls, timeout_s=args.timeout, tls=tls_config(args), retry=retry) as client:
+            summary = score_files(client, paths, out, fmt=fmt, resume=args.resume,
                                   concurrency=args.concurrency, batch_size=args.batch_size)
     except ValueError as exc:  # --resume of a file that is not a score output
         print(f"sampleiqa score: {exc}", file=sys.stderr)
@@ -133,24 +136,8 @@ def cmd_score(args) -> int:
     finally:
         if server is not None:
             server.stop()
-    print(summary.text(Path(args.out)), file=sys.stderr)
+    print(summary.text(out), file=sys.stderr)
     return 0 if summary.finished else 1
-
-
-def _say_if_waiting(urls: list[str], args) -> None:
-    """A server that does not answer at once: say so now, not after --retry-seconds of silence."""
-    import tritonclient.grpc as grpcclient
-
-    tls = _tls(args)
-    with grpcclient.InferenceServerClient(urls[0], **(tls.client_kwargs() if tls else {})) as c:
-        try:
-            if c.is_server_ready(client_timeout=2):
-                return
-        except Exception:  # refused, unreachable, TLS mismatch: the client's retries will tell which
-            pass
-    until = time.strftime("%H:%M:%S", time.localtime(time.time() + args.retry_seconds))
-    print(f"sampleiqa score: no ready server at {urls[0]} yet; retrying until {until} "
-          f"(--retry-seconds {args.retry_seconds:g})", file=sys.stderr)
 
 
 def add_serve_arguments(p: argparse.ArgumentParser) -> None:

@@ -107,6 +107,11 @@ def read_rows(path: str | Path, fmt: str) -> list[dict]:
         with open(path, "r+b") as f:
             f.truncate(keep)
         data = data[:keep]
+    return parse_rows(data, fmt, str(path))
+
+
+def parse_rows(data: bytes, fmt: str, name: str) -> list[dict]:
+    """The rows in a CSV or JSONL output's bytes (whole lines)."""
     text = data.decode("utf-8", "surrogateescape")
     if fmt == "csv":
         rows = list(csv.DictReader(io.StringIO(text, newline="")))
@@ -114,7 +119,7 @@ def read_rows(path: str | Path, fmt: str) -> list[dict]:
         rows = [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines(): U+2028
     missing = [c for c in ("path", "status", "error") if rows and c not in rows[0]]
     if missing:
-        raise ValueError(f"{path} is not a sampleiqa score output (no {', '.join(missing)} column): "
+        raise ValueError(f"{name} is not a sampleiqa score output (no {', '.join(missing)} column): "
                          "choose another --out, or --overwrite it")
     return rows
 
