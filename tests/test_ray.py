@@ -1,0 +1,237 @@
+"""`sampleiqa score --engine ray` on a real local Ray cluster (a head node and a worker node
+process on loopback), two real Triton replicas, real photos and broken files, and a real
+S3-compatible server (moto) on loopback; the faults of issue 15: SIGKILL of a Ray worker,
+SIGKILL of a Triton replica, SIGINT of the driver and a resume. Each run must end with
+exactly one row per file."""
+
+from __future__ import annotations
+
+import os
+import secrets
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+import pytest
+
+pytest.importorskip("ray")
+pa_fs = pytest.importorskip("pyarrow.fs")
+
+from sampleiqa.clients.shards import META, Output, decode_rows  # noqa: E402
+from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port  # noqa: E402
+
+from .badinputs import CASES  # noqa: E402
+from .conftest import biq_images  # noqa: E402
+
+pytestmark = [pytest.mark.server, pytest.mark.ray]
+
+SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli"]
+BAD = [c for c in CASES if c.outcome != "ok" and c.name != "oversize.jpg"]  # 64 MiB: kept out of S3
+PHOTOS = int(os.environ.get("SAMPLEIQA_RAY_PHOTOS", 200))
+S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+          "AWS_EC2_METADATA_DISABLED": "true"}
+# Ray 2.60 clusters check a shared token on every connection (README: Run on a cluster).
+RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
+
+
+@pytest.fixture(scope="module")
+def replicas(tmp_path_factory):
+    """Two Triton servers, unsupervised: a replica killed by a test stays dead."""
+    logs = tmp_path_factory.mktemp("replicas")
+    servers = [TritonServer(DEFAULT_REPOSITORY, log_file=logs / f"triton-{i}.log", supervise=False) for i in range(2)]
+    try:
+        for s in servers:
+            s.start()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
+
+
+@pytest.fixture(scope="module")
+def cluster(tmp_path_factory):
+    """`ray start --head` on loopback, and one worker node process joining it."""
+    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
+    port = free_port()
+    temp = tmp_path_factory.mktemp("ray")
+    env = {**os.environ, **S3_ENV, **RAY_ENV}
+    common = ["--num-cpus", "1", "--disable-usage-stats"]
+    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
+                    "--include-dashboard", "false", "--temp-dir", str(temp), *common],
+                   check=True, env=env, capture_output=True)
+    try:
+        subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", *common],
+                       check=True, env=env, capture_output=True)
+        yield f"127.0.0.1:{port}"
+    finally:
+        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+
+
+@pytest.fixture(scope="module")
+def inputs(tmp_path_factory) -> Path:
+    folder = tmp_path_factory.mktemp("photos")
+    for photo in biq_images(PHOTOS):
+        shutil.copyfile(photo, folder / photo.name)
+    for case in BAD:
+        (folder / case.name).write_bytes(case.make())
+    return folder
+
+
+def score(args, cluster, replicas, **kw) -> subprocess.Popen:
+    urls = [a for s in replicas if s.running() for a in ("--url", s.url)]
+    cmd = SAMPLEIQA + ["score", *map(str, args), "--engine", "ray", "--ray-address", cluster, *urls,
+                       "--shard-size", "20", "--concurrency", "4"]
+    return subprocess.Popen(cmd, env={**os.environ, **S3_ENV, **RAY_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
+                            text=True, **kw)
+
+
+def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
+    out, _ = proc.communicate(timeout=timeout)
+    return proc.returncode, out
+
+
+def all_rows(out: str, fmt: str = "parquet") -> list[dict]:
+    output = Output(out)
+    return [r for name in output.names() if name.startswith("part-")
+            for r in decode_rows(output.read(name), fmt, name)]
+
+
+def assert_one_row_per_file(rows: list[dict], folder: Path) -> dict[str, dict]:
+    counts = Counter(Path(r["path"]).name for r in rows)
+    assert [n for n, c in counts.items() if c > 1] == [], "a file has two rows"
+    assert set(counts) == {p.name for p in folder.iterdir()}, "a file has no row"
+    by_name = {Path(r["path"]).name: r for r in rows}
+    for case in BAD:
+        assert by_name[case.name]["status"] == "error" and by_name[case.name]["error"].startswith(f"[{case.outcome}]")
+    photos = [r for n, r in by_name.items() if n.startswith("ss0")]
+    assert all(r["status"] == "ok" and 0 <= float(r["score"]) <= 1 for r in photos), "a photo was not scored"
+    return by_name
+
+
+def wait_for_shards(out: Path, n: int, proc: subprocess.Popen, timeout: float = 180) -> None:
+    deadline = time.monotonic() + timeout
+    while len(list((out / META / "done").glob("*.json"))) < n:
+        assert proc.poll() is None, proc.communicate()[0]
+        assert time.monotonic() < deadline, "no shard was finished in time"
+        time.sleep(0.2)
+
+
+def test_scores_a_folder_with_the_local_rows_and_codes(inputs, cluster, replicas, tmp_path):
+    out = tmp_path / "scores"
+    code, log = finish(score([inputs, "--out", out], cluster, replicas))
+    assert code == 0, log
+    by_name = assert_one_row_per_file(all_rows(str(out)), inputs)
+    assert f"{PHOTOS + len(BAD)} files: {PHOTOS} scored ok" in log
+    # The same files through the local CLI: the same scores and codes.
+    local = tmp_path / "local.csv"
+    some = [inputs / n for n in sorted(by_name)[:5]] + [inputs / c.name for c in BAD]
+    res = subprocess.run(SAMPLEIQA + ["score", *map(str, some), "--url", replicas[0].url, "--out", str(local)],
+                         capture_output=True, text=True)
+    assert res.returncode == 0, res.stderr
+    for row in decode_rows(local.read_bytes(), "csv", str(local)):
+        ray_row = by_name[Path(row["path"]).name]
+        assert row["status"] == ray_row["status"] and row["error"] == ray_row["error"]
+        if row["score"]:
+            assert abs(float(row["score"]) - ray_row["score"]) < 1e-6
+    # Run again: nothing to do, like the local CLI.
+    code, log = finish(score([inputs, "--out", out], cluster, replicas))
+    assert code == 0 and "nothing to do" in log, log
+
+
+
+def test_worker_killed_mid_run_still_one_row_per_file(inputs, cluster, replicas, tmp_path):
+    out = tmp_path / "scores"
+    proc = score([inputs, "--out", out], cluster, replicas)
+    wait_for_shards(out, 1, proc)
+    workers = ray_workers("MapWorker")
+    assert workers, "no scoring actor process found"
+    os.kill(workers[0], signal.SIGKILL)  # Ray restarts the actor and retries its shard
+    code, log = finish(proc)
+    assert code == 0, log
+    assert_one_row_per_file(all_rows(str(out)), inputs)
+
+
+def test_driver_interrupted_then_resumed(inputs, cluster, replicas, tmp_path):
+    out = tmp_path / "scores"
+    proc = score([inputs, "--out", out, "--format", "jsonl"], cluster, replicas)
+    wait_for_shards(out, 2, proc)
+    proc.send_signal(signal.SIGINT)
+    code, log = finish(proc)
+    assert code == 1 and "STOPPED: interrupted" in log, log
+    rows = all_rows(str(out), "jsonl")
+    assert 0 < len(rows) < PHOTOS + len(BAD) and len(rows) == len({r["path"] for r in rows})
+    code, log = finish(score([inputs, "--out", out, "--format", "jsonl", "--resume"], cluster, replicas))
+    assert code == 0, log
+    assert_one_row_per_file(all_rows(str(out), "jsonl"), inputs)
+
+
+def test_s3_inputs_and_outputs_on_a_real_s3_server(cluster, replicas, tmp_path):
+    port = free_port()
+    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    try:
+        options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
+        os.environ.update(S3_ENV)
+        fs = wait_for_s3(options + "&allow_bucket_creation=true")
+        fs.create_dir("photos")
+        fs.create_dir("results")
+        folder = tmp_path / "in"
+        folder.mkdir()
+        for photo in biq_images(30):
+            shutil.copyfile(photo, folder / photo.name)
+        for case in BAD[:4]:
+            (folder / case.name).write_bytes(case.make())
+        for f in folder.iterdir():
+            with fs.open_output_stream(f"photos/batch1/{f.name}") as s:
+                s.write(f.read_bytes())
+        out = f"s3://results/run1?{options}"
+        code, log = finish(score([f"s3://photos/batch1?{options}", "--out", out, "--format", "csv"],
+                                 cluster, replicas))
+        assert code == 0, log
+        rows = all_rows(out, "csv")
+        assert all(r["path"].startswith("s3://photos/batch1/") and "?" not in r["path"] for r in rows)
+        counts = Counter(Path(r["path"]).name for r in rows)
+        assert set(counts) == {f.name for f in folder.iterdir()} and max(counts.values()) == 1
+        assert sum(r["status"] == "ok" for r in rows) == 30
+    finally:
+        moto.kill()
+
+
+def test_replica_killed_mid_run_fails_over(inputs, cluster, replicas, tmp_path):
+    """Last in this module: the killed replica stays down."""
+    out = tmp_path / "scores"
+    proc = score([inputs, "--out", out], cluster, replicas)
+    wait_for_shards(out, 1, proc)
+    replicas[1].process.send_signal(signal.SIGKILL)
+    code, log = finish(proc)
+    assert code == 0, log
+    assert_one_row_per_file(all_rows(str(out)), inputs)
+
+
+def ray_workers(name: str) -> list[int]:
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
+        except OSError:
+            continue
+        if cmdline.startswith(b"ray::") and name.encode() in cmdline:
+            found.append(int(pid))
+    return found
+
+
+def wait_for_s3(options: str, timeout: float = 30):
+    deadline = time.monotonic() + timeout
+    while True:
+        try:
+            fs = pa_fs.FileSystem.from_uri(f"s3://probe?{options}")[0]
+            fs.get_file_info(pa_fs.FileSelector("", recursive=False))
+            return fs
+        except OSError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.3)
