@@ -15,6 +15,9 @@ Locked down by default: loopback, no model control, HTTP and metrics off, and th
 unless a request carries the admin key (gRPC header `triton-grpc-protocol-admin-key`, HTTP
 header `admin-key`: see TritonServer.admin_headers). Inference, health, metadata and
 statistics stay open. A non-loopback address without TLS is logged as a warning.
+SAMPLEIQA_HTTP_OPEN=health narrows HTTP to its health endpoints (a cluster's probes); every
+other HTTP API then needs the key. SAMPLEIQA_TRITONSERVER_DIR runs another Triton install
+(NVIDIA's image: /opt/tritonserver) instead of the wheel's.
 
 Supervised: Triton 2.51 never replaces a python-backend stub that died (the OOM killer,
 a crash); the server and its models stay READY while every request through that instance
@@ -59,6 +62,13 @@ log = logging.getLogger(__name__)
 RESTRICTED = ("model-repository", "shared-memory", "trace", "logging")
 ADMIN_HEADER = "admin-key"
 ADMIN_KEY_ENV = "SAMPLEIQA_ADMIN_KEY"
+# Every HTTP API group of Triton 2.51. SAMPLEIQA_HTTP_OPEN=health leaves only the health
+# endpoints open on HTTP (a cluster's probes need them; inference stays on gRPC and TLS).
+HTTP_APIS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
+             "statistics", "trace", "logging")
+HTTP_OPEN_ENV = "SAMPLEIQA_HTTP_OPEN"
+# A Triton installed elsewhere (the GPU image's /opt/tritonserver) instead of the wheel's.
+TRITONSERVER_DIR_ENV = "SAMPLEIQA_TRITONSERVER_DIR"
 
 
 class ServerError(RuntimeError):
@@ -99,6 +109,9 @@ def _pytriton_dir() -> Path:
 
 def triton_paths() -> tuple[Path, Path]:
     """(tritonserver binary, backend directory), with the python stub put in place."""
+    if os.environ.get(TRITONSERVER_DIR_ENV):
+        root = Path(os.environ[TRITONSERVER_DIR_ENV])  # a full Triton install: its stub is in place
+        return root / "bin" / "tritonserver", root / "backends"
     root = _pytriton_dir()
     binary = root / "bin" / "tritonserver"
     backends = root / "backends"
@@ -264,8 +277,9 @@ class TritonServer:
             args += self.tls.args()
         if self.http_port:
             args += ["--allow-http=true", f"--http-address={self.host}", f"--http-port={self.http_port}"]
-            if self.restrict and self.restricted:
-                args.append(f"--http-restricted-api={','.join(self.restricted)}:{ADMIN_HEADER}={self.admin_key}")
+            http_restricted = self.http_restricted()
+            if http_restricted:
+                args.append(f"--http-restricted-api={','.join(http_restricted)}:{ADMIN_HEADER}={self.admin_key}")
         else:
             args += ["--allow-http=false"]
         if self.metrics_port:
@@ -273,6 +287,17 @@ class TritonServer:
         else:
             args += ["--allow-metrics=false", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false"]
         return args + self.extra_args
+
+    def http_restricted(self) -> tuple[str, ...]:
+        """The HTTP APIs that need the admin key: RESTRICTED, or every API but those named in
+        SAMPLEIQA_HTTP_OPEN (which narrows HTTP even when --unrestricted)."""
+        open_http = os.environ.get(HTTP_OPEN_ENV, self.env.get(HTTP_OPEN_ENV))
+        if open_http is not None:
+            named = {api.strip() for api in open_http.split(",") if api.strip()}
+            if named - set(HTTP_APIS):
+                raise ServerError(f"{HTTP_OPEN_ENV}: unknown {sorted(named - set(HTTP_APIS))}; choose from {HTTP_APIS}")
+            return tuple(api for api in HTTP_APIS if api not in named)
+        return self.restricted if self.restrict else ()
 
     def start(self, timeout_s: float = 180.0) -> "TritonServer":
         if not (self.repository / ENSEMBLE / "config.pbtxt").exists():
