@@ -1,0 +1,1 @@
+"""Container images and Kubernetes manifests for SampleIQA (`python -m sampleiqa.deploy.render`)."""

@@ -1,0 +1,356 @@
+"""deploy/: the committed manifests are a fresh render, pass the Kubernetes 1.30 schemas, and
+mean what they say: `sampleiqa serve` started with exactly the Deployment's container arguments
+and environment (loopback ports substituted for the container ports) answers the probes' paths
+as the probes expect: nothing before the models are loaded, ready once they are, not ready
+while the launcher restarts Triton after a stub died, ready again after it.
+
+Not checked here (no cluster, no Docker daemon): the images build, the pods schedule, the
+kubelet runs the probes, the adapter serves the metric (deploy/README.md, "Not verified")."""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import os
+import shutil
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import grpc
+import kubernetes_validate
+import pytest
+import yaml
+
+from sampleiqa.clients.commands import add_serve_arguments
+from sampleiqa.deploy import layout, render
+from sampleiqa.deploy.cluster import TLS_ARGS, tls_patch
+from sampleiqa.deploy.flavours import FLAVOURS
+from sampleiqa.paths import DEFAULT_REPOSITORY
+from sampleiqa.procfs import child_pids, stub_regions
+from sampleiqa.server import HTTP_APIS, HTTP_OPEN_ENV, TRITONSERVER_DIR_ENV, TritonServer, free_port, triton_paths
+
+from .conftest import ROOT, SAMPLES
+
+K8S = ROOT / "deploy" / "k8s"
+KUBERNETES = "1.30.0"
+
+
+def _load(path: Path):
+    return yaml.safe_load(path.read_text())
+
+
+def _deployment(flavour: str) -> dict:
+    return _load(K8S / flavour / "deployment.yaml")
+
+
+def _container(deployment: dict) -> dict:
+    return deployment["spec"]["template"]["spec"]["containers"][0]
+
+
+def _serve_args(argv: list[str]) -> argparse.Namespace:
+    assert argv[0] == "serve", argv
+    parser = argparse.ArgumentParser(exit_on_error=False)
+    add_serve_arguments(parser)
+    return parser.parse_args(argv[1:])
+
+
+def _apply_json_patch(document: dict, ops: list[dict]) -> dict:
+    """The "add" operations of RFC 6902 that the TLS component uses (kubectl may be absent)."""
+    document = copy.deepcopy(document)
+    for op in ops:
+        assert op["op"] == "add"
+        *parents, last = op["path"].strip("/").split("/")
+        target = document
+        for key in parents:
+            target = target[int(key)] if isinstance(target, list) else target[key]
+        if last == "-":
+            target.append(op["value"])
+        else:
+            target[last] = op["value"]
+    return document
+
+
+def test_committed_manifests_are_a_fresh_render():
+    assert render.stale(K8S) == [], "deploy/k8s was edited by hand or is stale: python -m sampleiqa.deploy.render"
+
+
+def test_every_manifest_passes_the_kubernetes_schemas():
+    documents = [(p, _load(p)) for flavour in FLAVOURS for p in sorted((K8S / flavour).glob("*.yaml"))
+                 if p.name != "kustomization.yaml"]
+    with_tls = _apply_json_patch(_deployment("cpu"), _load(K8S / "components" / "tls" / "tls-patch.yaml"))
+    documents.append((Path("cpu deployment + components/tls"), with_tls))
+    assert len(documents) == 11
+    for path, document in documents:
+        kubernetes_validate.validate(document, KUBERNETES, strict=True)
+    # The validator can fail: a misspelt probe field and a port given as a string.
+    broken = _deployment("cpu")
+    _container(broken)["readinessProbe"]["httpGet"]["paht"] = layout.READY_PATH
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES, strict=True)
+    broken = _deployment("gpu")
+    _container(broken)["ports"][0]["containerPort"] = str(layout.GRPC_PORT)
+    with pytest.raises(kubernetes_validate.ValidationError):
+        kubernetes_validate.validate(broken, KUBERNETES, strict=True)
+
+
+def test_each_kustomization_lists_its_folder():
+    for flavour in FLAVOURS:
+        folder = K8S / flavour
+        listed = _load(folder / "kustomization.yaml")["resources"]
+        assert sorted(listed) == sorted(p.name for p in folder.glob("*.yaml") if p.name != "kustomization.yaml")
+
+
+@pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl not installed (CI); the Python checks above stand")
+def test_kustomize_builds_each_flavour_and_the_tls_overlay(tmp_path):
+    for flavour in FLAVOURS:
+        out = subprocess.run(["kubectl", "kustomize", str(K8S / flavour)], capture_output=True, text=True, check=True)
+        kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.stdout))
+        assert kinds == ["Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "Service"]
+    overlay = tmp_path / "overlay"
+    overlay.mkdir()
+    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
+        "resources": [os.path.relpath(K8S / "cpu", overlay)],
+        "components": [os.path.relpath(K8S / "components" / "tls", overlay)]}))
+    out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, check=True)
+    deployment = next(d for d in yaml.safe_load_all(out.stdout) if d["kind"] == "Deployment")
+    assert deployment == _apply_json_patch(_deployment("cpu"), tls_patch())
+
+
+def test_the_tls_component_mounts_what_serve_reads():
+    deployment = _apply_json_patch(_deployment("cpu"), tls_patch())
+    args = _serve_args(_container(deployment)["args"])
+    mount = next(m for m in _container(deployment)["volumeMounts"] if m["name"] == "tls")
+    secret = next(v for v in deployment["spec"]["template"]["spec"]["volumes"] if v["name"] == "tls")["secret"]
+    assert secret["secretName"] == layout.TLS_SECRET
+    # kubernetes.io/tls Secrets hold tls.crt and tls.key.
+    assert (args.tls_cert, args.tls_key) == (f"{mount['mountPath']}/tls.crt", f"{mount['mountPath']}/tls.key")
+    assert TLS_ARGS == ["--tls-cert", args.tls_cert, "--tls-key", args.tls_key]
+
+
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+def test_probes_ports_and_the_pod_agree(flavour):
+    deployment = _deployment(flavour)
+    pod = deployment["spec"]["template"]["spec"]
+    container = _container(deployment)
+    args = _serve_args(container["args"])
+    ports = {p["name"]: p["containerPort"] for p in container["ports"]}
+    assert ports == {"grpc": args.grpc_port, "http-health": args.http_port, "metrics": args.metrics_port}
+    assert args.host == "0.0.0.0"  # the kubelet and the Service reach the pod's address
+    probes = {k: container[k]["httpGet"] for k in ("startupProbe", "livenessProbe", "readinessProbe")}
+    assert {p["port"] for p in probes.values()} == {"http-health"}
+    assert probes["readinessProbe"]["path"] == layout.READY_PATH and probes["livenessProbe"]["path"] == layout.LIVE_PATH
+    startup = container["startupProbe"]
+    assert startup["periodSeconds"] * startup["failureThreshold"] >= 300  # loading + warm-up, never killed for it
+    env = {e["name"]: e for e in container["env"]}
+    assert env[HTTP_OPEN_ENV]["value"] == "health"
+    assert env["SAMPLEIQA_ADMIN_KEY"]["valueFrom"]["secretKeyRef"]["name"] == layout.ADMIN_SECRET
+    assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == layout.USER_ID
+    for c in pod.get("initContainers", []) + [container]:
+        sc = c["securityContext"]
+        assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"] and not sc["allowPrivilegeEscalation"]
+        mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
+        assert {"/dev/shm", "/tmp", layout.LOG_DIR} <= set(mounts)
+    dshm = next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]
+    assert dshm["medium"] == "Memory" and dshm["sizeLimit"]
+    assert args.log_file.startswith(layout.LOG_DIR + "/")
+    gpus = container["resources"]["limits"].get("nvidia.com/gpu")
+    assert gpus == ("1" if flavour == "gpu" else None)
+    if flavour == "gpu":  # the engine is built on the pod's GPU, into the folder served
+        init = pod["initContainers"][0]
+        assert init["resources"]["limits"]["nvidia.com/gpu"] == "1"
+        assert init["args"][init["args"].index("--out") + 1] == args.repository
+        assert env[TRITONSERVER_DIR_ENV]["value"] == layout.TRITON_DIR
+    else:
+        assert args.repository == layout.CPU_REPOSITORY
+
+
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+def test_service_policy_and_autoscaler_name_real_ports_and_metrics(flavour):
+    container = _container(_deployment(flavour))
+    names = {p["name"] for p in container["ports"]}
+    service = _load(K8S / flavour / "service.yaml")
+    assert service["spec"]["type"] == "ClusterIP"
+    assert {p["targetPort"] for p in service["spec"]["ports"]} == {"grpc", "metrics"}
+    policy = _load(K8S / flavour / "networkpolicy.yaml")
+    rules = {r["ports"][0]["port"]: r.get("from") for r in policy["spec"]["ingress"]}
+    assert set(rules) <= names and rules["grpc"] is None
+    assert rules["metrics"] == [{"namespaceSelector": {"matchLabels": {
+        "kubernetes.io/metadata.name": layout.MONITORING_NAMESPACE}}}]
+    hpa = _load(K8S / flavour / "hpa.yaml")
+    rule = _load(K8S / "monitoring" / "prometheus-adapter-values.yaml")["rules"]["custom"][0]
+    assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == rule["name"]["as"] == layout.QUEUE_METRIC
+    assert hpa["spec"]["scaleTargetRef"]["name"] == _deployment(flavour)["metadata"]["name"]
+    monitor = _load(K8S / "monitoring" / "servicemonitor.yaml")
+    assert monitor["spec"]["endpoints"][0]["port"] in {p["name"] for p in service["spec"]["ports"]}
+
+
+def test_the_dockerfiles_match_the_pod():
+    for flavour in FLAVOURS:
+        text = (ROOT / "deploy" / "docker" / f"Dockerfile.{flavour}").read_text()
+        assert f"USER {layout.USER_ID}:{layout.USER_ID}" in text and f"WORKDIR {layout.SOURCE_DIR}" in text
+        assert '"/usr/bin/tini", "--"' in text and text.rstrip().endswith('"--grpc-port", "8001"]')
+    assert f"SAMPLEIQA_TRITONSERVER_DIR={layout.TRITON_DIR}" in (ROOT / "deploy/docker/Dockerfile.gpu").read_text()
+
+
+def test_tritonserver_flags_from_the_container_args(monkeypatch, tmp_path):
+    """What `serve` makes of the Deployment's arguments: strict readiness, HTTP health only."""
+    container = _container(_deployment("cpu"))
+    args = _serve_args(container["args"])
+    monkeypatch.setenv(HTTP_OPEN_ENV, "health")
+    server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
+                          metrics_port=args.metrics_port, host=args.host, admin_key="k" * 24)
+    command = server.command()
+    assert "--strict-readiness=true" in command and "--model-control-mode=none" in command
+    restricted = next(a for a in command if a.startswith("--http-restricted-api="))
+    assert restricted.split("=", 1)[1].split(":")[0].split(",") == [a for a in HTTP_APIS if a != "health"]
+    monkeypatch.setenv(TRITONSERVER_DIR_ENV, str(tmp_path))  # the GPU image's own Triton
+    assert triton_paths() == (tmp_path / "bin" / "tritonserver", tmp_path / "backends")
+
+
+# --- the real launcher with the Deployment's arguments -------------------------------------------
+
+
+def _http(port: int, path: str, headers: dict | None = None) -> int | str:
+    try:
+        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {}),
+                                    timeout=3) as r:
+            return r.status
+    except urllib.error.HTTPError as exc:
+        return exc.code
+    except OSError:
+        return "down"
+
+
+def _until(predicate, timeout_s: float, every_s: float = 0.2):
+    deadline = time.monotonic() + timeout_s
+    seen = []
+    while time.monotonic() < deadline:
+        seen.append(predicate())
+        if seen[-1] is True:
+            return seen
+        time.sleep(every_s)
+    raise AssertionError(f"not within {timeout_s}s: last {seen[-5:]}")
+
+
+class Pod:
+    """`sampleiqa serve` as the container runs it: its args and plain env, ports on loopback."""
+
+    def __init__(self, tmp: Path):
+        container = _container(_deployment("cpu"))
+        self.ports = {name: free_port() for name in layout.PORT_NAMES}
+        numbers = {str(port): str(self.ports[name]) for name, port in layout.PORT_NAMES.items()}
+        swap = {"0.0.0.0": "127.0.0.1", layout.CPU_REPOSITORY: str(DEFAULT_REPOSITORY),
+                layout.LOG_FILE: str(tmp / "triton.log"), **numbers}
+        self.argv = [swap.get(a, a) for a in container["args"]]
+        assert sum(a != b for a, b in zip(self.argv, container["args"])) == 6  # only ports, host, paths
+        self.env = {**os.environ, **{e["name"]: e["value"] for e in container["env"] if "value" in e},
+                    "HOME": str(tmp), "XDG_CACHE_HOME": str(tmp / "cache"), "SAMPLEIQA_ADMIN_KEY": "admin-" + "k" * 20}
+        self.process: subprocess.Popen | None = None
+        self.output = tmp / "serve.out"
+
+    def start(self) -> None:
+        with open(self.output, "wb") as out:
+            self.process = subprocess.Popen([sys.executable, "-m", "sampleiqa.cli", *self.argv], env=self.env,
+                                            stdout=out, stderr=subprocess.STDOUT)
+
+    def probe(self, kind: str) -> int | str:
+        return _http(self.ports["http-health"], layout.LIVE_PATH if kind == "live" else layout.READY_PATH)
+
+    def stubs(self) -> list[int]:
+        tritons = [pid for pid in child_pids(self.process.pid)]
+        return [stub for triton in tritons for stub in stub_regions(triton)]
+
+    def stop(self) -> int:
+        self.process.send_signal(signal.SIGTERM)
+        return self.process.wait(60)
+
+
+@pytest.fixture(scope="module")
+def pod(tmp_path_factory):
+    pod = Pod(tmp_path_factory.mktemp("pod"))
+    pod.start()
+    # Loading: the probes' port is closed, so readiness (and liveness) fail; startup waits.
+    loading = _until(lambda: pod.probe("ready") == 200 or pod.probe("ready"), 120, every_s=0.1)
+    pod.seen_while_loading = loading[:-1]
+    # The launcher supervises the stubs once its own readiness check has passed, which can be a
+    # few seconds after Triton's (its gRPC client backs off while the port is closed).
+    _until(lambda: "SampleIQA serving on" in pod.output.read_text(), 30)
+    yield pod
+    if pod.process.poll() is None:
+        pod.stop()
+
+
+@pytest.mark.server
+def test_probes_answer_as_the_deployment_expects(pod):
+    assert pod.seen_while_loading and set(pod.seen_while_loading) == {"down"}, pod.seen_while_loading
+    assert pod.probe("live") == 200 and pod.probe("ready") == 200
+    http = pod.ports["http-health"]
+    # Health only on HTTP: inference and metadata need the admin key (gRPC is the clients' port).
+    assert _http(http, "/v2/models/sampleiqa") == 403
+    assert _http(http, "/v2/models/sampleiqa", {"admin-key": pod.env["SAMPLEIQA_ADMIN_KEY"]}) == 200
+
+
+@pytest.mark.server
+def test_grpc_scores_and_metrics_carry_the_autoscalers_series(pod):
+    from sampleiqa.clients import ScoringClient
+
+    with ScoringClient(f"127.0.0.1:{pod.ports['grpc']}", timeout_s=60) as client:
+        result = client.score((SAMPLES / "astronaut.jpg").read_bytes())
+    assert 0 <= result.score <= 1
+    with urllib.request.urlopen(f"http://127.0.0.1:{pod.ports['metrics']}/metrics", timeout=5) as r:
+        metrics = r.read().decode()
+    for series in ('nv_inference_queue_duration_us{model="preprocess"', 'nv_inference_queue_duration_us{model="scorer"',
+                   'nv_inference_request_success{model="sampleiqa"'):
+        assert series in metrics, series
+
+
+@pytest.mark.server
+def test_grpc_health_service_answers_serving(pod):
+    """Triton 2.51 implements grpc.health.v1 (a kubelet `grpc:` probe would work without TLS;
+    the manifests use HTTP probes because the kubelet's gRPC probe cannot speak TLS)."""
+    with grpc.insecure_channel(f"127.0.0.1:{pod.ports['grpc']}") as channel:
+        reply = channel.unary_unary("/grpc.health.v1.Health/Check")(b"", timeout=5)
+    assert reply == b"\x08\x01"  # field 1 (status) = SERVING
+
+
+@pytest.mark.server
+def test_readiness_drops_while_the_launcher_restarts_triton_and_liveness_outlasts_it(pod):
+    stubs = pod.stubs()
+    assert len(stubs) == 3  # 2 preprocess instances + 1 scorer
+    started = time.monotonic()
+    os.kill(stubs[0], signal.SIGKILL)
+    _until(lambda: pod.probe("ready") != 200, 10, every_s=0.1)
+    assert "restarting Triton" in pod.output.read_text()
+    _until(lambda: pod.probe("ready") == 200, 120, every_s=0.2)
+    outage = time.monotonic() - started
+    liveness = _container(_deployment("cpu"))["livenessProbe"]
+    assert outage < liveness["periodSeconds"] * liveness["failureThreshold"], outage
+    assert pod.process.poll() is None and set(pod.stubs()).isdisjoint(stubs)
+
+
+@pytest.mark.server
+def test_sigterm_stops_the_pod_cleanly(pod):
+    assert pod.stop() == 0
+    assert pod.probe("live") == "down" and pod.probe("ready") == "down"
+
+
+def test_nothing_imports_deploy_and_its_functions_are_short():
+    """deploy/ is the top floor (tests/test_architecture.py does not scan it yet)."""
+    import ast
+
+    for folder in ("sampleiqa", "build", "clients", "training", "perf"):
+        for path in (ROOT / folder).rglob("*.py"):
+            assert "sampleiqa.deploy" not in path.read_text(), path
+    for path in (ROOT / "deploy").glob("*.py"):
+        tree = ast.parse(path.read_text())
+        assert path.read_text().count("\n") <= 300, path
+        for node in ast.walk(tree):
+            if isinstance(node, ast.FunctionDef):
+                assert node.end_lineno - node.lineno < 60, f"{path.name}: {node.name}"
+            if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sampleiqa"):
+                assert not any(a.name.startswith("_") and not a.name.startswith("__") for a in node.names), f"{path.name}: private import"
