@@ -295,18 +295,29 @@ def test_probes_answer_as_the_deployment_expects(pod):
     assert _http(http, "/v2/models/sampleiqa", {"admin-key": pod.env["SAMPLEIQA_ADMIN_KEY"]}) == 200
 
 
+def _metrics(port: int) -> dict[str, float]:
+    with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
+        lines = r.read().decode().splitlines()
+    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and not line.startswith("#")}
+
+
 @pytest.mark.server
 def test_grpc_scores_and_metrics_carry_the_autoscalers_series(pod):
+    """The adapter's query divides queue time of preprocess + scorer by the ensemble's requests:
+    those series exist, and the ensemble's counter counts requests."""
     from sampleiqa.clients import ScoringClient
 
+    queue = [f'nv_inference_queue_duration_us{{model="{m}",version="1"}}' for m in ("preprocess", "scorer")]
+    requests = 'nv_inference_request_success{model="sampleiqa",version="1"}'
+    before = _metrics(pod.ports["metrics"])
     with ScoringClient(f"127.0.0.1:{pod.ports['grpc']}", timeout_s=60) as client:
-        result = client.score((SAMPLES / "astronaut.jpg").read_bytes())
-    assert 0 <= result.score <= 1
-    with urllib.request.urlopen(f"http://127.0.0.1:{pod.ports['metrics']}/metrics", timeout=5) as r:
-        metrics = r.read().decode()
-    for series in ('nv_inference_queue_duration_us{model="preprocess"', 'nv_inference_queue_duration_us{model="scorer"',
-                   'nv_inference_request_success{model="sampleiqa"'):
-        assert series in metrics, series
+        results = [client.score((SAMPLES / name).read_bytes()) for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg")]
+    assert all(0 <= r.score <= 1 for r in results)
+    after = _metrics(pod.ports["metrics"])
+    assert after[requests] - before.get(requests, 0) == 3
+    assert all(after[q] >= before.get(q, 0) for q in queue)
+    assert layout.QUEUE_METRIC and "nv_inference_queue_duration_us" in render.all_files()[
+        "monitoring/prometheus-adapter-values.yaml"]
 
 
 @pytest.mark.server
