@@ -68,7 +68,8 @@ def add_score_arguments(p: argparse.ArgumentParser) -> None:
                                                  "with --engine ray a folder or URI of shards (default scores/)")
     p.add_argument("--format", choices=["csv", "jsonl", "parquet"],
                    help="default: from --out's suffix; parquet (the default) only with --engine ray")
-    p.add_argument("--concurrency", type=int, default=8, metavar="N", help="requests in flight")
+    p.add_argument("--concurrency", type=int, default=8, metavar="N",
+                   help="requests in flight (per actor with --engine ray)")
     p.add_argument("--batch-size", type=int, default=1, metavar="N", help="images per request")
     p.add_argument("--timeout", type=float, default=60.0, metavar="S", help="seconds per request")
     p.add_argument("--retry-seconds", type=float, default=60.0, metavar="S",
@@ -86,7 +87,8 @@ def add_score_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ray-address", metavar="auto|HOST:PORT", help="Ray cluster to join (default: a local one for this run)")
     g.add_argument("--ray-actors", type=int, default=2, metavar="N", help="scoring actors (gRPC clients)")
     g.add_argument("--ray-actor-cpus", type=float, default=1.0, metavar="N", help="CPUs Ray reserves per actor")
-    g.add_argument("--shard-size", type=int, default=1000, metavar="N", help="files per output shard")
+    g.add_argument("--shard-size", type=int, default=200, metavar="N",
+                   help="files per output shard: the unit of work, retry and resume")
 
 
 def cmd_score(args) -> int:

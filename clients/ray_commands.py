@@ -7,7 +7,6 @@ when rows are missing or to retry, and --resume scores exactly those.
 
 from __future__ import annotations
 
-import math
 import sys
 import time
 
@@ -62,11 +61,14 @@ def _run(args, output, job, todo: list[int], summary: Summary) -> int:
     if not urls:
         return 1
     scoring = Scoring(tuple(urls), args.timeout, args.retry_seconds, tls_config(args),
-                           concurrency=max(1, math.ceil(args.concurrency / args.ray_actors)),
+                           concurrency=args.concurrency,
                            batch_size=args.batch_size)
     start = time.monotonic()
     try:
         connect(args.ray_address)
+        print(f"sampleiqa score: Ray ready in {time.monotonic() - start:.1f}s; scoring {len(todo)} shards "
+              f"with {args.ray_actors} actors over {len(urls)} endpoint(s)", file=sys.stderr)
+        start = time.monotonic()  # the rate in the summary is the scoring's, as the local CLI's
         run_shards(output.uri, job.format, todo, scoring, args.ray_actors, args.ray_actor_cpus, summary)
     except KeyboardInterrupt:
         summary.aborted = "interrupted"

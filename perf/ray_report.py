@@ -1,0 +1,58 @@
+"""The report of perf/ray_scaling.py: a Markdown table, the JSON beside it, and a PNG of the
+driver's memory against files listed."""
+
+from __future__ import annotations
+
+import json
+import platform
+from pathlib import Path
+
+from .plots import new_axes, save
+
+
+def write_report(results: dict, report: Path) -> None:
+    report.parent.mkdir(parents=True, exist_ok=True)
+    report.with_suffix(".json").write_text(json.dumps(results, indent=1))
+    lines = [f"# Ray engine on one machine ({platform.machine()}, {_cores()} cores)", ""]
+    if "throughput" in results:
+        lines += _throughput(results["throughput"])
+    if "listing" in results:
+        lines += _listing(results["listing"], report)
+    report.write_text("\n".join(lines) + "\n")
+    print(report.read_text())
+
+
+def _cores() -> int:
+    import os
+
+    return len(os.sched_getaffinity(0))
+
+
+def _throughput(t: dict) -> list[str]:
+    med, wall = t["median_images_per_s"], t["median_wall_s"]
+    rows = [f"| {k} | {med[k]:.1f} | {', '.join(f'{r:.1f}' for r, _ in t['runs'][k])} | {wall[k]:.1f} |"
+            for k in ("local", "ray")]
+    return [f"## Throughput: {t['photos']} BIQ2021 photos, one embedded Triton server, "
+            f"`--concurrency {t['concurrency']}` (Ray: per actor, {t['actors']} actors)", "",
+            "| engine | median images/s (scoring) | each round | median wall s (whole command) |",
+            "|---|---|---|---|", *rows, "",
+            f"**Ray / local: {t['ratio_ray_to_local']:.2f}** (same run, interleaved rounds; Ray: "
+            f"{t['actors']} actors on a cluster started once, as a cluster would be).", ""]
+
+
+def _listing(listing: dict, report: Path) -> list[str]:
+    png = report.with_name(report.stem + "-listing.png")
+    axes = new_axes()
+    if axes:
+        fig, ax = axes
+        for name, label in (("manifest", "Ray driver: listing streamed into the manifest"),
+                            ("in_memory", "local CLI: the listing held in memory")):
+            points = listing[name]["points"]
+            ax.plot([n for n, _ in points], [m for _, m in points], marker=".", label=label)
+        save(fig, ax, png, f"Driver memory while listing {listing['keys']:,} files", "files listed", "RSS (MiB)")
+    rows = [f"| {label} | {listing[k]['rss_after_imports_mib']:.0f} | {listing[k]['peak_rss_mib']:.0f} | "
+            f"{listing[k]['seconds']:.0f} |"
+            for k, label in (("manifest", "Ray driver (manifest, streamed)"), ("in_memory", "local CLI (in memory)"))]
+    return [f"## Listing {listing['keys']:,} files (1,000 per folder)", "",
+            "| lister | RSS after imports, MiB | peak RSS, MiB | seconds |", "|---|---|---|---|", *rows, "",
+            f"![RSS against files listed]({png.name})" if axes else "", ""]
