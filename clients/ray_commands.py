@@ -42,6 +42,7 @@ def score_on_ray(args) -> int:
             print("sampleiqa score: no image files found", file=sys.stderr)
             return 2
         todo, final_rows = todo_shards(output, job)
+        output.drop_partial_writes()
     except (OSError, ValueError) as exc:
         print(f"sampleiqa score: {exc}", file=sys.stderr)
         return 2

@@ -79,6 +79,8 @@ class Output:
         if is_uri(out):
             self.fs, self.root = pafs.FileSystem.from_uri(out)
         else:
+            if os.path.isfile(out):
+                raise ValueError(f"{out} is a file: a distributed run writes a folder of shards (--out FOLDER)")
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(out)
         self.uri = out
 
@@ -119,6 +121,14 @@ class Output:
 
         if self.fs.get_file_info(self._path(META)).type == pafs.FileType.Directory:
             self.fs.delete_dir(self._path(META))
+
+    def drop_partial_writes(self) -> None:
+        """Writes a killed attempt left behind (one run per output at a time: a new run means
+        the last one is over)."""
+        import pyarrow.fs as pafs
+
+        if self.fs.get_file_info(self._path(META, "tmp")).type == pafs.FileType.Directory:
+            self.fs.delete_dir_contents(self._path(META, "tmp"))
 
     # -- the job and its manifest
     def job(self) -> Job | None:
