@@ -365,3 +365,38 @@ def test_nothing_imports_deploy_and_its_functions_are_short():
                 assert node.end_lineno - node.lineno < 60, f"{path.name}: {node.name}"
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sampleiqa"):
                 assert not any(a.name.startswith("_") and not a.name.startswith("__") for a in node.names), f"{path.name}: private import"
+
+
+@pytest.mark.server
+@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare for a private mount namespace")
+def test_the_cpu_pod_serves_on_a_read_only_root_with_only_its_volumes_writable(tmp_path):
+    """readOnlyRootFilesystem, as near as this machine gets: in a private mount namespace the
+    root is remounted read-only and each of the container's volumeMounts is a fresh tmpfs;
+    `serve` with the Deployment's arguments (log file included) must load, warm up and score."""
+    pod = Pod(tmp_path)
+    pod.argv = [a if a != str(tmp_path / "triton.log") else layout.LOG_FILE for a in pod.argv]
+    mounts = [m["mountPath"] for m in _container(_deployment("cpu"))["volumeMounts"]]
+    script = ""
+    for path in mounts:  # a folder the host lacks is made inside a tmpfs over its parent, not on the host
+        if not Path(path).is_dir():
+            script += f"mount -t tmpfs -o size=1m tmpfs {Path(path).parent} && mkdir {path} && "
+        script += f"mount -t tmpfs -o size=1g tmpfs {path} && "
+    script += f"mount -o remount,bind,ro / && ! touch {DEFAULT_REPOSITORY}/written && "
+    script += "exec " + " ".join([sys.executable, "-m", "sampleiqa.cli", *pod.argv])
+    env = {**pod.env, "HOME": "/tmp", "XDG_CACHE_HOME": "/tmp/cache"}
+    with open(pod.output, "wb") as out:
+        pod.process = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--fork",
+                                        "--kill-child=SIGTERM", "bash", "-c", script],
+                                       env=env, stdout=out, stderr=subprocess.STDOUT)
+    try:
+        _until(lambda: pod.probe("ready") == 200 or pod.process.poll() is not None, 120)
+        assert pod.probe("ready") == 200, pod.output.read_text()[-2000:]
+        from sampleiqa.clients import ScoringClient
+
+        with ScoringClient(f"127.0.0.1:{pod.ports['grpc']}", timeout_s=60) as client:
+            assert client.score((SAMPLES / "astronaut.jpg").read_bytes()).ok
+    finally:
+        for serve in child_pids(pod.process.pid):  # unshare ignores SIGTERM while it waits: stop `serve` itself
+            os.kill(serve, signal.SIGTERM)
+        assert pod.process.wait(60) == 0
+    assert not (DEFAULT_REPOSITORY / "written").exists()
