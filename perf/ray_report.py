@@ -29,15 +29,20 @@ def _cores() -> int:
 
 
 def _throughput(t: dict) -> list[str]:
-    med, wall = t["median_images_per_s"], t["median_wall_s"]
-    rows = [f"| {k} | {med[k]:.1f} | {', '.join(f'{r:.1f}' for r, _ in t['runs'][k])} | {wall[k]:.1f} |"
+    med, n = t["median"], t["photos"]
+    rounds = {k: ", ".join(f"{r['rate']:.1f}" for r in t["runs"][k]) for k in ("local", "ray")}
+    rows = [f"| {k} | {med[k]['rate']:.1f} | {rounds[k]} | "
+            f"{med[k]['wall_s']:.1f} | {1000 * med[k]['server_cpu_s'] / n:.1f} | {1000 * med[k]['client_cpu_s'] / n:.1f} |"
             for k in ("local", "ray")]
-    return [f"## Throughput: {t['photos']} BIQ2021 photos, one embedded Triton server, "
-            f"`--concurrency {t['concurrency']}` (Ray: per actor, {t['actors']} actors)", "",
-            "| engine | median images/s (scoring) | each round | median wall s (whole command) |",
-            "|---|---|---|---|", *rows, "",
-            f"**Ray / local: {t['ratio_ray_to_local']:.2f}** (same run, interleaved rounds; Ray: "
-            f"{t['actors']} actors on a cluster started once, as a cluster would be).", ""]
+    return [f"## Throughput: {n} BIQ2021 photos (mean {t['mean_photo_bytes'] / 1024:.0f} KiB), one embedded "
+            f"Triton server, `--concurrency {t['concurrency']}` (Ray: per actor, {t['actors']} actors, "
+            f"shards of {t['shard_size']})", "",
+            "| engine | median images/s (scoring) | each round | median wall s (whole command) "
+            "| server CPU ms/image | client CPU ms/image |",
+            "|---|---|---|---|---|---|", *rows, "",
+            f"**Ray / local: {t['ratio_ray_to_local']:.2f}** (same run, interleaved rounds; the Ray cluster was "
+            "started once, as a cluster would be; client CPU: the CLI process, or every process of the Ray "
+            "cluster: GCS, raylet, driver-side workers, actors).", ""]
 
 
 def _listing(listing: dict, report: Path) -> list[str]:

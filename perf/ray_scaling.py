@@ -20,6 +20,7 @@ import argparse
 import json
 import os
 import re
+import resource
 import secrets
 import shutil
 import statistics
@@ -31,6 +32,8 @@ from pathlib import Path
 
 from sampleiqa.paths import DEFAULT_REPOSITORY, SHARED_DATA
 from sampleiqa.server import TritonServer, free_port
+
+from .cpu_time import process_tree_cpu_s
 
 DATA = Path(os.environ.get("SAMPLEIQA_DATA", SHARED_DATA)) / "biq2021" / "images"
 SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli", "score"]
@@ -44,13 +47,36 @@ def rate_of(log: str) -> float:
     return float(m.group(1))
 
 
-def timed_run(args: list[str]) -> tuple[float, float]:
-    """(images/s of the scoring, wall seconds of the whole command)."""
+def timed_run(args: list[str], server_pid: int, client_roots) -> dict:
+    """The scoring's images/s, the whole command's wall seconds, and the CPU seconds the
+    server and the client side (the CLI, or the Ray cluster's processes) spent."""
+    server_cpu, client_cpu = process_tree_cpu_s(server_pid), _cpu(client_roots())
+    children = resource.getrusage(resource.RUSAGE_CHILDREN)
     start = time.monotonic()
     res = subprocess.run(args, capture_output=True, text=True, env={**os.environ, **RAY_ENV})
+    wall = time.monotonic() - start
     if res.returncode != 0:
         raise RuntimeError(f"{' '.join(args)} failed:\n{res.stderr[-3000:]}")
-    return rate_of(res.stderr), time.monotonic() - start
+    after = resource.getrusage(resource.RUSAGE_CHILDREN)
+    cli_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
+    return {"rate": rate_of(res.stderr), "wall_s": wall, "server_cpu_s": process_tree_cpu_s(server_pid) - server_cpu,
+            "client_cpu_s": cli_cpu + _cpu(client_roots()) - client_cpu}
+
+
+def _cpu(roots: list[int]) -> float:
+    return sum(process_tree_cpu_s(pid) for pid in roots)
+
+
+def cluster_roots(temp: Path) -> list[int]:
+    """The Ray cluster's daemons (GCS, raylet, ...; the workers are the raylet's children)."""
+    found = []
+    for pid in filter(str.isdigit, os.listdir("/proc")):
+        try:
+            if str(temp).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
+                found.append(int(pid))
+        except OSError:
+            continue
+    return found
 
 
 def ray_cluster(temp: Path) -> str:
@@ -72,22 +98,24 @@ def throughput(photos: int, rounds: int, concurrency: int, actors: int, shard_si
         address = ray_cluster(work / "ray")
         try:
             common = [str(folder), "--url", server.url]
+            pid = server.process.pid
             for r in range(rounds):
                 runs["local"].append(timed_run(SAMPLEIQA + common + [
-                    "--out", str(work / f"local-{r}.csv"), "--concurrency", str(concurrency)]))
+                    "--out", str(work / f"local-{r}.csv"), "--concurrency", str(concurrency)], pid, list))
                 runs["ray"].append(timed_run(SAMPLEIQA + common + [  # the same flags: --concurrency per actor
                     "--out", str(work / f"ray-{r}"), "--engine", "ray", "--ray-address", address,
                     "--ray-actors", str(actors), "--concurrency", str(concurrency),
-                    "--shard-size", str(shard_size)]))
-                print(f"round {r + 1}/{rounds}: local {runs['local'][-1][0]:.1f}, ray {runs['ray'][-1][0]:.1f} "
+                    "--shard-size", str(shard_size)], pid, lambda: cluster_roots(work / "ray")))
+                print(f"round {r + 1}/{rounds}: local {runs['local'][-1]['rate']:.1f}, ray {runs['ray'][-1]['rate']:.1f} "
                       "images/s", file=sys.stderr, flush=True)
         finally:
             subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
-    med = {k: statistics.median(rate for rate, _ in v) for k, v in runs.items()}
+    med = {k: {m: statistics.median(run[m] for run in v) for m in v[0]} for k, v in runs.items()}
+    sizes = [p.stat().st_size for p in folder.iterdir()]
     return {"photos": photos, "rounds": rounds, "concurrency": concurrency, "actors": actors,
-            "shard_size": shard_size, "runs": runs,
-            "median_images_per_s": med, "ratio_ray_to_local": med["ray"] / med["local"],
-            "median_wall_s": {k: statistics.median(w for _, w in v) for k, v in runs.items()}}
+            "shard_size": shard_size, "runs": runs, "median": med,
+            "ratio_ray_to_local": med["ray"]["rate"] / med["local"]["rate"],
+            "mean_photo_bytes": sum(sizes) / len(sizes)}
 
 
 def make_keys(root: Path, keys: int, per_folder: int = 1000) -> None:

@@ -201,6 +201,29 @@ def test_s3_inputs_and_outputs_on_a_real_s3_server(cluster, replicas, tmp_path):
         moto.kill()
 
 
+def test_resume_rescores_only_the_rows_to_retry_and_keeps_the_rest(replicas, tmp_path):
+    """A shard task on an output whose shard holds a [server] row: that file is scored
+    again, the final rows are kept as they were, and the shard still has one row per file."""
+    from sampleiqa.clients import ScoringClient
+    from sampleiqa.clients.ray_engine import Reader, Scoring, score_shard
+    from sampleiqa.clients.shards import Job
+
+    photos = biq_images(3)
+    output = Output(str(tmp_path / "scores"))
+    job = output.write_listing(Job([str(tmp_path)], False, "parquet", 10), ((str(p), str(p)) for p in photos))
+    kept = {"path": str(photos[0]), "score": 0.123, "face_found": False, "face_x": None, "face_y": None,
+            "face_w": None, "face_h": None, "status": "ok", "error": ""}
+    lost = {**kept, "path": str(photos[1]), "score": None, "status": "error", "error": "[server] UNAVAILABLE"}
+    output.write_rows(0, "parquet", [kept, lost], retry=1)
+    with ScoringClient(replicas[0].url) as client:
+        stats = score_shard(0, output, job.format, client, Reader(), Scoring((replicas[0].url,)))
+    rows = {r["path"]: r for r in output.rows(0, "parquet")}
+    assert (stats.kept, stats.dropped, stats.written) == (1, 1, 2)
+    assert len(rows) == 3 and rows[str(photos[0])]["score"] == 0.123  # kept as it was, not rescored
+    assert all(rows[str(p)]["status"] == "ok" for p in photos[1:])
+    assert dict(output.done()) == {0: {"rows": 3, "retry": 0}}
+
+
 def test_replica_killed_mid_run_fails_over(inputs, cluster, replicas, tmp_path):
     """Last in this module: the killed replica stays down."""
     out = tmp_path / "scores"
