@@ -77,6 +77,7 @@ def _apply_json_patch(document: dict, ops: list[dict]) -> dict:
 
 def test_committed_manifests_are_a_fresh_render():
     assert render.stale(K8S) == [], "deploy/k8s was edited by hand or is stale: python -m sampleiqa.deploy.render"
+    assert not any("&id" in text for text in render.all_files().values())  # plain YAML, no anchors
 
 
 def test_every_manifest_passes_the_kubernetes_schemas():
