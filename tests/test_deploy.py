@@ -251,6 +251,7 @@ class Pod:
         assert sum(a != b for a, b in zip(self.argv, container["args"])) == 6  # only ports, host, paths
         self.env = {**os.environ, **{e["name"]: e["value"] for e in container["env"] if "value" in e},
                     "HOME": str(tmp), "XDG_CACHE_HOME": str(tmp / "cache"), "SAMPLEIQA_ADMIN_KEY": "admin-" + "k" * 20}
+        self.probes = {k: container[k] for k in ("livenessProbe", "readinessProbe")}
         self.process: subprocess.Popen | None = None
         self.output = tmp / "serve.out"
 
@@ -260,7 +261,9 @@ class Pod:
                                             stdout=out, stderr=subprocess.STDOUT)
 
     def probe(self, kind: str) -> int | str:
-        return _http(self.ports["http-health"], layout.LIVE_PATH if kind == "live" else layout.READY_PATH)
+        """What the kubelet's liveness or readiness probe gets: the Deployment's path and port."""
+        get = self.probes[{"live": "livenessProbe", "ready": "readinessProbe"}[kind]]["httpGet"]
+        return _http(self.ports[get["port"]], get["path"])
 
     def stubs(self) -> list[int]:
         tritons = [pid for pid in child_pids(self.process.pid)]
