@@ -278,12 +278,16 @@ class Pod:
 def pod(tmp_path_factory):
     pod = Pod(tmp_path_factory.mktemp("pod"))
     pod.start()
-    # Loading: the probes' port is closed, so readiness (and liveness) fail; startup waits.
-    loading = _until(lambda: pod.probe("ready") == 200 or pod.probe("ready"), 120, every_s=0.1)
-    pod.seen_while_loading = loading[:-1]
-    # The launcher supervises the stubs once its own readiness check has passed, which can be a
-    # few seconds after Triton's (its gRPC client backs off while the port is closed).
-    _until(lambda: "SampleIQA serving on" in pod.output.read_text(), 30)
+    try:
+        # Loading: the probes' port is closed, so readiness (and liveness) fail; startup waits.
+        loading = _until(lambda: pod.probe("ready") == 200 or pod.probe("ready"), 120, every_s=0.1)
+        pod.seen_while_loading = loading[:-1]
+        # The launcher supervises the stubs once its own readiness check has passed, which can be a
+        # few seconds after Triton's (its gRPC client backs off while the port is closed).
+        _until(lambda: "SampleIQA serving on" in pod.output.read_text(), 30)
+    except BaseException:
+        pod.stop()
+        raise
     yield pod
     if pod.process.poll() is None:
         pod.stop()
