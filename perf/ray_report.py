@@ -50,10 +50,13 @@ def _listing(listing: dict, report: Path) -> list[str]:
     axes = new_axes()
     if axes:
         fig, ax = axes
-        for name, label in (("manifest", "Ray driver: listing streamed into the manifest"),
-                            ("in_memory", "local CLI: the listing held in memory")):
-            points = listing[name]["points"]
-            ax.plot([n for n, _ in points], [m for _, m in points], marker=".", label=label)
+        driver = listing["manifest"]
+        points = [(0, driver["rss_after_imports_mib"]), *driver["points"]]
+        ax.plot([n for n, _ in points], [m for _, m in points], marker=".",
+                label="Ray driver: listing streamed into the manifest")
+        ax.axhline(listing["in_memory"]["peak_rss_mib"], linestyle="--", color="tab:red",
+                   label="local CLI's listing (files.discover): its peak")
+        ax.set_ylim(bottom=0)
         save(fig, ax, png, f"Driver memory while listing {listing['keys']:,} files", "files listed", "RSS (MiB)")
     rows = [f"| {label} | {listing[k]['rss_after_imports_mib']:.0f} | {listing[k]['peak_rss_mib']:.0f} | "
             f"{listing[k]['seconds']:.0f} |"

@@ -10,9 +10,9 @@ from pathlib import Path
 from .conftest import ROOT
 
 STAGES = {"sampleiqa.build": "build", "sampleiqa.clients": "clients", "sampleiqa.training": "training",
-          "sampleiqa.perf": "perf"}
+          "sampleiqa.perf": "perf", "sampleiqa.deploy": "deploy"}
 FOLDERS = {"build": "sampleiqa.build", "clients": "sampleiqa.clients", "training": "sampleiqa.training",
-           "perf": "sampleiqa.perf", "sampleiqa": "sampleiqa"}
+           "perf": "sampleiqa.perf", "deploy": "sampleiqa.deploy", "sampleiqa": "sampleiqa"}
 
 
 def _modules() -> dict[str, Path]:
