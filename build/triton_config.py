@@ -30,7 +30,8 @@ class RepositorySettings:
     scorer_instances: int = 1
     ort_threads: int = 2  # cpu scorer: ONNX Runtime intra-op threads per instance
     ort_spinning: bool = False  # cpu scorer: busy-waiting ORT threads burn the cores preprocess needs (perf/results/tuning.md)
-    ort_arena_keep_batch: int = 8  # cpu scorer: ORT's arena is shrunk back after a larger batch (memory bound)
+    ort_arena_keep_batch: int = 8  # cpu scorer: ORT's arena is shrunk back after a larger batch (memory bound) ...
+    ort_arena_shrink_after_s: float = 5.0  # ... once none has run for this long (not after each: perf/results/arena-under-load.md)
     torch_device: str = "gpu"  # gpu-torch: "cpu" runs the same model on CPU (the dry run of perf/gpu_run.py)
     cuda_graphs: bool = True  # gpu-torch: one CUDA graph per batch bucket
     preprocess_queue_delay_us: int = 0
@@ -84,6 +85,7 @@ def scorer_config(s: RepositorySettings) -> mc.ModelConfig:
         c.parameters["intra_op_threads"].string_value = str(s.ort_threads)
         c.parameters["allow_spinning"].string_value = "1" if s.ort_spinning else "0"
         c.parameters["arena_keep_batch"].string_value = str(s.ort_arena_keep_batch)
+        c.parameters["arena_shrink_after_s"].string_value = f"{s.ort_arena_shrink_after_s:g}"
     elif s.target == "gpu-trt":
         c.platform = "tensorrt_plan"
         c.default_model_filename = "model.plan"

@@ -49,7 +49,7 @@ class Scoring:
     timeout_s: float = 60.0
     retry_seconds: float = 60.0
     tls: TLSConfig | None = None
-    concurrency: int = 4  # requests in flight per actor
+    concurrency: int = 8  # requests in flight per actor
     batch_size: int = 1
 
 

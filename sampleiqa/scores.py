@@ -2,13 +2,18 @@
 request's PIXELS in one batch, and the scores split back into one response per request. An
 item without a finite score (the graph's guard answers PIXELS no image gives with NaN) fails
 its request with `item K: [non_finite] ...`, as a bad image fails `preprocess`, so clients
-isolate it. numpy only: repositories vendor it beside the model."""
+isolate it. numpy only (ONNX Runtime where the CPU scorer uses ArenaShrinker): repositories
+vendor it beside the model."""
 
 from __future__ import annotations
 
+import threading
+import time
+from contextlib import contextmanager
+
 import numpy as np
 
-from .contracts import PIXELS, SCORE
+from .contracts import CROP, PIXELS, SCORE
 
 NON_FINITE = "[non_finite] no finite score: PIXELS hold NaN, Inf or values outside what a normalised image gives"
 
@@ -30,3 +35,44 @@ def split_responses(pb_utils, batches: list[np.ndarray], scores: np.ndarray) -> 
             responses.append(pb_utils.InferenceResponse(output_tensors=[pb_utils.Tensor(SCORE, mine)]))
         start += len(batch)
     return responses
+
+
+class ArenaShrinker:
+    """Gives ONNX Runtime's arena back once the load is over. The arena keeps the working set
+    of the largest batch it ran; shrinking it after each large batch makes every large batch
+    fault its pages in again. Here a batch over `keep_batch` only marks the arena as grown,
+    and a thread shrinks it (one batch-1 run with ORT's shrinkage option, between runs)
+    once `after_s` have passed without another."""
+
+    def __init__(self, session, keep_batch: int, after_s: float):
+        import onnxruntime as ort
+
+        self.session, self.keep_batch, self.after_s = session, keep_batch, after_s
+        self.options = ort.RunOptions()
+        self.options.add_run_config_entry("memory.enable_memory_arena_shrinkage", "cpu:0")
+        self.grown_at: float | None = None
+        self.shrinks = 0
+        self._busy = threading.Lock()  # one run at a time: the model's, or the shrink
+        self._stopping = threading.Event()
+        self._thread = threading.Thread(target=self._watch, name="sampleiqa-arena", daemon=True)
+        self._thread.start()
+
+    @contextmanager
+    def run(self, batch: int):
+        with self._busy:
+            yield
+            if batch > self.keep_batch:
+                self.grown_at = time.monotonic()
+
+    def _watch(self) -> None:
+        while not self._stopping.wait(min(0.5, self.after_s)):
+            with self._busy:
+                if self.grown_at is not None and time.monotonic() - self.grown_at >= self.after_s:
+                    name = self.session.get_inputs()[0].name
+                    self.session.run(None, {name: np.zeros((1, 3, CROP, CROP), np.float32)}, self.options)
+                    self.grown_at = None
+                    self.shrinks += 1
+
+    def stop(self) -> None:
+        self._stopping.set()
+        self._thread.join(timeout=5)
