@@ -114,7 +114,9 @@ def channel_target(urls: str | Sequence[str]) -> str:
     return f"{scheme}:" + ",".join(addresses)
 
 
-def channel_args(round_robin: bool) -> list[tuple]:
+def channel_args() -> list[tuple]:
+    """round_robin even for one endpoint: a name that resolves to several addresses (a
+    Kubernetes headless Service) is spread over all of them, not pinned to the first."""
     args = [
         ("grpc.max_send_message_length", MAX_MESSAGE),
         ("grpc.max_receive_message_length", MAX_RESPONSE),
@@ -122,9 +124,8 @@ def channel_args(round_robin: bool) -> list[tuple]:
         ("grpc.keepalive_timeout_ms", 20_000),
         ("grpc.initial_reconnect_backoff_ms", 200),
         ("grpc.max_reconnect_backoff_ms", 2_000),
+        ("grpc.lb_policy_name", "round_robin"),
     ]
-    if round_robin:
-        args.append(("grpc.lb_policy_name", "round_robin"))
     return args
 
 
@@ -178,7 +179,7 @@ class ClientBase:
         self.retry = retry
         self.model = model
         self._client = module.InferenceServerClient(
-            channel_target(urls), channel_args=channel_args(len(urls) > 1), **(tls.client_kwargs() if tls else {}))
+            channel_target(urls), channel_args=channel_args(), **(tls.client_kwargs() if tls else {}))
 
     def backoff(self, exc: Exception, attempt: "Attempt", server_ready) -> float:
         """Seconds to wait before retrying `exc`; re-raises what retrying cannot fix or what

@@ -18,6 +18,16 @@ def service() -> dict:
             "spec": {"type": "ClusterIP", "selector": dict(layout.LABELS), "ports": ports}}
 
 
+def pods_service() -> dict:
+    """Headless: its DNS name resolves to every ready pod, so one gRPC client (whose
+    round_robin policy connects to every address a name resolves to) spreads its requests
+    over all replicas. Through the ClusterIP Service one HTTP/2 connection lands on one pod."""
+    ports = [{"name": "grpc", "port": layout.GRPC_PORT, "targetPort": "grpc", "appProtocol": "grpc"}]
+    return {"apiVersion": "v1", "kind": "Service",
+            "metadata": {"name": f"{layout.APP}-pods", "labels": dict(layout.LABELS)},
+            "spec": {"clusterIP": "None", "selector": dict(layout.LABELS), "ports": ports}}
+
+
 def disruption_budget() -> dict:
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": dict(_META),
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(layout.LABELS)}}}

@@ -48,6 +48,7 @@ def check_args(flavour: Flavour) -> None:
 def flavour_files(flavour: Flavour) -> dict[str, object]:
     check_args(flavour)
     objects = {"deployment.yaml": workload.deployment(flavour), "service.yaml": cluster.service(),
+               "service-pods.yaml": cluster.pods_service(),
                "poddisruptionbudget.yaml": cluster.disruption_budget(), "hpa.yaml": cluster.autoscaler(flavour),
                "networkpolicy.yaml": cluster.network_policy()}
     return {f"{flavour.name}/{name}": obj for name, obj in objects.items()} | {

@@ -85,7 +85,7 @@ def test_every_manifest_passes_the_kubernetes_schemas():
                  if p.name != "kustomization.yaml"]
     with_tls = _apply_json_patch(_deployment("cpu"), _load(K8S / "components" / "tls" / "tls-patch.yaml"))
     documents.append((Path("cpu deployment + components/tls"), with_tls))
-    assert len(documents) == 11
+    assert len(documents) == 13  # 6 per flavour, and the TLS-patched Deployment
     for path, document in documents:
         kubernetes_validate.validate(document, KUBERNETES, strict=True)
     # The validator can fail: a misspelt probe field and a port given as a string.
@@ -111,7 +111,8 @@ def test_kustomize_builds_each_flavour_and_the_tls_overlay(tmp_path):
     for flavour in FLAVOURS:
         out = subprocess.run(["kubectl", "kustomize", str(K8S / flavour)], capture_output=True, text=True, check=True)
         kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.stdout))
-        assert kinds == ["Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "Service"]
+        assert kinds == ["Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "Service",
+                         "Service"]
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
@@ -408,3 +409,9 @@ def test_the_cpu_pod_serves_on_a_read_only_root_with_only_its_volumes_writable(t
             os.kill(serve, signal.SIGTERM)
         assert pod.process.wait(60) == 0
     assert not (DEFAULT_REPOSITORY / "written").exists()
+
+
+def test_the_headless_service_resolves_to_the_pods_grpc_port():
+    headless = _load(K8S / "cpu" / "service-pods.yaml")
+    assert headless["spec"]["clusterIP"] == "None" and headless["spec"]["selector"] == layout.LABELS
+    assert [p["port"] for p in headless["spec"]["ports"]] == [layout.GRPC_PORT]
