@@ -10,10 +10,10 @@ from pathlib import Path
 from .plots import new_axes, save
 
 
-def write_report(results: dict, report: Path) -> None:
+def write_report(results: dict, report: Path, command: str = "") -> None:
     report.parent.mkdir(parents=True, exist_ok=True)
     report.with_suffix(".json").write_text(json.dumps(results, indent=1))
-    lines = [f"# Ray engine on one machine ({platform.machine()}, {_cores()} cores)", ""]
+    lines = [f"# Ray engine on one machine ({platform.machine()}, {_cores()} cores)", "", f"`{command}`", ""]
     if "throughput" in results:
         lines += _throughput(results["throughput"])
     if "listing" in results:

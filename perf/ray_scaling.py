@@ -197,7 +197,7 @@ def main(argv=None) -> int:
             results["listing"] = listing_memory(args.keys, Path(tmp) / "l")
     from .ray_report import write_report
 
-    write_report(results, args.report)
+    write_report(results, args.report, "python -m sampleiqa.perf.ray_scaling " + " ".join(argv or sys.argv[1:]))
     return 0
 
 
