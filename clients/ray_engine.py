@@ -178,8 +178,6 @@ def run_shards(out: str, fmt: str, shards: Sequence[int], scoring: Scoring, acto
             break
 
 
-
-
 def plan(output: Output, job: Job, stream=sys.stderr) -> Job:
     """The run's listing: the one already in the output, or a new one streamed into it."""
     existing = output.job()

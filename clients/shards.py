@@ -74,8 +74,9 @@ class Output:
     """One run's output folder, through pyarrow.fs (local folders and object stores alike)."""
 
     def __init__(self, out: str):
-        import pyarrow.fs as pafs
+        import pyarrow.fs as pafs  # here, not at the top: the clients' base install has no pyarrow
 
+        self.pafs = pafs
         if is_uri(out):
             self.fs, self.root = pafs.FileSystem.from_uri(out)
         else:
@@ -104,30 +105,29 @@ class Output:
         self.fs.move(tmp, self._path(*parts))
 
     def names(self, *parts: str) -> list[str]:
-        import pyarrow.fs as pafs
+        selector = self.pafs.FileSelector(self._path(*parts), allow_not_found=True)
+        return sorted(i.base_name for i in self.fs.get_file_info(selector) if i.type == self.pafs.FileType.File)
 
-        selector = pafs.FileSelector(self._path(*parts), allow_not_found=True)
-        return sorted(info.base_name for info in self.fs.get_file_info(selector) if info.type == pafs.FileType.File)
+    def shard_names(self) -> list[str]:
+        return [name for name in self.names() if name.startswith("part-")]
 
     def has_rows(self) -> bool:
-        return bool(self.names()) or self.read(META, "job.json") is not None
+        return bool(self.shard_names()) or self.read(META, "job.json") is not None
+
+    def _is_folder(self, *parts: str) -> bool:
+        return self.fs.get_file_info(self._path(*parts)).type == self.pafs.FileType.Directory
 
     def clear(self) -> None:
         """--overwrite: drop the shards and the run's bookkeeping (nothing else in the folder)."""
-        for name in self.names():
-            if name.startswith("part-"):
-                self.fs.delete_file(self._path(name))
-        import pyarrow.fs as pafs
-
-        if self.fs.get_file_info(self._path(META)).type == pafs.FileType.Directory:
+        for name in self.shard_names():
+            self.fs.delete_file(self._path(name))
+        if self._is_folder(META):
             self.fs.delete_dir(self._path(META))
 
     def drop_partial_writes(self) -> None:
         """Writes a killed attempt left behind (one run per output at a time: a new run means
         the last one is over)."""
-        import pyarrow.fs as pafs
-
-        if self.fs.get_file_info(self._path(META, "tmp")).type == pafs.FileType.Directory:
+        if self._is_folder(META, "tmp"):
             self.fs.delete_dir_contents(self._path(META, "tmp"))
 
     # -- the job and its manifest

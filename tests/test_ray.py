@@ -96,8 +96,7 @@ def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
 
 def all_rows(out: str, fmt: str = "parquet") -> list[dict]:
     output = Output(out)
-    return [r for name in output.names() if name.startswith("part-")
-            for r in decode_rows(output.read(name), fmt, name)]
+    return [r for name in output.shard_names() for r in decode_rows(output.read(name), fmt, name)]
 
 
 def assert_one_row_per_file(rows: list[dict], folder: Path) -> dict[str, dict]:
