@@ -79,6 +79,23 @@ def stub_regions(server_pid: int) -> dict[int, str]:
     return found
 
 
+def orphans_of(server_pid: int) -> dict[int, str]:
+    """{stub pid: region} of the stubs a dead server left behind: re-parented to init, they
+    still name it on their command line (binary, model.py, region, shm size, shm growth,
+    parent pid, ...), even those it started after the last look at its children."""
+    found = {}
+    for pid, fields in all_stats().items():
+        if int(fields[1]) != 1:
+            continue
+        try:
+            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+        except OSError:
+            continue
+        if argv[0].endswith(STUB) and len(argv) > 5 and argv[5] == str(server_pid).encode():
+            found[pid] = os.fsdecode(argv[2])
+    return found
+
+
 def make_private(region: str) -> None:
     try:
         os.chmod(SHM / region, 0o600)

@@ -52,7 +52,7 @@ from pathlib import Path
 from sampleiqa.contracts import ENSEMBLE
 from sampleiqa.paths import DEFAULT_REPOSITORY
 
-from .procfs import SHM, alive, make_private, orphaned_stub, stub_regions
+from .procfs import SHM, alive, make_private, orphaned_stub, orphans_of, stub_regions
 
 log = logging.getLogger(__name__)
 
@@ -375,12 +375,18 @@ class TritonServer:
         import tritonclient.grpc as grpcclient
 
         deadline = time.monotonic() + timeout_s
-        client = grpcclient.InferenceServerClient(self.url)
+        # Reconnect quickly while the port is still closed: gRPC's default backoff (1 s, then
+        # longer) would notice a ready server seconds late, and the watcher only starts then.
+        client = grpcclient.InferenceServerClient(self.url, channel_args=[
+            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 250),
+            ("grpc.min_reconnect_backoff_ms", 100)])
         try:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
                     raise ServerError(f"Triton exited with code {self.process.returncode} while starting:\n{self.log_tail()}")
-                self._scan_stubs()  # private before any client can send an image
+                # Private before any client can send an image; remembered, so that a start
+                # that fails (Triton killed or crashed while loading) stops its stubs too.
+                self.stub_pids = sorted(set(self.stub_pids) | set(self._scan_stubs()))
                 try:
                     # A TLS server may want a client certificate this probe does not hold; Triton
                     # starts its gRPC service only once every model has loaded, so its log says ready.
@@ -433,12 +439,17 @@ class TritonServer:
                 log.warning("Triton did not exit in time; killing it")
                 proc.kill()
                 proc.wait()
-        # A Triton that was killed (OOM killer, SIGKILL) leaves its stubs running, each holding
-        # a model and its memory, and their shared-memory regions in /dev/shm.
-        for pid in self.stub_pids:
-            if orphaned_stub(pid):
-                log.warning("stopping python-backend stub %d left by a killed Triton", pid)
-                os.kill(pid, signal.SIGKILL)
+        # A Triton that was killed (OOM killer, SIGKILL) or crashed, even while it loaded,
+        # leaves its stubs running, each holding a model and its memory, and their
+        # shared-memory regions in /dev/shm.
+        left = {pid: None for pid in self.stub_pids if orphaned_stub(pid)}
+        if proc is not None:
+            left.update(orphans_of(proc.pid))
+            self.regions.update(region for region in left.values() if region)
+        for pid in left:
+            log.warning("stopping python-backend stub %d left by a killed Triton", pid)
+            os.kill(pid, signal.SIGKILL)
+        self.stub_pids = sorted(set(self.stub_pids) | set(left))
         deadline = time.monotonic() + 5
         while any(alive(pid) for pid in self.stub_pids) and time.monotonic() < deadline:
             time.sleep(0.05)

@@ -398,3 +398,40 @@ def test_a_killed_server_leaves_no_shared_memory_or_stub(tmp_path):
     server.stop()
     assert not [r for r in regions if r.exists()]
     assert not [p for p in pids if stubs.alive(p) or stubs.orphaned_stub(p)]
+
+
+def test_a_triton_killed_while_loading_leaves_no_stub(tmp_path):
+    """Triton SIGKILLed (or crashed) before it was ready: its stubs are orphans holding their
+    models; the launcher, which saw them while it waited, stops them as the start fails."""
+    from sampleiqa.server import ServerError
+
+    server = TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log", supervise=False)
+    seen: set[int] = set()
+
+    def kill_once_models_load():
+        deadline = time.monotonic() + 60
+        while time.monotonic() < deadline:
+            process = server.process
+            if process is not None and process.poll() is None:
+                found = stubs.stub_regions(process.pid)
+                seen.update(found)
+                if len(found) >= 2:
+                    os.kill(process.pid, signal.SIGKILL)
+                    return
+            time.sleep(0.02)
+
+    import threading
+
+    killer = threading.Thread(target=kill_once_models_load)
+    killer.start()
+    with pytest.raises(ServerError):
+        server.start(timeout_s=60)
+    killer.join()
+    assert seen
+    deadline = time.monotonic() + 5
+    while [p for p in seen if stubs.orphaned_stub(p)] and time.monotonic() < deadline:
+        time.sleep(0.1)
+    left = [p for p in seen if stubs.orphaned_stub(p)]
+    for pid in left:
+        os.kill(pid, signal.SIGKILL)
+    assert not left, "a start that failed left python-backend stubs running"
