@@ -19,7 +19,7 @@ import os
 import stat
 from pathlib import Path
 from typing import Iterable, Iterator
-from urllib.parse import urlsplit
+from urllib.parse import quote, urlsplit
 
 from .files import IMAGE_SUFFIXES, identity
 
@@ -118,8 +118,8 @@ def _iter_uri(uri: str, recursive: bool) -> Iterator[tuple[str, str]]:
     parts = urlsplit(uri)
     query = f"?{parts.query}" if parts.query else ""
 
-    def named(path: str) -> tuple[str, str]:
-        return f"{parts.scheme}://{path}", f"{parts.scheme}://{path}{query}"
+    def named(path: str) -> tuple[str, str]:  # the worker's copy quoted: a key may hold " ", "#", "?"
+        return f"{parts.scheme}://{path}", f"{parts.scheme}://{quote(path, safe='/')}{query}"
 
     info = fs.get_file_info(base)
     if info.type == pafs.FileType.File:

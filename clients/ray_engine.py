@@ -22,7 +22,7 @@ import sys
 import time
 from dataclasses import dataclass
 from typing import Sequence
-from urllib.parse import urlsplit
+from urllib.parse import unquote, urlsplit
 
 import numpy as np
 
@@ -80,12 +80,13 @@ class Reader:
         """(filesystem, path in it): one filesystem (an S3 client, ...) per bucket and options."""
         import pyarrow.fs as pafs
 
-        parts = urlsplit(location)
+        parts = urlsplit(location)  # listing.py quoted the path
         key = (parts.scheme, parts.netloc, parts.query)
         if key not in self._filesystems:
-            self._filesystems[key] = pafs.FileSystem.from_uri(location)[0]
+            query = f"?{parts.query}" if parts.query else ""
+            self._filesystems[key] = pafs.FileSystem.from_uri(f"{parts.scheme}://{parts.netloc}{query}")[0]
         # Object stores name a file bucket/key; the others by its path.
-        path = parts.netloc + parts.path if parts.scheme in OBJECT_STORES else parts.path
+        path = unquote(parts.netloc + parts.path if parts.scheme in OBJECT_STORES else parts.path)
         return self._filesystems[key], path
 
 
