@@ -170,7 +170,8 @@ def run_shards(out: str, fmt: str, shards: Sequence[int], scoring: Scoring, acto
     context.enable_progress_bars = True
     dataset = ray.data.from_items([{"shard": i} for i in shards], override_num_blocks=len(shards))
     dataset = dataset.map_batches(ShardScorer, fn_constructor_kwargs=dict(out=out, fmt=fmt, scoring=scoring),
-                                  batch_size=1, compute=ray.data.ActorPoolStrategy(size=actors), num_cpus=actor_cpus,
+                                  batch_size=1, compute=ray.data.ActorPoolStrategy(size=min(actors, len(shards))),
+                                  num_cpus=actor_cpus,
                                   batch_format="numpy")
     for row in dataset.iter_rows():
         add_stats(summary, ShardStats.from_json(row["stats"]))

@@ -25,7 +25,7 @@ from sampleiqa.clients.shards import META, Output, decode_rows  # noqa: E402
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port  # noqa: E402
 
 from .badinputs import CASES  # noqa: E402
-from .conftest import biq_images  # noqa: E402
+from .conftest import SAMPLES, biq_images  # noqa: E402
 
 pytestmark = [pytest.mark.server, pytest.mark.ray]
 
@@ -117,6 +117,19 @@ def wait_for_shards(out: Path, n: int, proc: subprocess.Popen, timeout: float = 
         assert proc.poll() is None, proc.communicate()[0]
         assert time.monotonic() < deadline, "no shard was finished in time"
         time.sleep(0.2)
+
+
+def test_with_no_cluster_and_no_url_it_starts_both_for_the_run(tmp_path):
+    """First in this module, before its cluster exists: what a new user's first try does."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
+    res = subprocess.run(SAMPLEIQA + ["score", "--engine", "ray", "--out", str(tmp_path / "scores"),
+                                      "--server-log", str(tmp_path / "t.log")],
+                         capture_output=True, text=True, env=env, timeout=300)
+    assert res.returncode == 0, res.stderr
+    rows = all_rows(str(tmp_path / "scores"))
+    samples = sorted(p.name for p in SAMPLES.glob("*.jpg"))
+    assert sorted(Path(r["path"]).name for r in rows) == samples
+    assert all(r["status"] == "ok" for r in rows) and f"{len(samples)} files: {len(samples)} scored ok" in res.stderr
 
 
 def test_scores_a_folder_with_the_local_rows_and_codes(inputs, cluster, replicas, tmp_path):
