@@ -18,6 +18,9 @@ from .endpoints import server_urls, tls_config
 
 def score_on_ray(args) -> int:
     try:
+        import pyarrow.fs  # noqa: F401  (imported lazily below: a serve-only install lacks both)
+        import ray  # noqa: F401
+
         from .ray_engine import plan, todo_shards
         from .shards import FORMATS, Job, Output
     except ImportError as exc:

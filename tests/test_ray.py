@@ -119,6 +119,15 @@ def wait_for_shards(out: Path, n: int, proc: subprocess.Popen, timeout: float = 
         time.sleep(0.2)
 
 
+def test_without_the_ray_extra_it_says_what_to_install(tmp_path):
+    # A serve-only install has neither ray nor pyarrow: imported, they raise ImportError.
+    code = ("import sys; sys.modules['ray'] = sys.modules['pyarrow'] = None; from sampleiqa.cli import main; "
+            f"sys.exit(main(['score', '--engine', 'ray', '--out', {str(tmp_path / 'out')!r}]))")
+    res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert res.returncode == 2 and "pip install 'sampleiqa[ray]'" in res.stderr, res.stderr
+    assert not (tmp_path / "out").exists()
+
+
 def test_with_no_cluster_and_no_url_it_starts_both_for_the_run(tmp_path):
     """First in this module, before its cluster exists: what a new user's first try does."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
