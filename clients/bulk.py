@@ -8,6 +8,7 @@ an item error: the run stops with no row for the unscored files (exit 1), and a 
 
 from __future__ import annotations
 
+import json
 import sys
 import time
 from collections import Counter
@@ -31,6 +32,31 @@ class Summary:
     seconds: float = 0.0
     retrying: int = 0  # rows of an earlier run dropped by --resume to be scored again
     aborted: str = ""
+
+    def record(self, result: ScoreResult) -> None:
+        """One row written, for `result`."""
+        self.scored += 1
+        if result.ok:
+            self.faces += bool(result.face_found)
+        else:
+            self.errors[result.error_code] += 1
+
+    def add(self, part: "Summary") -> None:
+        """A part of this run (a shard of a distributed one), whose files `total` counts already."""
+        self.skipped += part.skipped
+        self.retrying += part.retrying
+        self.scored += part.scored
+        self.faces += part.faces
+        self.errors.update(part.errors)
+        self.aborted = self.aborted or part.aborted
+
+    def to_json(self) -> str:
+        return json.dumps({**vars(self), "errors": dict(self.errors)})  # not asdict(): it mangles a Counter
+
+    @classmethod
+    def from_json(cls, text: str) -> "Summary":
+        fields = json.loads(text)
+        return cls(**{**fields, "errors": Counter(fields["errors"])})
 
     @property
     def to_retry(self) -> int:
@@ -79,11 +105,7 @@ class _Rows:
         self.last_flush = time.monotonic()
         self.writer.write_rows([row for row, _ in batch])
         for _, result in batch:
-            self.summary.scored += 1
-            if result.ok:
-                self.summary.faces += bool(result.face_found)
-            else:
-                self.summary.errors[result.error_code] += 1
+            self.summary.record(result)
 
 
 def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", resume: bool = False,

@@ -47,19 +47,19 @@ class LocalWalk:
         for p in paths:
             if not os.path.lexists(p):
                 raise FileNotFoundError(f"no such file or folder: {p}")
-        self.folders = self._distinct_folders([p for p in paths if os.path.isdir(p)])
+        self.roots, self.folders = self._distinct_folders([p for p in paths if os.path.isdir(p)])
         self.named = [p for p in paths if not os.path.isdir(p)]
         self.seen: set[tuple] = set()  # files another name may reach again (see module doc)
 
-    def _distinct_folders(self, folders: list[str]) -> list[str]:
-        """Each folder once, and none that another folder's walk already covers."""
+    def _distinct_folders(self, folders: list[str]) -> tuple[list[str], list[str]]:
+        """(resolved, as given) for each folder once, and none that another folder's walk
+        already covers."""
         kept: dict[str, str] = {}
         for f in folders:
             real = os.path.realpath(f)
             if real not in kept and not self._under_walk(real, kept):
                 kept[real] = f
-        self.roots = list(kept)
-        return list(kept.values())
+        return list(kept), list(kept.values())
 
     def _under_walk(self, real: str, roots: Iterable[str]) -> bool:
         parent = os.path.dirname(real)

@@ -30,21 +30,24 @@ def score_on_ray(args) -> int:
     out = args.out or "scores"
     fmt = args.format or next((f for f in FORMATS if out.rstrip("/").endswith("." + f)), "parquet")
     inputs = [str(p) for p in args.paths] or [str(SAMPLES)]
+    wanted = Job(inputs, args.recursive, fmt, args.shard_size)
+    refused = FileExistsError(f"{out} already has rows: pass --resume to continue it, --overwrite to start again, "
+                              "or choose another --out")
     try:
         output = Output(out)
         if args.overwrite:
             output.clear()
-        elif not args.resume and output.has_rows():
-            job = output.job()
-            if not (job and job.same_inputs(Job(inputs, args.recursive, fmt, args.shard_size))
-                    and not todo_shards(output, job)[0]):
-                raise FileExistsError(f"{out} already has rows: pass --resume to continue it, --overwrite to "
-                                      "start again, or choose another --out")
-        job = plan(output, Job(inputs, args.recursive, fmt, args.shard_size))
+        # Rows without --resume: only the same run, finished, is fine (nothing to do).
+        must_be_done = not (args.resume or args.overwrite) and output.has_rows()
+        if must_be_done and not ((existing := output.job()) and existing.same_inputs(wanted)):
+            raise refused
+        job = plan(output, wanted)
         if not job.files:
             print("sampleiqa score: no image files found", file=sys.stderr)
             return 2
         todo, final_rows = todo_shards(output, job)
+        if must_be_done and todo:
+            raise refused
         output.drop_partial_writes()
     except (OSError, ValueError) as exc:
         print(f"sampleiqa score: {exc}", file=sys.stderr)
@@ -64,9 +67,8 @@ def _run(args, output, job, todo: list[int], summary: Summary) -> int:
     server, urls = server_urls(args)
     if not urls:
         return 1
-    scoring = Scoring(tuple(urls), args.timeout, args.retry_seconds, tls_config(args),
-                           concurrency=args.concurrency,
-                           batch_size=args.batch_size)
+    scoring = Scoring(tuple(urls), args.timeout, args.retry_seconds, tls_config(args), args.concurrency,
+                      args.batch_size)
     start = time.monotonic()
     try:
         connect(args.ray_address)

@@ -34,7 +34,7 @@ from .files import FileRefused, read_image_file
 from .listing import is_uri, iter_inputs
 from .protocol import RetryPolicy, ScoreResult, TLSConfig, TransportError
 from .rows import retried, to_row
-from .shards import Job, Output, ShardStats, escaped
+from .shards import Job, Output, escaped
 
 # Environment a worker needs to reach object stores the way the driver does.
 FORWARDED_ENV = ("AWS_", "GOOGLE_", "ARROW_", "SAMPLEIQA_MAX_")
@@ -91,12 +91,13 @@ class Reader:
 
 
 def score_shard(shard: int, output: Output, fmt: str, client: ScoringClient, reader: Reader,
-                scoring: Scoring) -> ShardStats:
-    """Makes shard `shard` whole: its earlier final rows kept, every other file scored."""
+                scoring: Scoring) -> Summary:
+    """Makes shard `shard` whole: its earlier final rows kept (skipped), every other file
+    scored; the shard's part of the run's summary."""
     entries = output.manifest(shard)
     before = output.rows(shard, fmt)
     final = {escaped(r["path"]): r for r in before if not retried(r)}
-    stats = ShardStats(shard, files=len(entries), kept=len(final), dropped=len(before) - len(final))
+    stats = Summary(total=len(entries), skipped=len(final), retrying=len(before) - len(final))
     results: dict[str, ScoreResult] = {}
 
     def readable():
@@ -117,10 +118,7 @@ def score_shard(shard: int, output: Output, fmt: str, client: ScoringClient, rea
     rows = [final.get(escaped(path)) or to_row(path, results[path]) for path, _ in entries]
     output.write_rows(shard, fmt, rows, retry=sum(map(retried, rows)))
     for result in results.values():
-        stats.written += 1
-        stats.faces += bool(result.ok and result.face_found)
-        if not result.ok:
-            stats.errors[result.error_code] = stats.errors.get(result.error_code, 0) + 1
+        stats.record(result)
     return stats
 
 
@@ -137,15 +135,6 @@ class ShardScorer:
         stats = [score_shard(int(i), self.output, self.fmt, self.client, self.reader, self.scoring)
                  for i in batch["shard"]]
         return {"stats": np.array([s.to_json() for s in stats], dtype=object)}
-
-
-def add_stats(summary: Summary, stats: ShardStats) -> None:
-    summary.skipped += stats.kept
-    summary.retrying += stats.dropped
-    summary.scored += stats.written
-    summary.faces += stats.faces
-    summary.errors.update(stats.errors)
-    summary.aborted = summary.aborted or stats.aborted
 
 
 def connect(address: str | None) -> None:
@@ -174,7 +163,7 @@ def run_shards(out: str, fmt: str, shards: Sequence[int], scoring: Scoring, acto
                                   num_cpus=actor_cpus,
                                   batch_format="numpy")
     for row in dataset.iter_rows():
-        add_stats(summary, ShardStats.from_json(row["stats"]))
+        summary.add(Summary.from_json(row["stats"]))
         if summary.aborted:
             print(f"sampleiqa score: stopping: {summary.aborted}", file=sys.stderr)
             break

@@ -18,7 +18,7 @@ from __future__ import annotations
 import json
 import os
 import uuid
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from typing import Iterable, Iterator
 
 from sampleiqa.contracts import CSV_COLUMNS
@@ -49,27 +49,6 @@ class Job:
         return (self.inputs, self.recursive, self.format) == (other.inputs, other.recursive, other.format)
 
 
-@dataclass
-class ShardStats:
-    """What one shard task did; the driver adds them up into the run's Summary."""
-
-    shard: int
-    files: int = 0
-    kept: int = 0  # final rows of an earlier run, kept as they were
-    dropped: int = 0  # [server]/[timeout] rows of an earlier run, scored again
-    written: int = 0
-    faces: int = 0
-    errors: dict = field(default_factory=dict)
-    aborted: str = ""
-
-    def to_json(self) -> str:
-        return json.dumps(asdict(self))
-
-    @classmethod
-    def from_json(cls, text: str) -> "ShardStats":
-        return cls(**json.loads(text))
-
-
 class Output:
     """One run's output folder, through pyarrow.fs (local folders and object stores alike)."""
 
@@ -84,6 +63,7 @@ class Output:
                 raise ValueError(f"{out} is a file: a distributed run writes a folder of shards (--out FOLDER)")
             self.fs, self.root = pafs.LocalFileSystem(), os.path.abspath(out)
         self.uri = out
+        self._folders: set[str] = set()  # made by this Output (see _make_folder)
 
     def _path(self, *parts: str) -> str:
         return "/".join([self.root.rstrip("/"), *parts])
@@ -98,11 +78,17 @@ class Output:
     def write(self, data: bytes, *parts: str) -> None:
         """All of `data` under its final name, or nothing there (see the module doc)."""
         tmp = self._path(META, "tmp", f"{uuid.uuid4().hex}.part")
-        self.fs.create_dir(self._path(*parts[:-1]) if len(parts) > 1 else self.root)
-        self.fs.create_dir(self._path(META, "tmp"))
+        self._make_folder(self._path(*parts[:-1]))
+        self._make_folder(self._path(META, "tmp"))
         with self.fs.open_output_stream(tmp) as f:
             f.write(data)
         self.fs.move(tmp, self._path(*parts))
+
+    def _make_folder(self, path: str) -> None:
+        """Once per folder and Output: on an object store each call is a request."""
+        if path not in self._folders:
+            self.fs.create_dir(path)
+            self._folders.add(path)
 
     def names(self, *parts: str) -> list[str]:
         selector = self.pafs.FileSelector(self._path(*parts), allow_not_found=True)
@@ -123,12 +109,13 @@ class Output:
             self.fs.delete_file(self._path(name))
         if self._is_folder(META):
             self.fs.delete_dir(self._path(META))
+        self._folders.clear()
 
     def drop_partial_writes(self) -> None:
         """Writes a killed attempt left behind (one run per output at a time: a new run means
         the last one is over)."""
         if self._is_folder(META, "tmp"):
-            self.fs.delete_dir_contents(self._path(META, "tmp"))
+            self.fs.delete_dir_contents(self._path(META, "tmp"))  # the folder stays
 
     # -- the job and its manifest
     def job(self) -> Job | None:

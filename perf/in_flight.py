@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import re
-import shutil
 import statistics
 import subprocess
 import sys
@@ -24,7 +23,7 @@ from pathlib import Path
 from sampleiqa.server import TritonServer
 
 from .cpu_time import process_tree_cpu_s
-from .ray_scaling import DATA
+from .inputs import copy_photos
 
 
 def measure(repository: Path, in_flight: list[int], photos: Path, rounds: int, work: Path) -> dict:
@@ -57,10 +56,7 @@ def main(argv=None) -> int:
     lines = [f"| repository | {' | '.join(f'{k} in flight: images/s, server CPU ms/image' for k in args.in_flight)} |",
              "|---|" + "---|" * len(args.in_flight)]
     with tempfile.TemporaryDirectory(prefix="sampleiqa-in-flight-") as tmp:
-        photos = Path(tmp) / "photos"
-        photos.mkdir()
-        for photo in sorted(DATA.iterdir())[:args.photos]:
-            shutil.copyfile(photo, photos / photo.name)
+        photos = copy_photos(Path(tmp) / "photos", args.photos)
         for label, repository in zip(labels, args.repository):
             result = measure(repository, args.in_flight, photos, args.rounds, Path(tmp))
             lines.append(f"| {label} | " + " | ".join(f"{result[k][0]:.1f}, {result[k][1]:.1f}" for k in args.in_flight)

@@ -10,7 +10,9 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import random
+import shutil
 import struct
 from pathlib import Path
 
@@ -20,6 +22,7 @@ from sampleiqa.contracts import IMAGE, PIXELS
 from sampleiqa.paths import SHARED_DATA
 
 DEFAULT_IMAGES = SHARED_DATA / "biq2021" / "images"
+BIQ_IMAGES = Path(os.environ.get("SAMPLEIQA_DATA", SHARED_DATA)) / "biq2021" / "images"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 
@@ -62,3 +65,12 @@ def write_inputs(folder: Path, photos: list[bytes], tensors: list[np.ndarray]) -
         "image": write_input_json(folder / "images.json", [image_entry(d) for d in photos]),
         "pixels": write_input_json(folder / "pixels.json", [pixels_entry(t) for t in tensors]),
     }
+
+
+def copy_photos(dest: Path, count: int, folder: Path = BIQ_IMAGES) -> Path:
+    """The first `count` photos of `folder` (sorted by name) copied into a new folder `dest`:
+    the same photos in every run, on one filesystem with the run's output."""
+    dest.mkdir()
+    for photo in sorted(folder.iterdir())[:count]:
+        shutil.copyfile(photo, dest / photo.name)
+    return dest

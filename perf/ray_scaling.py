@@ -22,7 +22,6 @@ import os
 import re
 import resource
 import secrets
-import shutil
 import statistics
 import subprocess
 import sys
@@ -30,12 +29,13 @@ import tempfile
 import time
 from pathlib import Path
 
-from sampleiqa.paths import DEFAULT_REPOSITORY, SHARED_DATA
+from sampleiqa.paths import DEFAULT_REPOSITORY
+from sampleiqa.procfs import all_stats, argv
 from sampleiqa.server import TritonServer, free_port
 
 from .cpu_time import process_tree_cpu_s
+from .inputs import copy_photos
 
-DATA = Path(os.environ.get("SAMPLEIQA_DATA", SHARED_DATA)) / "biq2021" / "images"
 SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli", "score"]
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -69,14 +69,7 @@ def _cpu(roots: list[int]) -> float:
 
 def cluster_roots(temp: Path) -> list[int]:
     """The Ray cluster's daemons (GCS, raylet, ...; the workers are the raylet's children)."""
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            if str(temp).encode() in Path(f"/proc/{pid}/cmdline").read_bytes():
-                found.append(int(pid))
-        except OSError:
-            continue
-    return found
+    return [pid for pid in all_stats() if str(temp).encode() in b"\0".join(argv(pid))]
 
 
 def ray_cluster(temp: Path) -> str:
@@ -89,10 +82,7 @@ def ray_cluster(temp: Path) -> str:
 
 
 def throughput(photos: int, rounds: int, concurrency: int, actors: int, shard_size: int, work: Path) -> dict:
-    folder = work / "photos"
-    folder.mkdir()
-    for photo in sorted(DATA.iterdir())[:photos]:
-        shutil.copyfile(photo, folder / photo.name)
+    folder = copy_photos(work / "photos", photos)
     runs: dict[str, list] = {"local": [], "ray": []}
     with TritonServer(DEFAULT_REPOSITORY, log_file=work / "triton.log") as server:
         address = ray_cluster(work / "ray")

@@ -50,10 +50,7 @@ def rss_kib(pid: int) -> int | None:
 
 def orphaned_stub(pid: int) -> bool:
     """Whether pid is a python-backend stub whose Triton is gone (re-parented to init)."""
-    try:
-        return parent_pid(pid) == 1 and STUB in Path(f"/proc/{pid}/cmdline").read_bytes()
-    except OSError:
-        return False
+    return parent_pid(pid) == 1 and STUB in b"\0".join(argv(pid))
 
 
 def alive(pid: int) -> bool:
@@ -65,17 +62,22 @@ def alive(pid: int) -> bool:
 SHM = Path("/dev/shm")
 
 
+def argv(pid: int) -> list[bytes]:
+    """A process's command line, split at its NULs; [] once it is gone."""
+    try:
+        return Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
+    except OSError:
+        return []
+
+
 def stub_regions(server_pid: int) -> dict[int, str]:
     """{stub pid: its shared-memory region name} for the python-backend stubs of a server
     (the stub's command line: binary, model.py, region, ...)."""
     found = {}
     for pid in child_pids(server_pid):
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv and argv[0].endswith(STUB) and len(argv) > 2:
-            found[pid] = os.fsdecode(argv[2])
+        args = argv(pid)
+        if args and args[0].endswith(STUB) and len(args) > 2:
+            found[pid] = os.fsdecode(args[2])
     return found
 
 
@@ -85,14 +87,9 @@ def orphans_of(server_pid: int) -> dict[int, str]:
     parent pid, ...), even those it started after the last look at its children."""
     found = {}
     for pid, fields in all_stats().items():
-        if int(fields[1]) != 1:
-            continue
-        try:
-            argv = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")
-        except OSError:
-            continue
-        if argv[0].endswith(STUB) and len(argv) > 5 and argv[5] == str(server_pid).encode():
-            found[pid] = os.fsdecode(argv[2])
+        args = argv(pid) if int(fields[1]) == 1 else []
+        if args and args[0].endswith(STUB) and len(args) > 5 and args[5] == str(server_pid).encode():
+            found[pid] = os.fsdecode(args[2])
     return found
 
 

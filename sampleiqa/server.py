@@ -52,7 +52,7 @@ from pathlib import Path
 from sampleiqa.contracts import ENSEMBLE
 from sampleiqa.paths import DEFAULT_REPOSITORY
 
-from .procfs import SHM, alive, make_private, orphaned_stub, orphans_of, stub_regions
+from .procfs import SHM, alive, make_private, orphans_of, stub_regions
 
 log = logging.getLogger(__name__)
 
@@ -442,10 +442,8 @@ class TritonServer:
         # A Triton that was killed (OOM killer, SIGKILL) or crashed, even while it loaded,
         # leaves its stubs running, each holding a model and its memory, and their
         # shared-memory regions in /dev/shm.
-        left = {pid: None for pid in self.stub_pids if orphaned_stub(pid)}
-        if proc is not None:
-            left.update(orphans_of(proc.pid))
-            self.regions.update(region for region in left.values() if region)
+        left = orphans_of(proc.pid) if proc is not None else {}
+        self.regions.update(left.values())
         for pid in left:
             log.warning("stopping python-backend stub %d left by a killed Triton", pid)
             os.kill(pid, signal.SIGKILL)

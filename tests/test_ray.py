@@ -22,6 +22,7 @@ pytest.importorskip("ray")
 pa_fs = pytest.importorskip("pyarrow.fs")
 
 from sampleiqa.clients.shards import META, Output, decode_rows  # noqa: E402
+from sampleiqa.procfs import all_stats, argv  # noqa: E402
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port  # noqa: E402
 
 from .badinputs import CASES  # noqa: E402
@@ -241,7 +242,7 @@ def test_resume_rescores_only_the_rows_to_retry_and_keeps_the_rest(replicas, tmp
     with ScoringClient(replicas[0].url) as client:
         stats = score_shard(0, output, job.format, client, Reader(), Scoring((replicas[0].url,)))
     rows = {r["path"]: r for r in output.rows(0, "parquet")}
-    assert (stats.kept, stats.dropped, stats.written) == (1, 1, 2)
+    assert (stats.skipped, stats.retrying, stats.scored) == (1, 1, 2)
     assert len(rows) == 3 and rows[str(photos[0])]["score"] == 0.123  # kept as it was, not rescored
     assert all(rows[str(p)]["status"] == "ok" for p in photos[1:])
     assert dict(output.done()) == {0: {"rows": 3, "retry": 0}}
@@ -259,15 +260,8 @@ def test_replica_killed_mid_run_fails_over(inputs, cluster, replicas, tmp_path):
 
 
 def ray_workers(name: str) -> list[int]:
-    found = []
-    for pid in filter(str.isdigit, os.listdir("/proc")):
-        try:
-            cmdline = Path(f"/proc/{pid}/cmdline").read_bytes()
-        except OSError:
-            continue
-        if cmdline.startswith(b"ray::") and name.encode() in cmdline:
-            found.append(int(pid))
-    return found
+    return [pid for pid in all_stats() if (args := argv(pid)) and args[0].startswith(b"ray::")
+            and name.encode() in args[0]]
 
 
 def wait_for_s3(options: str, timeout: float = 30):

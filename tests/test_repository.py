@@ -53,16 +53,13 @@ def test_triton_runs_the_warmup_and_refuses_a_model_whose_warmup_fails(tmp_path)
 
 def _stubs_serving(repo) -> list[int]:
     """The python-backend stubs of this test's repository still running."""
-    from sampleiqa.procfs import all_stats
+    from sampleiqa.procfs import STUB, all_stats, argv
 
     found = []
     for pid, fields in all_stats().items():
-        try:
-            argv = open(f"/proc/{pid}/cmdline", "rb").read().split(b"\0")
-        except OSError:
-            continue
-        stub = argv[0].endswith(b"triton_python_backend_stub") and len(argv) > 1
-        if stub and argv[1].startswith(os.fsencode(repo)) and fields[0] != "Z":
+        args = argv(pid)
+        if args and args[0].endswith(STUB) and len(args) > 1 and args[1].startswith(os.fsencode(repo)) \
+                and fields[0] != "Z":
             found.append(pid)
     return found
 
