@@ -248,6 +248,36 @@ def test_resume_rescores_only_the_rows_to_retry_and_keeps_the_rest(replicas, tmp
     assert dict(output.done()) == {0: {"rows": 3, "retry": 0}}
 
 
+@pytest.mark.parametrize("fmt", ["parquet", "csv", "jsonl"])
+def test_resume_keeps_and_rescores_files_with_odd_names_in_every_format(replicas, tmp_path, fmt):
+    """Names that are not UTF-8, or hold a comma, LF or CR, listed for real: their rows are
+    matched to the manifest on a rerun, kept or rescored, never doubled."""
+    from sampleiqa.clients import ScoringClient
+    from sampleiqa.clients.listing import iter_inputs
+    from sampleiqa.clients.protocol import ScoreResult
+    from sampleiqa.clients.ray_engine import Reader, Scoring, score_shard
+    from sampleiqa.clients.rows import to_row
+    from sampleiqa.clients.shards import Job
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo = biq_images(1)[0].read_bytes()
+    for name in [os.fsdecode(b"caf\xe9.jpg"), "a,b.jpg", "line\nbreak.jpg", "cr\rx.jpg", "plain.jpg"]:
+        (folder / name).write_bytes(photo)
+    output = Output(str(tmp_path / "scores"))
+    output.write_listing(Job([str(folder)], False, fmt, 10), iter_inputs([str(folder)], False))
+    entries = output.manifest(0)
+    lost, kept = ScoreResult.failure("server", "[server] UNAVAILABLE"), ScoreResult(0.123, False, (0, 0, 0, 0))
+    output.write_rows(0, fmt, [to_row(p, lost if i % 2 == 0 else kept) for i, (p, _) in enumerate(entries)], retry=3)
+    with ScoringClient(replicas[0].url) as client:
+        stats = score_shard(0, output, fmt, client, Reader(), Scoring((replicas[0].url,)))
+    rows = output.rows(0, fmt)
+    assert (stats.skipped, stats.retrying, stats.scored) == (2, 3, 3)
+    assert len(rows) == 5 and all(r["status"] == "ok" for r in rows)
+    assert sorted(float(r["score"]) == 0.123 for r in rows) == [False] * 3 + [True] * 2  # the kept two as they were
+    assert dict(output.done()) == {0: {"rows": 5, "retry": 0}}
+
+
 def test_replica_killed_mid_run_fails_over(inputs, cluster, replicas, tmp_path):
     """Last in this module: the killed replica stays down."""
     out = tmp_path / "scores"
