@@ -29,6 +29,13 @@ def add_build_repository_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--preprocess-instances", type=int, default=2, metavar="N", help="preprocess model instances (one core each)")
     p.add_argument("--scorer-instances", type=int, default=1, metavar="N", help="scorer model instances")
     p.add_argument("--ort-threads", type=int, default=2, metavar="N", help="cpu: ONNX Runtime threads per scorer instance")
+    g = p.add_argument_group("back-pressure and memory (README: Memory under load)")
+    g.add_argument("--crops-in-flight", type=int, default=None, metavar="N",
+                   help="crops preprocessed but not yet scored, at most (default: 16 cpu, 256 gpu-torch; 0: no limit)")
+    g.add_argument("--preprocess-max-queue", type=int, default=64, metavar="N",
+                   help="requests waiting for preprocess; more are refused at once (clients retry)")
+    g.add_argument("--scorer-max-queue", type=int, default=128, metavar="N", help="requests waiting for the scorer")
+    g.add_argument("--ort-run-batch", type=int, default=4, metavar="N", help="cpu: crops per ONNX Runtime run")
     p.add_argument("--torch-device", choices=["gpu", "cpu"], default="gpu",
                    help="gpu-torch: where the scorer runs (cpu: a dry run of the GPU repository)")
     p.add_argument("--no-vendor", action="store_true",
@@ -42,7 +49,9 @@ def cmd_build_repository(args) -> int:
     settings = RepositorySettings(target=args.target, max_batch_size=args.max_batch,
                                   preprocess_instances=args.preprocess_instances,
                                   scorer_instances=args.scorer_instances, ort_threads=args.ort_threads,
-                                  torch_device=args.torch_device)
+                                  torch_device=args.torch_device, crops_in_flight=args.crops_in_flight,
+                                  preprocess_max_queue=args.preprocess_max_queue,
+                                  scorer_max_queue=args.scorer_max_queue, ort_run_batch=args.ort_run_batch)
     out = Path(args.out)
     onnx_path, engine = args.onnx, args.engine
     if args.target == "gpu-torch":

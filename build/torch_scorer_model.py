@@ -15,6 +15,7 @@ for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.path
 
 import triton_python_backend_utils as pb_utils
 
+from sampleiqa.admission import CropCredits, limit_from
 from sampleiqa.build.torch_runner import TorchScorer
 from sampleiqa.scores import gather_pixels, split_responses
 
@@ -22,6 +23,8 @@ from sampleiqa.scores import gather_pixels, split_responses
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
+        limit = limit_from(config.get("parameters", {}))
+        self.credits = CropCredits(limit) if limit else None  # given back to preprocess (sampleiqa.admission)
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         gpu = args["model_instance_kind"] == "GPU"
         device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
@@ -32,7 +35,12 @@ class TritonPythonModel:
 
     def execute(self, requests):
         batches, pixels = gather_pixels(pb_utils, requests)
-        return split_responses(pb_utils, batches, self.scorer(pixels))
+        scores = self.scorer(pixels)
+        if self.credits:
+            self.credits.give_back(len(pixels))
+        return split_responses(pb_utils, batches, scores)
 
     def finalize(self):
         self.scorer = None
+        if self.credits:
+            self.credits.close()

@@ -12,6 +12,7 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
+from sampleiqa.admission import PARAMETER as CROPS_IN_FLIGHT
 from sampleiqa.contracts import CROP, ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, PIXELS, PREPROCESS, SCORE, SCORER
 
 TARGETS = ("cpu", "gpu-trt", "gpu-onnx", "gpu-torch")
@@ -30,19 +31,40 @@ class RepositorySettings:
     scorer_instances: int = 1
     ort_threads: int = 2  # cpu scorer: ONNX Runtime intra-op threads per instance
     ort_spinning: bool = False  # cpu scorer: busy-waiting ORT threads burn the cores preprocess needs (perf/results/tuning.md)
-    ort_arena_keep_batch: int = 8  # cpu scorer: ORT's arena is shrunk back after a larger batch (memory bound) ...
+    ort_run_batch: int = 4  # cpu scorer: crops per ORT run; memory grows with it, speed per crop does not
+    ort_arena_keep_batch: int = 1  # cpu scorer: ORT's arena is shrunk back after a larger run (memory bound) ...
     ort_arena_shrink_after_s: float = 5.0  # ... once none has run for this long (not after each: perf/results/arena-under-load.md)
     torch_device: str = "gpu"  # gpu-torch: "cpu" runs the same model on CPU (the dry run of perf/gpu_run.py)
     cuda_graphs: bool = True  # gpu-torch: one CUDA graph per batch bucket
     preprocess_queue_delay_us: int = 0
     scorer_queue_delay_us: int = 2000
     preferred_batch_sizes: tuple[int, ...] = ()
+    # Back-pressure (perf/results/memory-under-load.md). Crops that preprocess may have made and
+    # the scorer not yet scored (sampleiqa.admission); None: the target's default, 0: no limit
+    # (gpu-trt and gpu-onnx scorers are not python models and cannot give credits back).
+    crops_in_flight: int | None = None
+    preprocess_max_queue: int = 64  # requests waiting for preprocess; more are refused at once (UNAVAILABLE); 0: no bound
+    scorer_max_queue: int = 128  # requests waiting for the scorer: a bound for direct callers and gpu-trt/onnx
+    # preprocess takes small batches, so that its credits come a few at a time (a request of
+    # more images still goes as one batch); 0: as large as the queue allows
+    preprocess_preferred_batch: int = 4
 
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, not {self.target!r}")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be positive")
+        if self.ort_run_batch < 1 or min(self.preprocess_max_queue, self.scorer_max_queue,
+                                         self.preprocess_preferred_batch, self.crops_in_flight or 0) < 0:
+            raise ValueError("the ORT run batch must be positive; queue bounds, preferred batch and crops in flight >= 0")
+
+    @property
+    def credits(self) -> int:
+        """The crops-in-flight limit in force: 16 on CPU (4 ORT runs of 4: the scorer always has
+        the next run queued), 256 for the gpu-torch scorer's larger batches."""
+        if self.crops_in_flight is not None:
+            return 0 if self.target in ("gpu-trt", "gpu-onnx") else self.crops_in_flight
+        return {"cpu": 16, "gpu-torch": 256}.get(self.target, 0)
 
 
 def _tensor(name: str, dtype: int, dims: list[int]):
@@ -68,6 +90,11 @@ def preprocess_config(s: RepositorySettings) -> mc.ModelConfig:
     _io(c, [_IMAGE], [_PIXELS, _FACE_BOX, _FACE_FOUND])
     c.instance_group.add(count=s.preprocess_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
     c.dynamic_batching.max_queue_delay_microseconds = s.preprocess_queue_delay_us
+    if s.preprocess_preferred_batch:
+        c.dynamic_batching.preferred_batch_size.append(min(s.preprocess_preferred_batch, s.max_batch_size))
+    c.dynamic_batching.default_queue_policy.max_queue_size = s.preprocess_max_queue
+    if s.credits:
+        c.parameters[CROPS_IN_FLIGHT].string_value = str(s.credits)
     warm = c.model_warmup.add(name="one_photo", batch_size=1)
     warm.inputs[IMAGE].data_type = mc.TYPE_STRING
     warm.inputs[IMAGE].dims.append(1)
@@ -84,6 +111,7 @@ def scorer_config(s: RepositorySettings) -> mc.ModelConfig:
         c.instance_group.add(count=s.scorer_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
         c.parameters["intra_op_threads"].string_value = str(s.ort_threads)
         c.parameters["allow_spinning"].string_value = "1" if s.ort_spinning else "0"
+        c.parameters["run_batch"].string_value = str(s.ort_run_batch)
         c.parameters["arena_keep_batch"].string_value = str(s.ort_arena_keep_batch)
         c.parameters["arena_shrink_after_s"].string_value = f"{s.ort_arena_shrink_after_s:g}"
     elif s.target == "gpu-trt":
@@ -104,6 +132,9 @@ def scorer_config(s: RepositorySettings) -> mc.ModelConfig:
         c.instance_group.add(count=s.scorer_instances, kind=mc.ModelInstanceGroup.KIND_GPU)
     c.dynamic_batching.max_queue_delay_microseconds = s.scorer_queue_delay_us
     c.dynamic_batching.preferred_batch_size.extend(s.preferred_batch_sizes)
+    c.dynamic_batching.default_queue_policy.max_queue_size = s.scorer_max_queue
+    if s.credits:
+        c.parameters[CROPS_IN_FLIGHT].string_value = str(s.credits)
     # Zeros pass the scorer's guard (a flat grey crop scores like any other image).
     warm = c.model_warmup.add(name="zero_crop", batch_size=1)
     warm.inputs[PIXELS].data_type = mc.TYPE_FP32

@@ -32,6 +32,7 @@ class Summary:
     seconds: float = 0.0
     retrying: int = 0  # rows of an earlier run dropped by --resume to be scored again
     aborted: str = ""
+    refused: int = 0  # requests a busy server refused (its queue at its bound), each retried
 
     def record(self, result: ScoreResult) -> None:
         """One row written, for `result`."""
@@ -47,6 +48,7 @@ class Summary:
         self.retrying += part.retrying
         self.scored += part.scored
         self.faces += part.faces
+        self.refused += part.refused
         self.errors.update(part.errors)
         self.aborted = self.aborted or part.aborted
 
@@ -76,6 +78,8 @@ class Summary:
                  f"{self.scored} rows written{again} in {self.seconds:.1f}s ({rate:.1f} images/s)"]
         if self.errors:
             lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in self.errors.most_common()))
+        if self.refused:
+            lines.append(f"server busy: {self.refused} requests refused (its queue was full) and sent again")
         if self.aborted:
             lines.append(f"STOPPED: {self.aborted}. Rerun with --resume to score the rest.")
         elif self.to_retry:
@@ -127,7 +131,7 @@ def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", res
             except FileRefused as exc:
                 refused.append((p, exc.result))
 
-    start = time.monotonic()
+    start, refused_before = time.monotonic(), getattr(client, "refusals", 0)
     try:
         try:
             for path, result in client.score_many(readable(), concurrency=concurrency, batch_size=batch_size):
@@ -150,4 +154,5 @@ def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", res
     finally:
         progress.close()
         summary.seconds = time.monotonic() - start
+        summary.refused = getattr(client, "refusals", 0) - refused_before
     return summary

@@ -16,14 +16,15 @@ from typing import Hashable, Iterable, Iterator, Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from .protocol import (ENSEMBLE, Attempt, ClientBase, RetryPolicy, ScoreResult, TLSConfig,
-                       build_inputs, failure_outcome, parse_result)
+from .protocol import (ENSEMBLE, Attempt, ClientBase, InFlightWindow, RetryPolicy, ScoreResult, TLSConfig,
+                       build_inputs, classify, failure_outcome, parse_result)
 
 
 class ScoringClient(ClientBase):
     def __init__(self, urls: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 60.0,
                  retry: RetryPolicy = RetryPolicy(), tls: TLSConfig | None = None, model: str = ENSEMBLE):
         super().__init__(grpcclient, urls, timeout_s, retry, tls, model)
+        self._window: InFlightWindow | None = None  # set by score_many
 
     def close(self) -> None:
         self._client.close()
@@ -45,10 +46,18 @@ class ScoringClient(ClientBase):
         inputs, outputs = build_inputs(grpcclient, images)
         attempt = Attempt(self.retry)
         while True:
+            window = self._window
+            started = window.acquire() if window else 0.0
+            refused = False
             try:
                 return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
             except InferenceServerException as exc:
-                time.sleep(self.backoff(exc, attempt, self._server_ready))
+                refused = classify(exc)[0] == "busy"
+                delay = self.backoff(exc, attempt, self._server_ready)
+            finally:
+                if window:
+                    window.release(started, refused)
+            time.sleep(delay)
 
     def _server_ready(self) -> bool:
         try:
@@ -89,6 +98,7 @@ class ScoringClient(ClientBase):
                     break
             return batch
 
+        self._window = InFlightWindow(concurrency)  # fewer in flight while the server refuses work
         with ThreadPoolExecutor(max_workers=concurrency, thread_name_prefix="sampleiqa-score") as pool:
             try:
                 while True:
@@ -109,3 +119,4 @@ class ScoringClient(ClientBase):
             finally:
                 for future in pending:
                     future.cancel()
+                self._window = None

@@ -8,6 +8,7 @@ import ipaddress
 import random
 import re
 import socket
+import threading
 import time
 from dataclasses import dataclass
 from typing import Sequence
@@ -19,6 +20,9 @@ from sampleiqa.contracts import ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, SCORE
 MAX_MESSAGE = 2**31 - 1  # what we send: images up to the server's byte limit, in batches
 MAX_RESPONSE = 16 * 1024 * 1024  # what we accept back: a few numbers per image
 RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"}
+# Triton's answer when a model's queue is at its bound (max_queue_size): the server is up and
+# busy. Retried with backoff for as long as the server keeps answering; never a row.
+_BUSY = re.compile(r"[Ee]xceeds maximum queue size")
 # A python-backend stub that died (OOM killer): the launcher restarts the server; until then
 # the server answers, but every request through that instance fails.
 _UNHEALTHY = re.compile(r"Stub process (?:'[^']*' )?is not healthy")
@@ -58,6 +62,10 @@ class RetryPolicy:
     # Tries for a request the server answered with a failure that is not the image's
     # ([server], [timeout]); after them each image gets its row with that code.
     failed_attempts: int = 3
+    # A refusal from a busy server: backoff from busy_base_s, doubling up to busy_max_s, with
+    # full jitter. Unbounded in count: the server answers, so the work will be taken.
+    busy_base_s: float = 0.05
+    busy_max_s: float = 2.0
 
     def delays(self):
         """Exponential backoff with full jitter, one delay between each two tries."""
@@ -152,11 +160,14 @@ def parse_result(result, n: int) -> list[ScoreResult]:
 def classify(exc: Exception) -> tuple[str, str, int | None]:
     """(kind, message, bad item index) for an InferenceServerException.
 
-    kind: "retry" (server unreachable), "loading" (model not found: retry only while the server
-    is not ready), "timeout", "item" (a bad input), "error" (other).
+    kind: "busy" (refused by a full queue: back-pressure), "retry" (server unreachable),
+    "loading" (model not found: retry only while the server is not ready), "timeout",
+    "item" (a bad input), "error" (other).
     """
     status = str(getattr(exc, "status", lambda: "")() or "")
     message = str(getattr(exc, "message", lambda: str(exc))() or exc)
+    if status in RETRYABLE and _BUSY.search(message):
+        return "busy", message, None
     if status in RETRYABLE or _UNHEALTHY.search(message):
         return "retry", message, None
     if status == "StatusCode.NOT_FOUND":  # a missing model, or a (re)starting server still loading it
@@ -178,6 +189,8 @@ class ClientBase:
         self.timeout_s = timeout_s
         self.retry = retry
         self.model = model
+        self.refusals = 0  # requests the server refused as busy, each retried (not a row)
+        self._count_lock = threading.Lock()
         self._client = module.InferenceServerClient(
             channel_target(urls), channel_args=channel_args(), **(tls.client_kwargs() if tls else {}))
 
@@ -187,6 +200,11 @@ class ClientBase:
         `server_ready` is called only for a missing model: a ready server without it will
         not grow it by waiting."""
         kind, message, _ = classify(exc)
+        if kind == "busy":  # not a transport failure: it does not use the unreachable-server budget
+            with self._count_lock:
+                self.refusals += 1
+            attempt.busy += 1
+            return random.uniform(0, min(self.retry.busy_max_s, self.retry.busy_base_s * 2**min(attempt.busy, 30)))
         if kind in ("timeout", "error"):  # answered, but not about the image: a few more tries
             attempt.failed += 1
             if attempt.failed >= self.retry.failed_attempts:
@@ -200,12 +218,49 @@ class ClientBase:
         return delay
 
 
+class InFlightWindow:
+    """How many requests a client keeps in flight against a server that refuses work: AIMD,
+    as TCP adapts to loss. A refusal halves the window (at most once per round trip: a burst
+    of refusals is one signal); each answered request grows it by 1/window, about one per
+    round trip, up to the caller's concurrency. Without it every waiting request retries on
+    its own and the server spends its CPU refusing them (3,300 refusals for 400 photos at 256
+    in flight: perf/results/memory-under-load.md)."""
+
+    def __init__(self, cap: int):
+        self.cap = max(1, cap)
+        self.limit = float(self.cap)
+        self.in_flight = 0
+        self.round_trip_s = 0.2  # a moving estimate of an answered request's time
+        self._last_cut = 0.0
+        self._cond = threading.Condition()
+
+    def acquire(self) -> float:
+        with self._cond:
+            while self.in_flight >= int(self.limit):
+                self._cond.wait()
+            self.in_flight += 1
+        return time.monotonic()
+
+    def release(self, started: float, refused: bool) -> None:
+        now = time.monotonic()
+        with self._cond:
+            self.in_flight -= 1
+            if refused:
+                if now - self._last_cut > self.round_trip_s:
+                    self.limit, self._last_cut = max(1.0, self.limit / 2), now
+            else:
+                self.round_trip_s = 0.8 * self.round_trip_s + 0.2 * (now - started)
+                self.limit = min(float(self.cap), self.limit + 1 / self.limit)
+            self._cond.notify_all()
+
+
 class Attempt:
     """The retry state of one request."""
 
     def __init__(self, policy: RetryPolicy):
         self.delays = policy.delays()
         self.failed = 0
+        self.busy = 0
 
 
 def failure_outcome(exc: Exception, n: int) -> tuple[int | None, ScoreResult]:

@@ -99,6 +99,7 @@ def score_shard(shard: int, output: Output, fmt: str, client: ScoringClient, rea
     final = {escaped(r["path"]): r for r in before if not retried(r)}
     stats = Summary(total=len(entries), skipped=len(final), retrying=len(before) - len(final))
     results: dict[str, ScoreResult] = {}
+    refused_before = client.refusals
 
     def readable():
         for path, location in entries:
@@ -115,6 +116,8 @@ def score_shard(shard: int, output: Output, fmt: str, client: ScoringClient, rea
     except TransportError as exc:  # no row for this shard: a rerun with --resume scores it
         stats.aborted = str(exc)
         return stats
+    finally:
+        stats.refused = client.refusals - refused_before
     rows = [final.get(escaped(path)) or to_row(path, results[path]) for path, _ in entries]
     output.write_rows(shard, fmt, rows, retry=sum(map(retried, rows)))
     for result in results.values():

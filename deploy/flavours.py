@@ -9,9 +9,12 @@ argument parsers before writing anything."""
 
 from __future__ import annotations
 
+import json
+import math
 from dataclasses import dataclass, field
 
 from sampleiqa import __version__
+from sampleiqa.paths import REPO_ROOT
 
 from . import layout
 
@@ -38,13 +41,34 @@ class Flavour:
                 "--metrics-port", str(layout.METRICS_PORT), "--log-file", layout.LOG_FILE]
 
 
+# The CPU pod's memory comes from the measured concurrency sweep of the shipped repository
+# (python -m sampleiqa.perf.memory_sweep; tests/test_deploy.py ties the two): its highest peak
+# (512x512 photos, clients at 1 to 256 in flight) plus MEMORY_HEADROOM_MIB for what the sweep's
+# photos do not show (the measured 12 MP point is in the same report; a 100 MP photo, the
+# default --max-pixels, decodes to 300 MB in each preprocess instance), rounded up to 256 MiB.
+MEMORY_SWEEP = REPO_ROOT / "perf" / "results" / "memory-under-load.json"
+MEMORY_SWEEP_LABEL = "shipped"
+MEMORY_HEADROOM_MIB = 1024
+
+
+def measured_peak_mib(sweep: dict) -> float:
+    """The highest whole-server peak (sum of PSS) of the shipped repository in a sweep report."""
+    return max(p["peak_mib"]["pss"] for p in sweep[MEMORY_SWEEP_LABEL]["points"])
+
+
+def memory_limit(peak_mib: float) -> str:
+    return f"{math.ceil((peak_mib + MEMORY_HEADROOM_MIB) / 256) * 256}Mi"
+
+
+CPU_MEMORY = memory_limit(measured_peak_mib(json.loads(MEMORY_SWEEP.read_text())))
+
 CPU = Flavour(
     name="cpu",
     image=f"sampleiqa-cpu:{__version__}",
     repository=layout.CPU_REPOSITORY,
     # The committed repository is tuned for 2 cores (2 preprocess instances, 2 ORT threads).
     # Requests = limits: Guaranteed QoS, so the scorer's latency does not depend on neighbours.
-    resources={"requests": {"cpu": "2", "memory": "3Gi"}, "limits": {"cpu": "2", "memory": "3Gi"}},
+    resources={"requests": {"cpu": "2", "memory": CPU_MEMORY}, "limits": {"cpu": "2", "memory": CPU_MEMORY}},
     startup_budget_s=300,
     shm_size="1Gi",
     min_replicas=2,

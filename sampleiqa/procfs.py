@@ -48,6 +48,17 @@ def rss_kib(pid: int) -> int | None:
     return next((int(line.split()[1]) for line in status.splitlines() if line.startswith("VmRSS:")), 0)
 
 
+def memory_mib(pid: int) -> dict[str, float] | None:
+    """/proc/PID/smaps_rollup in MiB ({"Rss", "Pss", "Pss_Anon", "Pss_Shmem", ...}); None once
+    gone. Pss counts a page shared by n processes as 1/n in each (the python stubs' shared
+    memory is mapped by Triton too), so the Pss of a server's processes adds up to its memory."""
+    try:
+        lines = Path(f"/proc/{pid}/smaps_rollup").read_text().splitlines()[1:]
+    except OSError:
+        return None
+    return {line.split(":")[0]: int(line.split()[1]) / 1024 for line in lines if line.endswith("kB")}
+
+
 def orphaned_stub(pid: int) -> bool:
     """Whether pid is a python-backend stub whose Triton is gone (re-parented to init)."""
     return parent_pid(pid) == 1 and STUB in b"\0".join(argv(pid))

@@ -52,6 +52,7 @@ from pathlib import Path
 from sampleiqa.contracts import ENSEMBLE
 from sampleiqa.paths import DEFAULT_REPOSITORY
 
+from .admission import credits_path
 from .procfs import SHM, alive, make_private, orphans_of, stub_regions
 
 log = logging.getLogger(__name__)
@@ -454,6 +455,8 @@ class TritonServer:
         for region in self.regions:
             (SHM / region).unlink(missing_ok=True)
         self.regions.clear()
+        if proc is not None:
+            credits_path(proc.pid).unlink(missing_ok=True)  # the stubs' crop credits (sampleiqa.admission)
         self.stub_pids = []
 
     def __enter__(self) -> "TritonServer":

@@ -2,8 +2,12 @@
 
 All the work is sampleiqa.preprocessing, the code training evaluates with. A bad item
 fails only its own request, with a "[code] message" error; the others in the batch go on.
+With `crops_in_flight` set, a batch first takes a credit per item and waits while the
+scorer has that many crops to score (sampleiqa.admission): the back-pressure that makes
+Triton refuse work at this model's queue instead of holding every crop in memory.
 """
 
+import json
 import os
 import site
 import sys
@@ -19,19 +23,23 @@ except ImportError:  # a deployed repository carries a vendored copy beside this
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
+from sampleiqa.admission import CropCredits, limit_from
 from sampleiqa.contracts import CROP, FACE_BOX, FACE_FOUND, IMAGE, PIXELS
 from sampleiqa.preprocessing import PreprocessError, preprocess_bytes
 
 
 class TritonPythonModel:
     def initialize(self, args):
-        self.logger = pb_utils.Logger
+        limit = limit_from(json.loads(args["model_config"]).get("parameters", {}))
+        self.credits = CropCredits(limit) if limit else None
 
     def execute(self, requests):
         # One batch over every item of every request: a single output buffer, then
         # per-request views of it.
         items = [pb_utils.get_input_tensor_by_name(r, IMAGE).as_numpy().reshape(-1) for r in requests]
         total = sum(len(i) for i in items)
+        if self.credits:
+            self.credits.take(total)
         pixels = np.empty((total, 3, CROP, CROP), dtype=np.float32)
         boxes = np.zeros((total, 4), dtype=np.int32)
         found = np.zeros((total, 1), dtype=bool)
@@ -59,8 +67,11 @@ class TritonPythonModel:
                 ]))
             else:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(error)))
+                if self.credits:  # the scorer never sees a failed request
+                    self.credits.give_back(stop - start)
             start = stop
         return responses
 
     def finalize(self):
-        pass
+        if self.credits:
+            self.credits.close()

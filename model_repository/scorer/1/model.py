@@ -1,7 +1,9 @@
 """Triton python-backend model `scorer` for the CPU target: PIXELS -> SCORE with ONNX Runtime.
 
 It has the same name and tensors as the GPU scorers (tensorrt_plan / onnxruntime_onnx), so
-clients never know which target is deployed. Requests are concatenated into one ORT run.
+clients never know which target is deployed. The requests' crops are scored in ORT runs of at
+most `run_batch` (the memory of a run grows with its batch, its speed per crop does not), and
+each run gives its crops' credits back to `preprocess` (sampleiqa.admission).
 The graph answers PIXELS that no image gives (NaN, Inf, |x| > 3) with a NaN score; here
 that request fails with a `[non_finite]` error naming the item (the GPU targets return the
 NaN, which the clients turn into the same error).
@@ -22,7 +24,8 @@ except ImportError:  # a deployed repository carries a vendored copy beside this
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from sampleiqa.scores import ArenaShrinker, gather_pixels, split_responses
+from sampleiqa.admission import CropCredits, limit_from
+from sampleiqa.scores import ArenaShrinker, request_pixels, score_in_chunks, split_responses
 
 
 class TritonPythonModel:
@@ -45,18 +48,26 @@ class TritonPythonModel:
         # 8); shrinking it after every large batch costs as much under sustained load (a
         # third of the throughput at 16 requests in flight). So it grows under load and is
         # shrunk back once no batch over arena_keep_batch has run for arena_shrink_after_s.
-        self.arena = ArenaShrinker(self.session, int(_param(parameters, "arena_keep_batch", "8")),
+        self.arena = ArenaShrinker(self.session, int(_param(parameters, "arena_keep_batch", "1")),
                                    float(_param(parameters, "arena_shrink_after_s", "5")))
+        self.run_batch = max(1, int(_param(parameters, "run_batch", "4")))
+        self.credits = CropCredits(limit_from(parameters)) if limit_from(parameters) else None
 
     def execute(self, requests):
-        batches, pixels = gather_pixels(pb_utils, requests)
-        with self.arena.run(len(pixels)):
-            scores = self.session.run(None, {self.input_name: pixels})[0]
+        batches = request_pixels(pb_utils, requests)
+        scores = score_in_chunks(self._run, batches, self.run_batch,
+                                 self.credits.give_back if self.credits else None)
         return split_responses(pb_utils, batches, scores)
+
+    def _run(self, pixels):
+        with self.arena.run(len(pixels)):
+            return self.session.run(None, {self.input_name: pixels})[0]
 
     def finalize(self):
         self.arena.stop()
         self.session = None
+        if self.credits:
+            self.credits.close()
 
 
 def _param(parameters, key, default):
