@@ -31,7 +31,7 @@ def add_build_repository_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--ort-threads", type=int, default=2, metavar="N", help="cpu: ONNX Runtime threads per scorer instance")
     g = p.add_argument_group("back-pressure and memory (README: Memory under load)")
     g.add_argument("--crops-in-flight", type=int, default=None, metavar="N",
-                   help="crops preprocessed but not yet scored, at most (default: 16 cpu, 256 gpu-torch; 0: no limit)")
+                   help="crops preprocessed but not yet scored, at most (default: 48 cpu, 256 gpu-torch; 0: no limit)")
     g.add_argument("--preprocess-max-queue", type=int, default=64, metavar="N",
                    help="requests waiting for preprocess; more are refused at once (clients retry)")
     g.add_argument("--scorer-max-queue", type=int, default=128, metavar="N", help="requests waiting for the scorer")

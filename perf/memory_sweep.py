@@ -37,6 +37,7 @@ from .inputs import copy_photos
 from .plots import new_axes, save
 
 SAMPLE_S = 0.25
+SETTLE_S = 6.0
 ROLES = ("triton", "preprocess", "scorer")
 
 
@@ -155,6 +156,7 @@ def measure(repository: Path, points: list[tuple[int, int]], photos: Path, n: in
         runs = []
         for r in range(rounds):
             for clients, concurrency in points:
+                time.sleep(SETTLE_S)  # the scorer's arena shrinks after 5 s idle: no point starts on the last one's
                 runs.append(run_point(server, clients, concurrency, photos, n, work))
                 last = runs[-1]
                 print(f"{repository.name} round {r + 1}: {clients}x{concurrency}: {last['images_per_s']:.1f} images/s, "

@@ -197,6 +197,11 @@ def stub_environment() -> dict[str, str]:
     dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
     env["SAMPLEIQA_SITE_DIRS"] = os.pathsep.join(dict.fromkeys(dirs))
     env.setdefault("OMP_NUM_THREADS", "1")
+    # glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so
+    # request buffers and crops (0.5-4 MB) then come from heaps that are never given back:
+    # Triton kept ~200 MiB after a load of 12 MP photos. A fixed threshold keeps every block
+    # over 256 KiB in its own mapping, returned when freed (perf/results/memory-under-load.md).
+    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(256 * 1024))
     return env
 
 

@@ -100,8 +100,9 @@ def test_configs_bound_the_queues_and_pass_the_credits():
     pre, scorer = cpu[PREPROCESS], cpu[SCORER]
     assert pre.dynamic_batching.default_queue_policy.max_queue_size == 64
     assert scorer.dynamic_batching.default_queue_policy.max_queue_size == 128
-    assert pre.parameters["crops_in_flight"].string_value == scorer.parameters["crops_in_flight"].string_value == "16"
+    assert pre.parameters["crops_in_flight"].string_value == scorer.parameters["crops_in_flight"].string_value == "48"
     assert list(pre.dynamic_batching.preferred_batch_size) == [4]
+    assert list(scorer.dynamic_batching.preferred_batch_size) == [8]
     assert scorer.parameters["run_batch"].string_value == "4"
     # A TensorRT or ORT-backend scorer cannot give credits back: no credits, only the queue bounds.
     trt = all_configs(RepositorySettings(target="gpu-trt", crops_in_flight=16))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import argparse
 import copy
+import json
 import os
 import shutil
 import signal
@@ -29,7 +30,7 @@ import yaml
 from sampleiqa.clients.commands import add_serve_arguments
 from sampleiqa.deploy import layout, render
 from sampleiqa.deploy.cluster import TLS_ARGS, tls_patch
-from sampleiqa.deploy.flavours import FLAVOURS
+from sampleiqa.deploy.flavours import FLAVOURS, MEMORY_HEADROOM_MIB, MEMORY_SWEEP, measured_peak_mib
 from sampleiqa.paths import DEFAULT_REPOSITORY
 from sampleiqa.procfs import child_pids, stub_regions
 from sampleiqa.server import HTTP_APIS, HTTP_OPEN_ENV, TRITONSERVER_DIR_ENV, TritonServer, free_port, triton_paths
@@ -78,6 +79,22 @@ def _apply_json_patch(document: dict, ops: list[dict]) -> dict:
 def test_committed_manifests_are_a_fresh_render():
     assert render.stale(K8S) == [], "deploy/k8s was edited by hand or is stale: python -m sampleiqa.deploy.render"
     assert not any("&id" in text for text in render.all_files().values())  # plain YAML, no anchors
+
+
+def test_the_cpu_pods_memory_follows_the_measured_sweep():
+    """The limit is the measured peak plus the stated headroom (issue 25): a re-measured sweep
+    without a re-render, or a limit edited by hand, fails here."""
+    sweep = json.loads(MEMORY_SWEEP.read_text())
+    peak = measured_peak_mib(sweep)
+    resources = _container(_deployment("cpu"))["resources"]
+    for kind in ("requests", "limits"):
+        memory = resources[kind]["memory"]
+        assert memory.endswith("Mi"), memory
+        assert peak + MEMORY_HEADROOM_MIB <= int(memory[:-2]) < peak + MEMORY_HEADROOM_MIB + 256, (memory, peak)
+    points = sweep["shipped"]["points"]
+    assert max(p["in_flight"] for p in points) >= 256 and any(p["clients"] > 1 for p in points)
+    assert all(p["rows_ok"] == p["rows_expected"] for p in points), "the measured run lost rows"
+    assert peak <= 2048, f"the shipped server peaked at {peak:.0f} MiB (target: 2 GiB at any concurrency)"
 
 
 def test_every_manifest_passes_the_kubernetes_schemas():

@@ -154,9 +154,10 @@ def test_the_default_log_folder_is_private(tmp_path, monkeypatch):
 
 def test_memory_returns_after_a_batch_of_32_and_refused_payloads_stay_bounded(tmp_path):
     """Before: the scorer stub kept ~2.4 GB after one 32-photo request (ORT's arena keeps
-    its peak). Now the arena is shrunk once no batch over 8 has run for 5 s (not after each
-    one: that cost a third of the throughput under load), so memory goes back to the
-    working set of a batch of 8, with no request needed. Figures are printed for tests/README.md."""
+    its peak). Now ORT runs at most 4 crops at a time (run_batch; issue 25), and the arena is
+    shrunk back once no run over 1 has happened for 5 s (not after each one: that cost a
+    third of the throughput under load), with no request needed. Figures are printed for
+    tests/README.md."""
     photos = [p.read_bytes() for p in biq_images(32)]
     with TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log", supervise=False) as server, \
             ScoringClient(server.url, timeout_s=300) as client:

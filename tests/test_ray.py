@@ -278,6 +278,22 @@ def test_resume_keeps_and_rescores_files_with_odd_names_in_every_format(replicas
     assert dict(output.done()) == {0: {"rows": 5, "retry": 0}}
 
 
+def test_a_busy_server_at_256_in_flight_loses_and_doubles_no_row(inputs, cluster, tmp_path):
+    """Two actors at --concurrency 256 against one server with tiny queue bounds (issue 25):
+    the refusals are retried, never rows; exactly one row per file, and the summary counts them."""
+    from .test_backpressure import tight_repository
+
+    with TritonServer(tight_repository(tmp_path / "repo"), log_file=tmp_path / "tight.log") as tight:
+        out = tmp_path / "scores"
+        cmd = SAMPLEIQA + ["score", str(inputs), "--out", str(out), "--engine", "ray", "--ray-address", cluster,
+                           "--url", tight.url, "--shard-size", "100", "--concurrency", "256", "--timeout", "300"]
+        res = subprocess.run(cmd, env={**os.environ, **S3_ENV, **RAY_ENV}, capture_output=True, text=True, timeout=600)
+    assert res.returncode == 0, res.stdout + res.stderr
+    assert_one_row_per_file(all_rows(str(out)), inputs)
+    log = res.stdout + res.stderr
+    assert int(log.split("server busy: ")[1].split()[0]) > 0, log
+
+
 def test_replica_killed_mid_run_fails_over(inputs, cluster, replicas, tmp_path):
     """Last in this module: the killed replica stays down."""
     out = tmp_path / "scores"
