@@ -228,11 +228,12 @@ def _plot(results: dict[str, dict], path: Path) -> None:
     fig, ax = axes
     for label, res in results.items():
         line = [p for p in res["points"] if p["clients"] == 1 and p["photos"] == "512x512"]
-        ax.plot([p["in_flight"] for p in line], [p["peak_mib"]["pss"] for p in line], marker="o", label=label)
+        (drawn,) = ax.plot([p["in_flight"] for p in line], [p["peak_mib"]["pss"] for p in line], marker="o", label=label)
         for p in res["points"]:
             if p not in line:
-                ax.scatter([p["in_flight"]], [p["peak_mib"]["pss"]], marker="s")
-                ax.annotate(point_name(p), (p["in_flight"], p["peak_mib"]["pss"]))
+                ax.scatter([p["in_flight"]], [p["peak_mib"]["pss"]], marker="s", color=drawn.get_color())
+                ax.annotate(point_name(p), (p["in_flight"], p["peak_mib"]["pss"]), fontsize=7,
+                            xytext=(-60, 6), textcoords="offset points")
     ax.set_xscale("log", base=2)
     save(fig, ax, path, "Peak server memory against requests in flight", "requests in flight (all clients)",
          "peak MiB (sum of PSS)")

@@ -60,8 +60,10 @@ class CropCredits:
         try:
             raw = os.pread(self._fd, _STATE.size, 0)
             state = list(_STATE.unpack(raw)) if len(raw) == _STATE.size else [0, 0.0]
+            before = list(state)
             yield state
-            os.pwrite(self._fd, _STATE.pack(*state), 0)
+            if state != before:  # a wait polls: it reads, and writes nothing
+                os.pwrite(self._fd, _STATE.pack(*state), 0)
         finally:
             fcntl.flock(self._fd, fcntl.LOCK_UN)
 
