@@ -31,7 +31,7 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         self.scorer = TorchScorer(path, device=device, fp16=parameters.get("precision", "fp16") == "fp16",
                                   cuda_graphs=parameters.get("cuda_graphs", "1") == "1",
-                                  max_batch=max(1, int(config.get("max_batch_size", 64))))
+                                  max_batch=max(1, int(parameters.get("run_batch", config.get("max_batch_size", 64)))))
 
     def execute(self, requests):
         batches, pixels = gather_pixels(pb_utils, requests)

@@ -31,7 +31,7 @@ class RepositorySettings:
     scorer_instances: int = 1
     ort_threads: int = 2  # cpu scorer: ONNX Runtime intra-op threads per instance
     ort_spinning: bool = False  # cpu scorer: busy-waiting ORT threads burn the cores preprocess needs (perf/results/tuning.md)
-    ort_run_batch: int = 4  # cpu scorer: crops per ORT run; memory grows with it, speed per crop does not
+    ort_run_batch: int = 4  # scorers on CPU (ORT; torch with torch_device cpu): crops per run; memory grows with it, speed per crop does not
     ort_arena_keep_batch: int = 1  # cpu scorer: ORT's arena is shrunk back after a larger run (memory bound) ...
     ort_arena_shrink_after_s: float = 5.0  # ... once none has run for this long (not after each: perf/results/arena-under-load.md)
     torch_device: str = "gpu"  # gpu-torch: "cpu" runs the same model on CPU (the dry run of perf/gpu_run.py)
@@ -135,6 +135,8 @@ def scorer_config(s: RepositorySettings) -> mc.ModelConfig:
         c.instance_group.add(count=s.scorer_instances, kind=kind)
         c.parameters["precision"].string_value = "fp16" if gpu else "fp32"
         c.parameters["cuda_graphs"].string_value = "1" if gpu and s.cuda_graphs else "0"
+        if not gpu:  # on CPU, torch's activations grow with the run as ORT's do
+            c.parameters["run_batch"].string_value = str(s.ort_run_batch)
     else:
         c.platform = "onnxruntime_onnx"
         c.default_model_filename = "model.onnx"
