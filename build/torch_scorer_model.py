@@ -9,6 +9,7 @@ finite score fails with `[non_finite]`, as the CPU scorer does.
 import json
 import os
 import site
+from contextlib import nullcontext
 
 for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.pathsep)):
     site.addsitedir(_dir)
@@ -35,9 +36,10 @@ class TritonPythonModel:
 
     def execute(self, requests):
         batches, pixels = gather_pixels(pb_utils, requests)
-        scores = self.scorer(pixels)
-        if self.credits:
-            self.credits.give_back(len(pixels))
+        with self.credits.scoring() if self.credits else nullcontext():
+            scores = self.scorer(pixels)
+            if self.credits:
+                self.credits.give_back(len(pixels))
         return split_responses(pb_utils, batches, scores)
 
     def finalize(self):

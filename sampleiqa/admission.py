@@ -2,17 +2,20 @@
 
 Triton 2.51 has no in-flight limit for an ensemble and no flow control between its steps.
 `preprocess` is several times faster than the scorer, so under load every request's crop
-(2.4 MB of FP32) piled up in Triton's memory in front of the scorer: ~7 GiB at 64 requests
+(2.4 MB of FP32) piled up in Triton's memory in front of the scorer: ~4.5 GiB at 64 requests
 in flight. Here each `preprocess` batch takes one credit per item before it decodes, and the
 scorer gives them back as it scores. While none are free, `preprocess` waits, its queue
 fills, and Triton refuses what is over that queue's bound at once ("Exceeds maximum queue
 size", gRPC UNAVAILABLE), before any work is spent on it; clients retry with backoff.
 
-The credits are a counter in a 24-byte file shared by the python stubs of one Triton server
+The credits are a counter in a small file shared by the python stubs of one Triton server
 (named by the server's pid: the stubs' parent), changed under flock. Credits that never come
-back (a request cancelled between the steps, the warm-up) are forgiven: once none has been
-given back for STALE_S while some are out, the count restarts from zero, so the pipeline can
-never stall on them. Standard library only: repositories vendor it beside the models.
+back (crops asked of `preprocess` directly, a request cancelled between the steps, the
+warm-up) are forgiven when more are wanted than are free:
+- at once if the scorer is idle: not running and not for IDLE_S. An idle scorer has nothing
+  queued (Triton hands it queued crops within its batching delay), so no crop waits for it;
+- otherwise once none has come back for STALE_S (a hung scorer).
+So the pipeline can never stall on them. Standard library only: repositories vendor it.
 """
 
 from __future__ import annotations
@@ -25,10 +28,14 @@ import time
 from contextlib import contextmanager
 from pathlib import Path
 
+IDLE_S = 0.25  # far above the scorer's batching delay (2 ms) and the gap between its runs
 STALE_S = 10.0  # far above one scorer run of a few crops, on any host
 POLL_S = 0.003
 PARAMETER = "crops_in_flight"  # the models' config parameter: the limit, 0 for none
-_STATE = struct.Struct("<qd")  # credits out; CLOCK_MONOTONIC (shared by processes) of the last change that matters
+# credits out; scorer runs in progress; CLOCK_MONOTONIC (shared by processes) of the last
+# credit given back (or the first taken), and of the end of the scorer's last run
+_STATE = struct.Struct("<qqdd")
+OUT, RUNNING, GIVEN, ENDED = range(4)
 PREFIX = "sampleiqa-credits-"
 
 
@@ -59,7 +66,7 @@ class CropCredits:
         fcntl.flock(self._fd, fcntl.LOCK_EX)
         try:
             raw = os.pread(self._fd, _STATE.size, 0)
-            state = list(_STATE.unpack(raw)) if len(raw) == _STATE.size else [0, 0.0]
+            state = list(_STATE.unpack(raw)) if len(raw) == _STATE.size else [0, 0, 0.0, 0.0]
             before = list(state)
             yield state
             if state != before:  # a wait polls: it reads, and writes nothing
@@ -71,15 +78,20 @@ class CropCredits:
         """Take n credits if they are free. A batch larger than the limit goes alone."""
         with self._state() as state:
             now = time.monotonic()
-            if state[0] > 0 and now - state[1] > STALE_S:
-                state[0] = 0
+            if state[OUT] and state[OUT] + n > self.limit and self._stale(state, now):
+                state[OUT] = 0
                 self.forgiven += 1
-            if state[0] and state[0] + n > self.limit:
+            if state[OUT] and state[OUT] + n > self.limit:
                 return False
-            if not state[0]:
-                state[1] = now  # staleness counts from the first credit out
-            state[0] += n
+            if not state[OUT]:
+                state[GIVEN] = now  # staleness counts from the first credit out
+            state[OUT] += n
             return True
+
+    @staticmethod
+    def _stale(state: list, now: float) -> bool:
+        idle = not state[RUNNING] and now - state[ENDED] > IDLE_S
+        return idle or now - state[GIVEN] > STALE_S
 
     def take(self, n: int) -> None:
         """Wait until n credits are free, and take them (never longer than ~STALE_S)."""
@@ -94,12 +106,24 @@ class CropCredits:
         if n < 1:
             return
         with self._state() as state:
-            state[0] = max(0, state[0] - n)  # a direct call to the scorer took none
-            state[1] = time.monotonic()
+            state[OUT] = max(0, state[OUT] - n)  # a direct call to the scorer took none
+            state[GIVEN] = time.monotonic()
+
+    @contextmanager
+    def scoring(self):
+        """The scorer's run: while it lasts, and IDLE_S after, the scorer is not idle."""
+        with self._state() as state:
+            state[RUNNING] += 1
+        try:
+            yield
+        finally:
+            with self._state() as state:
+                state[RUNNING] = max(0, state[RUNNING] - 1)
+                state[ENDED] = time.monotonic()
 
     def out(self) -> int:
         with self._state() as state:
-            return state[0]
+            return state[OUT]
 
     def close(self) -> None:
         if self._fd >= 0:

@@ -33,16 +33,23 @@ ONNX = DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx"
 
 # --- the credits (sampleiqa.admission), between real processes ----------------------------
 
+def busy_scorer(path: Path):
+    """The scorer's side of the credits, in a run (a scorer that is running is not idle)."""
+    return CropCredits(1, path).scoring()
+
+
 def test_credits_are_taken_up_to_the_limit_and_given_back(tmp_path):
     credits = CropCredits(4, tmp_path / "credits")
-    assert credits.try_take(3) and not credits.try_take(2) and credits.try_take(1)
-    assert credits.out() == 4 and not credits.try_take(1)
-    credits.give_back(2)
-    assert credits.try_take(2) and credits.out() == 4
-    credits.give_back(10)  # a direct scorer call gives back what nobody took: never below zero
-    assert credits.out() == 0
-    assert credits.try_take(9), "a batch larger than the limit goes when nothing else is out"
-    assert not credits.try_take(1)
+    with busy_scorer(tmp_path / "credits"):
+        assert credits.try_take(3) and not credits.try_take(2) and credits.try_take(1)
+        assert credits.out() == 4 and not credits.try_take(1)
+        credits.give_back(2)
+        assert credits.try_take(2) and credits.out() == 4
+        credits.give_back(10)  # a direct call to the scorer gives back what nobody took: never below zero
+        assert credits.out() == 0
+        assert credits.try_take(9), "a batch larger than the limit goes when nothing else is out"
+        assert not credits.try_take(1)
+    assert credits.forgiven == 0
 
 
 def _take_in_another_process(path: str, n: int, done) -> None:
@@ -50,30 +57,37 @@ def _take_in_another_process(path: str, n: int, done) -> None:
     done.set()
 
 
-def test_a_second_process_waits_for_credits_until_the_first_gives_them_back(tmp_path):
+def test_a_second_process_waits_for_credits_until_the_scorer_gives_them_back(tmp_path):
     path = tmp_path / "credits"
     mine = CropCredits(2, path)
     mine.take(2)
     done = multiprocessing.get_context("spawn").Event()
     other = multiprocessing.get_context("spawn").Process(target=_take_in_another_process, args=(str(path), 1, done))
-    other.start()
-    try:
-        assert not done.wait(1.5), "took a credit while none was free"
-        mine.give_back(1)
-        assert done.wait(10), "still waiting after a credit came back"
-    finally:
-        other.join(10)
-    assert mine.out() == 2
+    with busy_scorer(path):
+        other.start()
+        try:
+            assert not done.wait(1.5), "took a credit while none was free and the scorer was running"
+            mine.give_back(1)
+            assert done.wait(10), "still waiting after a credit came back"
+        finally:
+            other.join(10)
+    assert mine.out() == 2 and mine.forgiven == 0
 
 
-def test_credits_never_given_back_are_forgiven(tmp_path, monkeypatch):
-    """A request cancelled between the steps must not stall the pipeline for good."""
-    monkeypatch.setattr(admission, "STALE_S", 0.3)
+def test_credits_nobody_will_give_back_are_forgiven(tmp_path, monkeypatch):
+    """Crops asked of preprocess directly never reach the scorer: an idle scorer forgives
+    them at once; a scorer that runs without giving any back (hung), after STALE_S."""
     credits = CropCredits(2, tmp_path / "credits")
     credits.take(2)
     start = time.monotonic()
-    credits.take(1)
-    assert 0.25 < time.monotonic() - start < 5 and credits.forgiven == 1 and credits.out() == 1
+    credits.take(1)  # the scorer never ran: idle
+    assert time.monotonic() - start < 1 and credits.forgiven == 1 and credits.out() == 1
+    monkeypatch.setattr(admission, "STALE_S", 0.5)
+    with busy_scorer(tmp_path / "credits"):
+        credits.take(1)
+        start = time.monotonic()
+        credits.take(1)  # 2 out, the scorer running and giving none back
+        assert 0.3 < time.monotonic() - start < 5 and credits.forgiven == 2 and credits.out() == 1
 
 
 # --- the scorer's runs ---------------------------------------------------------------------
@@ -140,7 +154,7 @@ def photos(tmp_path_factory) -> Path:
 
 
 @pytest.mark.server
-def test_a_full_queue_is_refused_at_once_and_the_server_stays_up(tight, photos):
+def test_over_the_queue_bound_triton_refuses_and_the_server_stays_up(tight, photos):
     import tritonclient.grpc as grpcclient
     from tritonclient.utils import InferenceServerException
 
@@ -151,20 +165,18 @@ def test_a_full_queue_is_refused_at_once_and_the_server_stays_up(tight, photos):
     def once(_):
         with grpcclient.InferenceServerClient(tight.url) as c:
             inputs, outputs = build_inputs(grpcclient, [data])
-            t = time.monotonic()
             try:
                 c.infer("sampleiqa", inputs, outputs=outputs, client_timeout=120)
-                return "ok", time.monotonic() - t
+                return "ok"
             except InferenceServerException as exc:
-                return classify(exc)[0] + ":" + str(exc.status()) + ":" + exc.message(), time.monotonic() - t
+                return f"{classify(exc)[0]}:{exc.status()}:{exc.message()}"
 
     with ThreadPoolExecutor(32) as pool:
         outcomes = list(pool.map(once, range(32)))
-    refused = [(o, t) for o, t in outcomes if o != "ok"]
+    refused = [o for o in outcomes if o != "ok"]
     assert refused, "32 requests at once against 2 crops in flight and queues of 2: none refused"
-    assert all(o.startswith("busy:StatusCode.UNAVAILABLE:") and "maximum queue size" in o for o, _ in refused), refused
-    assert max(t for _, t in refused) < 2.0, "a refusal should come at once, not after queueing"
-    assert sum(o == "ok" for o, _ in outcomes) >= 3
+    assert all(o.startswith("busy:StatusCode.UNAVAILABLE:") and "maximum queue size" in o for o in refused), refused
+    assert outcomes.count("ok") >= 3
     with grpcclient.InferenceServerClient(tight.url) as c:
         assert c.is_server_ready() and c.is_model_ready("sampleiqa")
 

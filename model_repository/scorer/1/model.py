@@ -13,6 +13,7 @@ import json
 import os
 import site
 import sys
+from contextlib import nullcontext
 
 for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.pathsep)):
     site.addsitedir(_dir)
@@ -55,8 +56,9 @@ class TritonPythonModel:
 
     def execute(self, requests):
         batches = request_pixels(pb_utils, requests)
-        scores = score_in_chunks(self._run, batches, self.run_batch,
-                                 self.credits.give_back if self.credits else None)
+        with self.credits.scoring() if self.credits else nullcontext():
+            scores = score_in_chunks(self._run, batches, self.run_batch,
+                                     self.credits.give_back if self.credits else None)
         return split_responses(pb_utils, batches, scores)
 
     def _run(self, pixels):
