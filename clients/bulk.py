@@ -131,7 +131,7 @@ def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", res
             except FileRefused as exc:
                 refused.append((p, exc.result))
 
-    start, refused_before = time.monotonic(), getattr(client, "refusals", 0)
+    start, refused_before = time.monotonic(), client.refusals
     try:
         try:
             for path, result in client.score_many(readable(), concurrency=concurrency, batch_size=batch_size):
@@ -154,5 +154,5 @@ def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", res
     finally:
         progress.close()
         summary.seconds = time.monotonic() - start
-        summary.refused = getattr(client, "refusals", 0) - refused_before
+        summary.refused = client.refusals - refused_before
     return summary

@@ -29,6 +29,7 @@ import threading
 import time
 from pathlib import Path
 
+from sampleiqa.clients.rows import read_rows
 from sampleiqa.procfs import argv, child_pids, memory_mib
 from sampleiqa.server import TritonServer
 
@@ -107,8 +108,7 @@ def parse_point(text: str) -> tuple[int, int]:
 
 
 def count_ok_rows(csv: Path) -> int:
-    lines = csv.read_text().splitlines()[1:]
-    return sum(1 for line in lines if line.split(",")[-2:-1] == ["ok"])
+    return sum(row["status"] == "ok" for row in read_rows(csv, "csv"))
 
 
 def phone_size_copies(photos: Path, n: int, dest: Path) -> Path:
@@ -135,7 +135,7 @@ def run_point(server: TritonServer, clients: int, concurrency: int, photos: Path
         errs = [p.communicate()[1] for p in procs]
     seconds = time.monotonic() - t0
     refused = sum(int(m.group(1)) for e in errs for m in re.finditer(r"server busy: (\d+) requests refused", e))
-    ok_rows = [count_ok_rows(out) if out.exists() else 0 for out in outs]
+    ok_rows = [count_ok_rows(out) for out in outs]
     if any(p.returncode for p in procs) or ok_rows != [n] * clients:
         print("\n".join(errs), file=sys.stderr)
     return {"clients": clients, "concurrency": concurrency, "photos": tag or "512x512", "images_per_s": clients * n / seconds,
@@ -151,7 +151,7 @@ def measure(repository: Path, points: list[tuple[int, int]], photos: Path, n: in
         subprocess.run([sys.executable, "-m", "sampleiqa.cli", "score", str(photos), "--url", server.url,
                         "--out", str(work / "warm.csv"), "--overwrite", "--concurrency", "1"],
                        capture_output=True, check=True)
-        time.sleep(6)  # past the scorer's arena shrink (5 s idle)
+        time.sleep(SETTLE_S)
         warm = settled(pid)
         runs = []
         for r in range(rounds):

@@ -58,7 +58,6 @@ class CropCredits:
         self.limit = limit
         self.path = Path(path) if path else credits_path(os.getppid())
         self._fd = os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_CLOEXEC, 0o600)
-        self.waited_s = 0.0  # time this process spent waiting for credits
         self.forgiven = 0  # times the count was found stale and restarted
 
     @contextmanager
@@ -95,12 +94,8 @@ class CropCredits:
 
     def take(self, n: int) -> None:
         """Wait until n credits are free, and take them (never longer than ~STALE_S)."""
-        if n < 1 or self.try_take(n):
-            return
-        start = time.monotonic()
-        while not self.try_take(n):
+        while n > 0 and not self.try_take(n):
             time.sleep(POLL_S)
-        self.waited_s += time.monotonic() - start
 
     def give_back(self, n: int) -> None:
         if n < 1:

@@ -5,7 +5,6 @@ server's peak memory at 256 requests in flight. Real Triton, real gRPC, real pho
 from __future__ import annotations
 
 import asyncio
-import csv
 import multiprocessing
 import os
 import subprocess
@@ -26,6 +25,7 @@ from sampleiqa.scores import score_in_chunks
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer
 
 from .conftest import biq_images
+from .test_cli import rows
 
 SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli"]
 ONNX = DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx"
@@ -206,21 +206,16 @@ def test_sync_and_async_clients_retry_refusals_and_every_photo_is_scored(tight, 
     assert refusals > 0 and all(r.ok for r in scored)
 
 
-def _rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
-
-
 @pytest.mark.server
 def test_bulk_cli_at_256_in_flight_writes_one_row_per_file_and_counts_refusals(tight, photos, tmp_path):
     out = tmp_path / "scores.csv"
     res = subprocess.run(SAMPLEIQA + ["score", str(photos), "--url", tight.url, "--out", str(out), "--concurrency",
                                       "256", "--timeout", "300"], capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    rows = _rows(out)
-    names = [Path(r["path"]).name for r in rows]
+    written = rows(out)
+    names = [Path(r["path"]).name for r in written]
     assert sorted(names) == sorted(p.name for p in photos.iterdir()), "a file has no row, or two"
-    assert all(r["status"] == "ok" for r in rows), [r for r in rows if r["status"] != "ok"][:3]
+    assert all(r["status"] == "ok" for r in written), [r for r in written if r["status"] != "ok"][:3]
     refused = int(res.stderr.split("server busy: ")[1].split()[0])
     assert refused > 0, res.stderr
 
@@ -265,5 +260,6 @@ def test_shipped_server_memory_stays_bounded_at_256_in_flight(server, tmp_path):
                                           "--concurrency", "256", "--timeout", "300"],
                              capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stderr
-    assert len(_rows(out)) == 120 and all(r["status"] == "ok" for r in _rows(out))
+    written = rows(out)
+    assert len(written) == 120 and all(r["status"] == "ok" for r in written)
     assert 0 < sampler.peak["pss"] < 2048, sampler.peak

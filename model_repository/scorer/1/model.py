@@ -52,7 +52,8 @@ class TritonPythonModel:
         self.arena = ArenaShrinker(self.session, int(_param(parameters, "arena_keep_batch", "1")),
                                    float(_param(parameters, "arena_shrink_after_s", "5")))
         self.run_batch = max(1, int(_param(parameters, "run_batch", "4")))
-        self.credits = CropCredits(limit_from(parameters)) if limit_from(parameters) else None
+        limit = limit_from(parameters)
+        self.credits = CropCredits(limit) if limit else None
 
     def execute(self, requests):
         batches = request_pixels(pb_utils, requests)
