@@ -29,6 +29,7 @@ def pods_service() -> dict:
 
 
 def disruption_budget() -> dict:
+    # One pod at a time through drains; with the HPA's two at least, one always serves.
     return {"apiVersion": "policy/v1", "kind": "PodDisruptionBudget", "metadata": dict(_META),
             "spec": {"maxUnavailable": 1, "selector": {"matchLabels": dict(layout.LABELS)}}}
 

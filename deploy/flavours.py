@@ -32,6 +32,8 @@ class Flavour:
     queue_target_us: int  # the HPA adds pods above this mean queue wait per image
     env: dict = field(default_factory=dict)
     init_args: tuple[str, ...] = ()  # `sampleiqa build-repository` flags for the init container
+    # A new pod is ready before an old one stops, in both flavours: a GPU rollout therefore
+    # needs one spare GPU in the node pool (deploy/README.md); without it the rollout waits.
     rolling: dict = field(default_factory=lambda: {"maxSurge": 1, "maxUnavailable": 0})
     tolerations: tuple[dict, ...] = ()
 
@@ -86,7 +88,9 @@ GPU = Flavour(
                "limits": {"cpu": "8", "memory": "8Gi", "nvidia.com/gpu": "1"}},
     startup_budget_s=600,
     shm_size="2Gi",
-    min_replicas=1,
+    # Two at least: with one, a node drain or a lost node stops scoring for the minutes a new pod
+    # takes to build its engine, past the clients' 60 s of retries (the PDB lets one go at a time).
+    min_replicas=2,
     max_replicas=4,
     queue_target_us=10_000,
     env={"SAMPLEIQA_TRITONSERVER_DIR": layout.TRITON_DIR},
@@ -96,8 +100,6 @@ GPU = Flavour(
     init_args=("build-repository", "--target", "gpu-trt", "--onnx", layout.SCORER_ONNX,
                "--out", layout.GPU_REPOSITORY, "--max-batch", "64", "--opt-batch", "16",
                "--preprocess-instances", str(GPU_PREPROCESS_INSTANCES), "--timing-cache", "/models/trt.cache"),
-    # GPUs are scarce: replace pods one at a time instead of asking for a spare GPU.
-    rolling={"maxSurge": 0, "maxUnavailable": 1},
     tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
 )
 

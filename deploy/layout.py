@@ -20,7 +20,7 @@ LIVE_PATH = "/v2/health/live"
 READY_PATH = "/v2/health/ready"
 HTTP_OPEN = "health"  # the value of sampleiqa.server.HTTP_OPEN_ENV in the pod
 
-USER_ID = 10001  # the non-root user both images create (deploy/docker/*.Dockerfile)
+USER_ID = 10001  # the non-root user both server images create (deploy/docker/Dockerfile.cpu, .gpu)
 SOURCE_DIR = "/opt/sampleiqa"  # the checkout inside both images (installed editable)
 CPU_REPOSITORY = f"{SOURCE_DIR}/model_repository"  # baked into the CPU image
 GPU_REPOSITORY = "/models/sampleiqa"  # built at pod start by the init container (emptyDir)
@@ -37,3 +37,11 @@ TLS_DIR = "/etc/sampleiqa/tls"
 # in microseconds per ensemble request (deploy/monitoring/prometheus-adapter-values.yaml).
 QUEUE_METRIC = "sampleiqa_queue_us_per_request"
 MONITORING_NAMESPACE = "monitoring"
+
+# Bulk scoring (`sampleiqa score --engine ray`, deploy/k8s/ray/): a KubeRay RayJob whose head and
+# workers run deploy/docker/Dockerfile.ray. Their own component label keeps the server's
+# selectors (Services, PDB, NetworkPolicy) off them.
+RAY_LABELS = {"app.kubernetes.io/name": APP, "app.kubernetes.io/component": "bulk-scoring"}
+RAY_USER_ID, RAY_GROUP_ID = 1000, 100  # Ray's image: user `ray`, group `users` (Dockerfile.ray: USER 1000:100)
+RAY_SERVICE_ACCOUNT = f"{APP}-ray"  # the head's and workers' cloud identity (IRSA, Workload Identity)
+RAY_AUTH_SECRET, RAY_AUTH_SECRET_KEY = f"{APP}-ray-auth", "auth_token"  # RAY_AUTH_TOKEN (the key KubeRay's own uses)

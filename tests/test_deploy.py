@@ -1,7 +1,8 @@
-"""deploy/: the committed manifests are a fresh render, pass the Kubernetes 1.30 schemas, and
-mean what they say: `sampleiqa serve` started with exactly the Deployment's container arguments
-and environment (loopback ports substituted for the container ports) answers the probes' paths
-as the probes expect: nothing before the models are loaded, ready once they are, not ready
+"""deploy/: the committed manifests are a fresh render, pass the Kubernetes 1.30 schemas (the
+RayJob: KubeRay's CRD schema, its pod templates the core ones), and mean what they say:
+`sampleiqa serve` started with exactly the Deployment's container arguments and environment
+(loopback ports substituted for the container ports) answers the probes' paths as the probes
+expect: nothing before the models are loaded, ready once they are, not ready
 while the launcher restarts Triton after a stub died, ready again after it.
 
 Not checked here (no cluster, no Docker daemon): the images build, the pods schedule, the
@@ -13,6 +14,7 @@ import argparse
 import copy
 import json
 import os
+import shlex
 import shutil
 import signal
 import subprocess
@@ -23,12 +25,14 @@ import urllib.request
 from pathlib import Path
 
 import grpc
+import jsonschema
 import kubernetes_validate
 import pytest
 import yaml
 
 from sampleiqa.clients.commands import add_serve_arguments
-from sampleiqa.deploy import layout, render
+from sampleiqa import __version__
+from sampleiqa.deploy import layout, rayjob, render
 from sampleiqa.deploy.cluster import TLS_ARGS, tls_patch
 from sampleiqa.deploy.flavours import FLAVOURS, MEMORY_HEADROOM_MIB, MEMORY_SWEEP, measured_peak_mib
 from sampleiqa.paths import DEFAULT_REPOSITORY
@@ -117,7 +121,7 @@ def test_every_manifest_passes_the_kubernetes_schemas():
 
 
 def test_each_kustomization_lists_its_folder():
-    for flavour in FLAVOURS:
+    for flavour in [*FLAVOURS, "ray"]:
         folder = K8S / flavour
         listed = _load(folder / "kustomization.yaml")["resources"]
         assert sorted(listed) == sorted(p.name for p in folder.glob("*.yaml") if p.name != "kustomization.yaml")
@@ -130,6 +134,8 @@ def test_kustomize_builds_each_flavour_and_the_tls_overlay(tmp_path):
         kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.stdout))
         assert kinds == ["Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "Service",
                          "Service"]
+    out = subprocess.run(["kubectl", "kustomize", str(K8S / "ray")], capture_output=True, text=True, check=True)
+    assert sorted(d["kind"] for d in yaml.safe_load_all(out.stdout)) == ["RayJob", "ServiceAccount"]
     overlay = tmp_path / "overlay"
     overlay.mkdir()
     (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
@@ -229,6 +235,147 @@ def test_tritonserver_flags_from_the_container_args(monkeypatch, tmp_path):
     assert restricted.split("=", 1)[1].split(":")[0].split(",") == [a for a in HTTP_APIS if a != "health"]
     monkeypatch.setenv(TRITONSERVER_DIR_ENV, str(tmp_path))  # the GPU image's own Triton
     assert triton_paths() == (tmp_path / "bin" / "tritonserver", tmp_path / "backends")
+
+
+@pytest.mark.parametrize("flavour", list(FLAVOURS))
+def test_rollouts_and_drains_keep_a_pod_serving(flavour):
+    """Issue 24: a rollout starts a new pod before an old one stops, and a drain takes one pod
+    at a time out of at least two, so neither is an outage longer than the clients' retries."""
+    deployment = _deployment(flavour)
+    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
+                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    replicas = _load(K8S / flavour / "hpa.yaml")["spec"]["minReplicas"]
+    assert replicas >= 2
+    budget = _load(K8S / flavour / "poddisruptionbudget.yaml")
+    assert (budget["apiVersion"], budget["kind"]) == ("policy/v1", "PodDisruptionBudget")
+    selector = budget["spec"]["selector"]["matchLabels"]
+    assert selector == deployment["spec"]["selector"]["matchLabels"]
+    assert selector.items() <= deployment["spec"]["template"]["metadata"]["labels"].items()
+    spec = budget["spec"]
+    allowed = spec["maxUnavailable"] if "maxUnavailable" in spec else replicas - spec["minAvailable"]
+    assert isinstance(allowed, int) and 1 <= allowed <= replicas - 1, spec  # drains proceed, one pod serves
+
+
+RAYJOB = K8S / "ray" / "rayjob.yaml"
+RAYJOB_SCHEMA = ROOT / "deploy" / "crd" / "ray.io_rayjobs.v1.schema.yaml"
+
+
+def _strict(schema):
+    """An object schema with properties takes no others, as the API server's strict field
+    validation (kubectl's default) refuses unknown fields; the cut subtrees stay open."""
+    if isinstance(schema, list):
+        return [_strict(s) for s in schema]
+    if not isinstance(schema, dict):
+        return schema
+    schema = {k: _strict(v) for k, v in schema.items()}
+    if "properties" in schema and "additionalProperties" not in schema:
+        schema["additionalProperties"] = False
+    return schema
+
+
+def _validate_rayjob(job: dict) -> None:
+    """The RayJob CRD's own schema (KubeRay's, vendored), then each pod template as the core/v1
+    PodTemplateSpec it is, with the Kubernetes schemas."""
+    schema = _strict(_load(RAYJOB_SCHEMA)["openAPIV3Schema"])
+    jsonschema.validate(job, schema, cls=jsonschema.Draft7Validator)
+    assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
+    for name, template in _ray_templates(job).items():
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name},
+                                      "template": template}, KUBERNETES, strict=True)
+
+
+def _ray_templates(job: dict) -> dict[str, dict]:
+    cluster = job["spec"]["rayClusterSpec"]
+    return {"head": cluster["headGroupSpec"]["template"],
+            **{group["groupName"]: group["template"] for group in cluster["workerGroupSpecs"]},
+            "submitter": job["spec"]["submitterPodTemplate"]}
+
+
+def test_the_rayjob_passes_its_crd_schema_and_the_pod_schemas():
+    job = _load(RAYJOB)
+    _validate_rayjob(job)
+    assert len(_ray_templates(job)) == 3
+    kubernetes_validate.validate(_load(K8S / "ray" / "serviceaccount.yaml"), KUBERNETES, strict=True)
+    # The checks can fail: a misspelt field, a number as a string, a missing required field, a
+    # misspelt container field inside a pod template.
+    for break_it in (lambda j: j["spec"].update(shutdownAfterJobFinish=True),
+                     lambda j: j["spec"].update(ttlSecondsAfterFinished="600"),
+                     lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].pop("groupName"),
+                     lambda j: j["spec"].pop("entrypoint"),
+                     lambda j: j["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
+                     .update(imagePullPolcy="Always")):
+        broken = copy.deepcopy(job)
+        break_it(broken)
+        with pytest.raises((jsonschema.ValidationError, kubernetes_validate.ValidationError)):
+            _validate_rayjob(broken)
+
+
+def test_the_rayjob_runs_sampleiqa_score_on_ray_against_the_servers():
+    """The entrypoint is a command line the project's own CLI takes, aimed at the headless
+    Service's gRPC port, resumable, and sized to the workers it asks for."""
+    from sampleiqa.cli import build_parser
+
+    job = _load(RAYJOB)
+    argv = shlex.split(job["spec"]["entrypoint"])
+    assert argv[0] == "sampleiqa"
+    args = build_parser().parse_args(argv[1:])
+    assert (args.command, args.engine, args.ray_address, args.resume) == ("score", "ray", "auto", True)
+    assert args.paths and all(p.startswith("s3://") for p in args.paths) and args.out.startswith("s3://")
+    [url] = args.url
+    host, port = url.rsplit(":", 1)
+    assert host == _load(K8S / "cpu" / "service-pods.yaml")["metadata"]["name"] and int(port) == layout.GRPC_PORT
+    assert job["spec"]["shutdownAfterJobFinishes"] is True and job["spec"]["ttlSecondsAfterFinished"] > 0
+    cluster = job["spec"]["rayClusterSpec"]
+    assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # actors go to the workers
+    worker_cpus = sum(int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]) * g["minReplicas"]
+                      for g in cluster["workerGroupSpecs"])
+    assert args.ray_actors * args.ray_actor_cpus < worker_cpus  # a core left for Ray's own processes
+
+
+def test_the_ray_pods_run_the_ray_image_with_their_own_identity():
+    job = _load(RAYJOB)
+    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile.ray").read_text()
+    assert f"FROM rayproject/ray:{rayjob.RAY_VERSION}-" in dockerfile and f"-t {rayjob.IMAGE} " in dockerfile
+    assert rayjob.IMAGE == f"sampleiqa-ray:{__version__}"
+    assert job["spec"]["rayClusterSpec"]["rayVersion"] == rayjob.RAY_VERSION
+    assert f"USER {layout.RAY_USER_ID}:{layout.RAY_GROUP_ID}" in dockerfile
+    account = _load(K8S / "ray" / "serviceaccount.yaml")["metadata"]["name"]
+    server_selector = _deployment("cpu")["spec"]["selector"]["matchLabels"]
+    for name, template in _ray_templates(job).items():
+        pod = template["spec"]
+        assert [c["image"] for c in pod["containers"]] == [rayjob.IMAGE], name
+        assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == layout.RAY_USER_ID
+        assert not server_selector.items() <= template["metadata"]["labels"].items(), name  # not a server pod
+        # Head and workers read and write the buckets as the ServiceAccount's cloud role; the
+        # submitter only calls Ray's dashboard.
+        assert pod.get("serviceAccountName") == (None if name == "submitter" else account), name
+    # No runtime_env from the manifest either: the workers' only environment is their pods'.
+    assert "runtimeEnvYAML" not in job["spec"]
+
+
+def _env_vars(node):
+    if isinstance(node, dict):
+        for key, value in node.items():
+            if key == "env" and isinstance(value, list):
+                yield from value
+            yield from _env_vars(value)
+    elif isinstance(node, list):
+        for item in node:
+            yield from _env_vars(item)
+
+
+def test_no_manifest_carries_cloud_credentials_or_secret_values():
+    """Cloud identity comes from the pods' ServiceAccount (IRSA, Workload Identity), never
+    from variables; secrets (admin key, Ray token) come from Secrets, never from a value."""
+    paths = sorted(K8S.rglob("*.yaml"))
+    assert any(p.parent.name == "ray" for p in paths)
+    for path in paths:
+        text = path.read_text()
+        assert "AWS_" not in text and "GOOGLE_" not in text, path
+        for env in _env_vars(list(yaml.safe_load_all(text))):
+            assert not env["name"].startswith(("AWS_", "GOOGLE_")), (path, env)
+            if any(word in env["name"] for word in ("KEY", "TOKEN", "SECRET", "PASSWORD")):
+                assert "secretKeyRef" in env.get("valueFrom", {}), (path, env)
 
 
 # --- the real launcher with the Deployment's arguments -------------------------------------------
