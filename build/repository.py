@@ -8,7 +8,8 @@
 The python models' sources are the ones in this checkout's model_repository/. With
 `vendor=True` (the default) the preprocessing package is copied beside preprocess/1/model.py,
 so the repository also runs in a Triton container that has no sampleiqa installed (it still
-needs numpy<2 and opencv-python-headless there: see README "Deploy on a GPU host").
+needs numpy<2, opencv-python-headless, Pillow and pillow-heif there: see README "Deploy on a
+GPU host").
 """
 
 from __future__ import annotations

@@ -18,7 +18,7 @@ from sampleiqa.contracts import MAX_BYTES
 
 from .protocol import ScoreResult
 
-IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif"}
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".jpe", ".png", ".webp", ".bmp", ".tif", ".tiff", ".gif", ".heic", ".heif", ".hif", ".avif"}
 
 
 def identity(path: str) -> tuple:

@@ -54,7 +54,8 @@ def _bomb() -> bytes:
 
 
 def _heic() -> bytes:
-    """What an iPhone upload renamed to .jpg starts with: an ISO-BMFF ftyp box, brand heic."""
+    """What an iPhone upload renamed to .jpg starts with (an ISO-BMFF ftyp box, brand heic),
+    then random bytes where its boxes should be: no image in it."""
     ftyp = b"ftypheic" + b"\x00\x00\x00\x00" + b"mif1heic"
     rng = np.random.default_rng(1)
     return len(ftyp + b"1234").to_bytes(4, "big") + ftyp + rng.integers(0, 256, 4000, dtype=np.uint8).tobytes()
@@ -124,7 +125,8 @@ CASES = [
     Case("random_bytes.jpg", "4 KB of random bytes", "not_an_image",
          make=lambda: np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()),
     Case("text.jpg", "a text file named .jpg", "not_an_image", make=lambda: b"<html>404 Not Found</html>\n" * 20),
-    Case("heic_renamed.jpg", "HEIC (ISO-BMFF `ftypheic` header) renamed to .jpg", "unsupported", make=_heic),
+    Case("heic_renamed.jpg", "a HEIC's ISO-BMFF `ftypheic` header, then random bytes (no image), named .jpg",
+         "decode_failed", make=_heic),
     Case("truncated_10.jpg", "a JPEG cut at 10%", "truncated", make=lambda: _truncated(0.1)),
     Case("truncated_50.jpg", "a JPEG cut at 50%", "truncated", make=lambda: _truncated(0.5)),
     Case("truncated_90.jpg", "a JPEG cut at 90%", "truncated", make=lambda: _truncated(0.9)),
