@@ -2,6 +2,9 @@
 
     async with AsyncScoringClient("127.0.0.1:8001") as client:
         result = await client.score(data)
+
+Its endpoints are re-resolved as the sync client's are (channels.py), the lookup in a thread
+so that a slow DNS server does not stall the event loop.
 """
 
 from __future__ import annotations
@@ -18,11 +21,13 @@ from .protocol import (ENSEMBLE, Attempt, ClientBase, RetryPolicy, ScoreResult, 
 
 class AsyncScoringClient(ClientBase):
     def __init__(self, urls: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 60.0,
-                 retry: RetryPolicy = RetryPolicy(), tls: TLSConfig | None = None, model: str = ENSEMBLE):
-        super().__init__(grpcaio, urls, timeout_s, retry, tls, model)
+                 retry: RetryPolicy = RetryPolicy(), tls: TLSConfig | None = None, model: str = ENSEMBLE,
+                 refresh_s: float | None = None):
+        super().__init__(grpcaio, urls, timeout_s, retry, tls, model, refresh_s)
 
     async def close(self) -> None:
-        await self._client.close()
+        for client in self.channels.take_all():
+            await client.close()
 
     async def __aenter__(self) -> "AsyncScoringClient":
         return self
@@ -33,13 +38,24 @@ class AsyncScoringClient(ClientBase):
     async def _infer(self, images: Sequence[bytes]):
         inputs, outputs = build_inputs(grpcaio, images)
         attempt = Attempt(self.retry)
+        unreachable = False
         while True:
+            await self._refresh(unreachable)
             try:
                 return await self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
             except InferenceServerException as exc:
+                kind = classify(exc)[0]
+                unreachable = kind == "retry"
                 # Probe readiness only for a missing model (see ClientBase.backoff).
-                ready = classify(exc)[0] == "loading" and await self._server_ready()
+                ready = kind == "loading" and await self._server_ready()
                 await asyncio.sleep(self.backoff(exc, attempt, lambda: ready))
+
+    async def _refresh(self, unreachable: bool) -> None:
+        """As ScoringClient._refresh; the one task that claims the refresh resolves."""
+        if self.channels.due(unreachable):
+            addresses = await asyncio.get_running_loop().run_in_executor(None, self.channels.resolve)
+            for client in self.channels.swap(addresses):
+                await client.close()
 
     async def _server_ready(self) -> bool:
         try:

@@ -33,6 +33,8 @@ class Summary:
     retrying: int = 0  # rows of an earlier run dropped by --resume to be scored again
     aborted: str = ""
     refused: int = 0  # requests a busy server refused (its queue at its bound), each retried
+    failed: int = 0  # shards of a distributed run that failed (storage, a bug): no rows, scored on --resume
+    failure: str = ""  # the first of their errors
 
     def record(self, result: ScoreResult) -> None:
         """One row written, for `result`."""
@@ -49,6 +51,8 @@ class Summary:
         self.scored += part.scored
         self.faces += part.faces
         self.refused += part.refused
+        self.failed += part.failed
+        self.failure = self.failure or part.failure
         self.errors.update(part.errors)
         self.aborted = self.aborted or part.aborted
 
@@ -67,7 +71,7 @@ class Summary:
 
     @property
     def finished(self) -> bool:
-        return not self.aborted and not self.to_retry
+        return not self.aborted and not self.to_retry and not self.failed
 
     def text(self, out: Path) -> str:
         rate = self.scored / self.seconds if self.seconds else 0.0
@@ -82,10 +86,14 @@ class Summary:
             lines.append(f"server busy: {self.refused} requests refused (its queue was full) and sent again")
         if self.aborted:
             lines.append(f"STOPPED: {self.aborted}. Rerun with --resume to score the rest.")
-        elif self.to_retry:
-            lines.append(f"NOT FINISHED: {self.to_retry} files failed on the server's side "
-                         f"({', '.join(sorted(RETRIED_CODES))}), not because of the image; "
-                         "rerun with --resume to score them again.")
+        elif self.to_retry or self.failed:
+            why = []
+            if self.to_retry:
+                why.append(f"{self.to_retry} files failed on the server's or the storage's side "
+                           f"({', '.join(sorted(RETRIED_CODES))}), not because of the image")
+            if self.failed:
+                why.append(f"{self.failed} shards failed and have no rows yet (first: {self.failure})")
+            lines.append(f"NOT FINISHED: {'; '.join(why)}; rerun with --resume to score them again.")
         return "\n".join(lines)
 
 

@@ -1,4 +1,6 @@
-"""Synchronous gRPC client for the `sampleiqa` ensemble.
+"""Synchronous gRPC client for the `sampleiqa` ensemble. Its endpoints are re-resolved every
+refresh_s (30 s) from the request path: pods added or replaced behind a name get traffic
+(channels.py).
 
     from sampleiqa.clients import ScoringClient
     with ScoringClient(["10.0.0.5:8001", "10.0.0.6:8001"]) as client:
@@ -22,12 +24,14 @@ from .protocol import (ENSEMBLE, Attempt, ClientBase, InFlightWindow, RetryPolic
 
 class ScoringClient(ClientBase):
     def __init__(self, urls: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 60.0,
-                 retry: RetryPolicy = RetryPolicy(), tls: TLSConfig | None = None, model: str = ENSEMBLE):
-        super().__init__(grpcclient, urls, timeout_s, retry, tls, model)
+                 retry: RetryPolicy = RetryPolicy(), tls: TLSConfig | None = None, model: str = ENSEMBLE,
+                 refresh_s: float | None = None):
+        super().__init__(grpcclient, urls, timeout_s, retry, tls, model, refresh_s)
         self._window: InFlightWindow | None = None  # set by score_many
 
     def close(self) -> None:
-        self._client.close()
+        for client in self.channels.take_all():
+            client.close()
 
     def __enter__(self) -> "ScoringClient":
         return self
@@ -45,19 +49,29 @@ class ScoringClient(ClientBase):
         """One request; retried with backoff while the server is unreachable."""
         inputs, outputs = build_inputs(grpcclient, images)
         attempt = Attempt(self.retry)
+        unreachable = False
         while True:
+            self._refresh(unreachable)
             window = self._window
             started = window.acquire() if window else 0.0
             refused = False
-            try:
+            try:  # self._client read after the window's wait: a retired client is not used late
                 return self._client.infer(self.model, inputs, outputs=outputs, client_timeout=self.timeout_s)
             except InferenceServerException as exc:
-                refused = classify(exc)[0] == "busy"
+                kind = classify(exc)[0]
+                refused, unreachable = kind == "busy", kind == "retry"
                 delay = self.backoff(exc, attempt, self._server_ready)
             finally:
                 if window:
                     window.release(started, refused)
             time.sleep(delay)
+
+    def _refresh(self, unreachable: bool) -> None:
+        """Re-resolve the endpoints when due (one thread; the others go on with the current
+        channel) and close swapped-out clients that no request can still be using."""
+        if self.channels.due(unreachable):
+            for client in self.channels.swap(self.channels.resolve()):
+                client.close()
 
     def _server_ready(self) -> bool:
         try:

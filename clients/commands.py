@@ -75,7 +75,7 @@ def add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--retry-seconds", type=float, default=60.0, metavar="S",
                    help="keep retrying an unreachable server this long (outlasts a restart) before stopping")
     p.add_argument("--resume", action="store_true",
-                   help="skip files already in --out, and score again those whose row says [server] or [timeout]")
+                   help="skip files already in --out, and score again those whose row says [server], [timeout] or [storage]")
     p.add_argument("--overwrite", action="store_true", help="start --out afresh, dropping the rows it has")
     p.add_argument("--recursive", action="store_true", help="descend into sub-folders")
     p.add_argument("--repository", default=DEFAULT_REPOSITORY, metavar="DIR", help="model repository for the embedded server")
@@ -91,15 +91,28 @@ def add_score_arguments(p: argparse.ArgumentParser) -> None:
                    help="files per output shard: the unit of work, retry and resume")
 
 
+def bad_numbers(args) -> str:
+    """What is wrong with the numeric flags, or ''."""
+    for flag, value in (("--concurrency", args.concurrency), ("--batch-size", args.batch_size),
+                        ("--shard-size", args.shard_size), ("--ray-actors", args.ray_actors)):
+        if value < 1:
+            return f"{flag} must be at least 1 (got {value})"
+    for flag, value in (("--timeout", args.timeout), ("--ray-actor-cpus", args.ray_actor_cpus)):
+        if not value >= 0:  # NaN too
+            return f"{flag} cannot be negative (got {value:g})"
+    return ""
+
+
 def cmd_score(args) -> int:
+    if problem := bad_numbers(args):
+        print(f"sampleiqa score: {problem}", file=sys.stderr)
+        return 2
     if args.engine == "ray":
         from .ray_commands import score_on_ray
 
         return score_on_ray(args)
-    from sampleiqa.clients import RetryPolicy, ScoringClient
-    from sampleiqa.clients.bulk import score_files
-    from sampleiqa.clients.files import discover
-    from sampleiqa.clients.rows import check_output, remaining
+    from .lock import LocalLock, OutputBusy
+    from .rows import check_output
 
     fmt = args.format or ("jsonl" if str(args.out).endswith(".jsonl") else "csv")
     if fmt == "parquet":
@@ -108,6 +121,23 @@ def cmd_score(args) -> int:
     out = Path(args.out or "scores.csv")
     try:
         check_output(out, resume=True)  # writable: before anything slow
+        lock = LocalLock(out).acquire(str(out))  # one writer: before the server starts
+    except (OSError, OutputBusy) as exc:
+        print(f"sampleiqa score: {exc}", file=sys.stderr)
+        return 2
+    try:
+        return _score_locally(args, out, fmt)
+    finally:
+        lock.release()
+
+
+def _score_locally(args, out: Path, fmt: str) -> int:
+    from sampleiqa.clients import RetryPolicy, ScoringClient
+    from sampleiqa.clients.bulk import score_files
+    from sampleiqa.clients.files import discover
+    from sampleiqa.clients.rows import check_output, remaining
+
+    try:
         paths = discover(args.paths or [_shortest(SAMPLES)], recursive=args.recursive)
         if not paths:  # before --overwrite drops anything
             print("sampleiqa score: no image files found", file=sys.stderr)
@@ -132,7 +162,7 @@ def cmd_score(args) -> int:
         with ScoringClient(urls, timeout_s=args.timeout, tls=tls_config(args), retry=retry) as client:
             summary = score_files(client, paths, out, fmt=fmt, resume=args.resume,
                                   concurrency=args.concurrency, batch_size=args.batch_size)
-    except ValueError as exc:  # --resume of a file that is not a score output
+    except (OSError, ValueError) as exc:  # --resume of a file that is not a score output
         print(f"sampleiqa score: {exc}", file=sys.stderr)
         return 2
     finally:

@@ -1,13 +1,12 @@
-"""What the sync and asyncio clients share: endpoints, request building, result parsing,
-error classification and the retry schedule. No torch, no OpenCV: only tritonclient + numpy.
+"""What the sync and asyncio clients share: endpoints (kept current by channels.py), request
+building, result parsing, error classification and the retry schedule. No torch, no OpenCV:
+only tritonclient + numpy.
 """
 
 from __future__ import annotations
 
-import ipaddress
 import random
 import re
-import socket
 import threading
 import time
 from dataclasses import dataclass
@@ -17,8 +16,8 @@ import numpy as np
 
 from sampleiqa.contracts import ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, SCORE
 
-MAX_MESSAGE = 2**31 - 1  # what we send: images up to the server's byte limit, in batches
-MAX_RESPONSE = 16 * 1024 * 1024  # what we accept back: a few numbers per image
+from .channels import REFRESH_S, Channels, channel_args, channel_target
+
 RETRYABLE = {"StatusCode.UNAVAILABLE", "StatusCode.RESOURCE_EXHAUSTED"}
 # Triton's answer when a model's queue is at its bound (max_queue_size): the server is up and
 # busy. Retried with backoff for as long as the server keeps answering; never a row.
@@ -93,50 +92,6 @@ class TLSConfig:
                     certificate_chain=self.certificate_chain)
 
 
-def _resolve(endpoint: str) -> list[str]:
-    host, _, port = endpoint.rpartition(":")
-    host = host.strip("[]")
-    try:
-        ip = ipaddress.ip_address(host)
-        return [f"[{ip}]:{port}" if ip.version == 6 else f"{ip}:{port}"]
-    except ValueError:
-        infos = socket.getaddrinfo(host, int(port), type=socket.SOCK_STREAM)
-        return [f"[{i[4][0]}]:{port}" if i[0] == socket.AF_INET6 else f"{i[4][0]}:{port}" for i in infos]
-
-
-def channel_target(urls: str | Sequence[str]) -> str:
-    """One gRPC target for one or several HOST:PORT endpoints.
-
-    Several endpoints become a static address list ("ipv4:a:p,b:q") that gRPC's own
-    round_robin policy spreads calls over, with per-address reconnects.
-    """
-    urls = [urls] if isinstance(urls, str) else list(urls)
-    if not urls:
-        raise ValueError("no server endpoint given")
-    if len(urls) == 1:
-        return urls[0]
-    addresses = list(dict.fromkeys(a for u in urls for a in _resolve(u)))
-    scheme = "ipv6" if all(a.startswith("[") for a in addresses) else "ipv4"
-    if any(a.startswith("[") for a in addresses) and scheme == "ipv4":
-        raise ValueError("mixing IPv4 and IPv6 endpoints is not supported")
-    return f"{scheme}:" + ",".join(addresses)
-
-
-def channel_args() -> list[tuple]:
-    """round_robin even for one endpoint: a name that resolves to several addresses (a
-    Kubernetes headless Service) is spread over all of them, not pinned to the first."""
-    args = [
-        ("grpc.max_send_message_length", MAX_MESSAGE),
-        ("grpc.max_receive_message_length", MAX_RESPONSE),
-        ("grpc.keepalive_time_ms", 30_000),
-        ("grpc.keepalive_timeout_ms", 20_000),
-        ("grpc.initial_reconnect_backoff_ms", 200),
-        ("grpc.max_reconnect_backoff_ms", 2_000),
-        ("grpc.lb_policy_name", "round_robin"),
-    ]
-    return args
-
-
 def build_inputs(module, images: Sequence[bytes]):
     """One IMAGE tensor [N, 1] of encoded bytes, for tritonclient.grpc or .grpc.aio."""
     array = np.empty((len(images), 1), dtype=object)
@@ -184,15 +139,24 @@ class ClientBase:
     """Construction shared by the sync and asyncio clients; `module` is tritonclient.grpc or .grpc.aio."""
 
     def __init__(self, module, urls: str | Sequence[str], timeout_s: float, retry: RetryPolicy,
-                 tls: TLSConfig | None, model: str):
-        urls = [urls] if isinstance(urls, str) else list(urls)
+                 tls: TLSConfig | None, model: str, refresh_s: float | None = None):
+        """`refresh_s`: how often, at most, the endpoints are re-resolved (see Channels)."""
         self.timeout_s = timeout_s
         self.retry = retry
         self.model = model
         self.refusals = 0  # requests the server refused as busy, each retried (not a row)
         self._count_lock = threading.Lock()
-        self._client = module.InferenceServerClient(
-            channel_target(urls), channel_args=channel_args(), **(tls.client_kwargs() if tls else {}))
+        self.channels = Channels(module, urls, dict(tls.client_kwargs() if tls else {}), timeout_s, refresh_s)
+
+    @property
+    def _client(self):
+        """The client for the next try: read anew for each, as a refresh may swap it."""
+        return self.channels.client
+
+    @property
+    def endpoint_changes(self) -> int:
+        """How often a re-resolution found other addresses (for a run's summary)."""
+        return self.channels.changes
 
     def backoff(self, exc: Exception, attempt: "Attempt", server_ready) -> float:
         """Seconds to wait before retrying `exc`; re-raises what retrying cannot fix or what
@@ -278,5 +242,5 @@ def split_code(message: str) -> str:
     return m.group(1) if m else "server"
 
 
-__all__ = ["ENSEMBLE", "Attempt", "ClientBase", "RetryPolicy", "ScoreResult", "TLSConfig", "TransportError", "build_inputs",
-           "channel_args", "channel_target", "classify", "failure_outcome", "parse_result", "split_code"]
+__all__ = ["ENSEMBLE", "REFRESH_S", "Attempt", "ClientBase", "RetryPolicy", "ScoreResult", "TLSConfig", "TransportError",
+           "build_inputs", "channel_args", "channel_target", "classify", "failure_outcome", "parse_result", "split_code"]

@@ -7,7 +7,7 @@ file never holds a torn line; reading also cuts a torn tail (e.g. after a power 
 - Any bytes in a file name round-trip: CSV rows hold the name's raw bytes (Python's
   `surrogateescape`), JSONL rows escape the bytes that are not UTF-8 as `\\udcXX`; both read
   back to the same name.
-- Rows whose error says nothing about the image (RETRIED_CODES: `[server]`, `[timeout]`)
+- Rows whose error says nothing about the image (RETRIED_CODES: `[server]`, `[timeout]`, `[storage]`)
   are not final: `--resume` drops them and scores those files again.
 """
 

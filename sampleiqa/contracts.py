@@ -38,20 +38,21 @@ ERROR_CODES = {
     "empty": "the input has zero bytes",
     "too_large": "the encoded input exceeds the byte limit",
     "too_many_pixels": "the header declares more pixels than allowed (decompression bomb guard)",
-    "not_an_image": "the bytes are not a supported image (JPEG, PNG, WebP, BMP, TIFF, GIF)",
-    "unsupported": "a known image format that is not decoded here (HEIC/HEIF/AVIF)",
+    "not_an_image": "the bytes are not a supported image (JPEG, PNG, WebP, BMP, TIFF, GIF, HEIC/HEIF, AVIF)",
+    "unsupported": "a known image format whose decoder is not installed here (Pillow: GIF, AVIF; pillow-heif: HEIC)",
     "truncated": "the file ends before its end marker",
     "decode_failed": "the decoder rejected the data",
     "unreadable": "the file could not be read",
     "not_a_file": "not a regular file (a FIFO, device or socket): never read",
     "non_finite": "the scorer gave no finite score: its PIXELS held NaN/Inf or values no image gives",
     "server": "the server or transport failed",
+    "storage": "a transient storage error (throttling, a reset connection) outlasted the retries",
     "timeout": "the request timed out",
 }
 
 # Codes that say nothing about the image: the client retries them, and `sampleiqa score
 # --resume` scores those files again instead of counting their rows as done.
-RETRIED_CODES = frozenset({"server", "timeout"})
+RETRIED_CODES = frozenset({"server", "timeout", "storage"})
 # |PIXELS| never exceeds this for a normalised 8-bit image ((255/255 - 0.406) / 0.225 = 2.64):
 # the scorer's graph refuses anything larger (or NaN/Inf) with a NaN score.
 PIXELS_LIMIT = 3.0

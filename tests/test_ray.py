@@ -6,6 +6,7 @@ exactly one row per file."""
 
 from __future__ import annotations
 
+import json
 import os
 import secrets
 import shutil
@@ -27,14 +28,14 @@ from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port  # noqa
 
 from .badinputs import CASES  # noqa: E402
 from .conftest import SAMPLES, biq_images  # noqa: E402
+from .faultproxy import FaultProxy  # noqa: E402
+from .s3 import S3_ENV, moto_server, options  # noqa: E402
 
 pytestmark = [pytest.mark.server, pytest.mark.ray]
 
 SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli"]
 BAD = [c for c in CASES if c.outcome != "ok" and c.name != "oversize.jpg"]  # 64 MiB: kept out of S3
 PHOTOS = int(os.environ.get("SAMPLEIQA_RAY_PHOTOS", 200))
-S3_ENV = {"AWS_ACCESS_KEY_ID": "testing", "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-          "AWS_EC2_METADATA_DISABLED": "true"}
 # Ray 2.60 clusters check a shared token on every connection (README: Run on a cluster).
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
 
@@ -84,8 +85,8 @@ def inputs(tmp_path_factory) -> Path:
 
 def score(args, cluster, replicas, **kw) -> subprocess.Popen:
     urls = [a for s in replicas if s.running() for a in ("--url", s.url)]
-    cmd = SAMPLEIQA + ["score", *map(str, args), "--engine", "ray", "--ray-address", cluster, *urls,
-                       "--shard-size", "20", "--concurrency", "4"]
+    cmd = SAMPLEIQA + ["score", "--shard-size", "20", "--concurrency", "4", *map(str, args), "--engine", "ray",
+                       "--ray-address", cluster, *urls]  # args after the defaults: the last of a flag wins
     return subprocess.Popen(cmd, env={**os.environ, **S3_ENV, **RAY_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
                             text=True, **kw)
 
@@ -169,7 +170,7 @@ def test_worker_killed_mid_run_still_one_row_per_file(inputs, cluster, replicas,
     out = tmp_path / "scores"
     proc = score([inputs, "--out", out], cluster, replicas)
     wait_for_shards(out, 1, proc)
-    workers = ray_workers("MapWorker")
+    workers = ray_workers("ShardScorer")
     assert workers, "no scoring actor process found"
     os.kill(workers[0], signal.SIGKILL)  # Ray restarts the actor and retries its shard
     code, log = finish(proc)
@@ -177,13 +178,23 @@ def test_worker_killed_mid_run_still_one_row_per_file(inputs, cluster, replicas,
     assert_one_row_per_file(all_rows(str(out)), inputs)
 
 
-def test_driver_interrupted_then_resumed(inputs, cluster, replicas, tmp_path):
+def test_driver_interrupted_on_a_loaded_machine_stops_at_once_then_resumes(inputs, cluster, replicas, tmp_path):
+    """Ctrl-C with every core busy beside the run (where it once went unheeded): exit 1 and
+    STOPPED within seconds, far from the run's end (small shards: most are left)."""
     out = tmp_path / "scores"
-    proc = score([inputs, "--out", out, "--format", "jsonl"], cluster, replicas)
-    wait_for_shards(out, 2, proc)
-    proc.send_signal(signal.SIGINT)
-    code, log = finish(proc)
+    hogs = [subprocess.Popen([sys.executable, "-c", "while True: pass"]) for _ in range(os.cpu_count() or 2)]
+    try:
+        proc = score([inputs, "--out", out, "--format", "jsonl", "--shard-size", "5"], cluster, replicas)
+        wait_for_shards(out, 2, proc)
+        proc.send_signal(signal.SIGINT)
+        sent = time.monotonic()
+        code, log = finish(proc, timeout=120)
+        took = time.monotonic() - sent
+    finally:
+        for h in hogs:
+            h.kill()
     assert code == 1 and "STOPPED: interrupted" in log, log
+    assert took < 15, f"the run took {took:.0f}s to stop"
     rows = all_rows(str(out), "jsonl")
     assert 0 < len(rows) < PHOTOS + len(BAD) and len(rows) == len({r["path"] for r in rows})
     code, log = finish(score([inputs, "--out", out, "--format", "jsonl", "--resume"], cluster, replicas))
@@ -191,14 +202,38 @@ def test_driver_interrupted_then_resumed(inputs, cluster, replicas, tmp_path):
     assert_one_row_per_file(all_rows(str(out), "jsonl"), inputs)
 
 
-def test_s3_inputs_and_outputs_on_a_real_s3_server(cluster, replicas, tmp_path):
-    port = free_port()
-    moto = subprocess.Popen([str(Path(sys.executable).parent / "moto_server"), "-H", "127.0.0.1", "-p", str(port)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
-    try:
-        options = f"endpoint_override=127.0.0.1:{port}&scheme=http&region=us-east-1"
-        os.environ.update(S3_ENV)
-        fs = wait_for_s3(options + "&allow_bucket_creation=true")
+def test_two_drivers_on_one_output_one_is_refused_and_rows_stay_one_per_file(inputs, cluster, replicas, tmp_path):
+    out = tmp_path / "scores"
+    runs = [score([inputs, "--out", out, "--resume"], cluster, replicas) for _ in range(2)]
+    results = [finish(p) for p in runs]
+    assert sorted(code for code, _ in results) == [0, 2], results
+    refused = next(log for code, log in results if code == 2)
+    assert "is being written by another run (pid" in refused and "Traceback" not in refused, refused
+    assert_one_row_per_file(all_rows(str(out)), inputs)
+    assert not (out / META / "lease.json").exists(), "the winner gave its lease back"
+
+
+def test_overwrite_with_a_mistyped_or_empty_input_leaves_the_output_whole(cluster, replicas, tmp_path):
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for photo in biq_images(3):
+        shutil.copyfile(photo, folder / photo.name)
+    out = tmp_path / "scores"
+    code, log = finish(score([folder, "--out", out], cluster, replicas))
+    assert code == 0, log
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    for inputs, said in (([tmp_path / "inn"], "no such file or folder"), ([empty], "no image files")):
+        code, log = finish(score([*inputs, "--out", out, "--overwrite"], cluster, replicas))
+        assert code == 2 and said in log and "Traceback" not in log, log
+        assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+
+
+def test_s3_inputs_and_outputs_through_transient_faults_on_a_real_s3_server(cluster, replicas, tmp_path):
+    """Every object request goes through a proxy that fails 10% of reads (connection resets,
+    503 SlowDown, stalls): every photo still ends `ok`, with one row."""
+    with moto_server() as (port, fs):
         fs.create_dir("photos")
         fs.create_dir("results")
         folder = tmp_path / "in"
@@ -212,17 +247,52 @@ def test_s3_inputs_and_outputs_on_a_real_s3_server(cluster, replicas, tmp_path):
         for f in folder.iterdir():
             with fs.open_output_stream(f"photos/batch1/{f.name}") as s:
                 s.write(f.read_bytes())
-        out = f"s3://results/run1?{options}"
-        code, log = finish(score([f"s3://photos/batch1?{options}", "--out", out, "--format", "csv"],
-                                 cluster, replicas))
+        proxy = FaultProxy(port, fail_rate=0.10, stall_s=4, seed=2)
+        try:
+            out = f"s3://results/run1?{options(proxy.port)}"
+            code, log = finish(score([f"s3://photos/batch1?{options(proxy.port)}", "--out", out, "--format", "csv"],
+                                     cluster, replicas))
+        finally:
+            proxy.close()
+        print(f"\nfaults injected: {dict(proxy.counts)}")
         assert code == 0, log
-        rows = all_rows(out, "csv")
+        assert all(proxy.counts[k] > 0 for k in ("reset", "slowdown", "stall")), proxy.counts
+        rows = all_rows(f"s3://results/run1?{options(port)}", "csv")
         assert all(r["path"].startswith("s3://photos/batch1/") and "endpoint_override" not in r["path"] for r in rows)
         counts = Counter(Path(r["path"]).name for r in rows)
         assert set(counts) == {f.name for f in folder.iterdir()} and max(counts.values()) == 1
         assert sum(r["status"] == "ok" for r in rows) == 31, [r for r in rows if r["status"] != "ok"]
-    finally:
-        moto.kill()
+
+
+def test_scoring_starts_while_a_slow_listing_goes_on_and_a_killed_driver_resumes_it(cluster, replicas, tmp_path):
+    """A bucket of 30 folders whose every listing request takes 0.6 s: shards are scored
+    before the listing is whole; the driver SIGKILLed then, a --resume picks the listing up
+    where it was saved and ends with one row per file."""
+    with moto_server() as (port, fs):
+        fs.create_dir("photos")
+        photos = biq_images(60)
+        for i, photo in enumerate(photos):
+            with fs.open_output_stream(f"photos/f{i // 2:02d}/{photo.name}") as f:
+                f.write(photo.read_bytes())
+        proxy = FaultProxy(port, list_latency_s=0.6)
+        try:
+            out = tmp_path / "scores"
+            args = [f"s3://photos?{options(proxy.port)}", "--recursive", "--out", out, "--shard-size", "2"]
+            proc = score(args, cluster, replicas)
+            wait_for_shards(out, 1, proc)
+            job = json.loads((out / META / "job.json").read_text())
+            assert job["listed"] is False and job["files"] < len(photos), job
+            proc.send_signal(signal.SIGKILL)
+            proc.communicate()
+            code, log = finish(score([*args, "--resume"], cluster, replicas))
+        finally:
+            proxy.close()
+    assert code == 0, log
+    assert "resuming the listing after the" in log, log
+    rows = all_rows(str(out))
+    counts = Counter(Path(r["path"]).name for r in rows)
+    assert set(counts) == {p.name for p in photos} and max(counts.values()) == 1
+    assert all(r["status"] == "ok" for r in rows)
 
 
 def test_resume_rescores_only_the_rows_to_retry_and_keeps_the_rest(replicas, tmp_path):
@@ -308,16 +378,3 @@ def test_replica_killed_mid_run_fails_over(inputs, cluster, replicas, tmp_path):
 def ray_workers(name: str) -> list[int]:
     return [pid for pid in all_stats() if (args := argv(pid)) and args[0].startswith(b"ray::")
             and name.encode() in args[0]]
-
-
-def wait_for_s3(options: str, timeout: float = 30):
-    deadline = time.monotonic() + timeout
-    while True:
-        try:
-            fs = pa_fs.FileSystem.from_uri(f"s3://probe?{options}")[0]
-            fs.get_file_info(pa_fs.FileSelector("", recursive=False))
-            return fs
-        except OSError:
-            if time.monotonic() > deadline:
-                raise
-            time.sleep(0.3)
