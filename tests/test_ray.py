@@ -28,8 +28,8 @@ from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port  # noqa
 
 from .badinputs import CASES  # noqa: E402
 from .conftest import SAMPLES, biq_images  # noqa: E402
-from .faultproxy import FaultProxy  # noqa: E402
-from .s3 import S3_ENV, moto_server, options  # noqa: E402
+from sampleiqa.perf.faultproxy import FaultProxy  # noqa: E402
+from sampleiqa.perf.s3 import S3_ENV, moto_server, options  # noqa: E402
 
 pytestmark = [pytest.mark.server, pytest.mark.ray]
 
@@ -262,6 +262,22 @@ def test_s3_inputs_and_outputs_through_transient_faults_on_a_real_s3_server(clus
         counts = Counter(Path(r["path"]).name for r in rows)
         assert set(counts) == {f.name for f in folder.iterdir()} and max(counts.values()) == 1
         assert sum(r["status"] == "ok" for r in rows) == 31, [r for r in rows if r["status"] != "ok"]
+
+
+def test_a_shard_that_fails_is_isolated_and_resume_scores_it(inputs, cluster, replicas, tmp_path):
+    """Shard 1's rows cannot be written (a folder sits at its name): the other shards are
+    scored, the run ends with its summary and NOT FINISHED; once the way is clear, --resume
+    scores shard 1 alone."""
+    out = tmp_path / "scores"
+    (out / "part-000001.parquet" / "x").mkdir(parents=True)
+    code, log = finish(score([inputs, "--out", out], cluster, replicas))
+    assert code == 1 and "NOT FINISHED" in log and "1 shards failed" in log and "shard 1:" in log, log
+    assert "Traceback" not in log
+    assert len(all_rows(str(out))) == PHOTOS + len(BAD) - 20  # every other shard is whole
+    shutil.rmtree(out / "part-000001.parquet")
+    code, log = finish(score([inputs, "--out", out, "--resume"], cluster, replicas))
+    assert code == 0 and "scoring 1 shards" in log, log
+    assert_one_row_per_file(all_rows(str(out)), inputs)
 
 
 def test_scoring_starts_while_a_slow_listing_goes_on_and_a_killed_driver_resumes_it(cluster, replicas, tmp_path):

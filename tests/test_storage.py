@@ -1,5 +1,5 @@
 """Object-store reads as a distributed run's actors do them (clients/storage.py), against a
-real S3 server (moto) behind a fault-injecting proxy (tests/faultproxy.py): transient faults
+real S3 server (moto) behind a fault-injecting proxy (perf/faultproxy.py): transient faults
 retried to the right bytes, reads overlapped, what outlasts the retries a `[storage]` code,
 and the output's lease (clients/lock.py)."""
 
@@ -22,8 +22,8 @@ from sampleiqa.clients.lock import Lease, OutputBusy  # noqa: E402
 from sampleiqa.clients.shards import LEASE, META, Output  # noqa: E402
 from sampleiqa.clients.storage import Reader, Retries, read_ahead  # noqa: E402
 
-from .faultproxy import FaultProxy  # noqa: E402
-from .s3 import moto_server, options  # noqa: E402
+from sampleiqa.perf.faultproxy import FaultProxy  # noqa: E402
+from sampleiqa.perf.s3 import moto_server, options  # noqa: E402
 
 FILES = 48
 
