@@ -70,12 +70,6 @@ class LocalLock:
             os.close(self.fd)  # closing drops the flock
             self.fd = None
 
-    def __enter__(self):
-        return self
-
-    def __exit__(self, *exc):
-        self.release()
-
 
 class Lease:
     """The lease of a distributed run's output (see the module doc). `lost` is set when

@@ -93,7 +93,7 @@ def _score(args, output, wanted, stop) -> int:
 def _run(args, output, job, todo: list[int], listing, summary: Summary, stop) -> int:
     import ray
 
-    from .ray_engine import Scoring, connect, run_shards
+    from .ray_engine import ListingFailed, Scoring, connect, run_shards
 
     server, urls = server_urls(args)
     if not urls:
@@ -116,8 +116,8 @@ def _run(args, output, job, todo: list[int], listing, summary: Summary, stop) ->
     except KeyboardInterrupt:
         summary.aborted = "interrupted"
         stop.set()  # the listing stops too
-    except (OSError, ValueError) as exc:  # the listing failed part way: it resumes on --resume
-        summary.aborted = f"listing the inputs failed: {exc}"
+    except ListingFailed as exc:  # --resume goes on from its saved progress
+        summary.aborted = str(exc)
     finally:
         summary.total = job.files
         summary.seconds = time.monotonic() - start

@@ -112,9 +112,14 @@ class ShardScorer:
         try:
             stats = score_shard(shard, self.output, self.fmt, self.client, self.reader, self.scoring, self.reads)
         except Exception as exc:  # noqa: BLE001 (isolated: reported in the summary, never lost)
-            first = (str(exc).splitlines() or [""])[0]
-            stats = Summary(failed=1, failure=f"shard {shard}: {type(exc).__name__}: {first}")
+            stats = failed_shard(shard, exc)
         return stats.to_json()
+
+
+def failed_shard(shard: int, exc: BaseException) -> Summary:
+    """A shard's part of the summary when it failed: no rows, scored again by --resume."""
+    first = (str(exc).splitlines() or [""])[0]
+    return Summary(failed=1, failure=f"shard {shard}: {type(exc).__name__}: {first}")
 
 
 def connect(address: str | None) -> None:
@@ -185,7 +190,7 @@ def _take_listed(listing: Listing, waiting: deque, progress: Progress, block: bo
         if item is None:
             return False
         if isinstance(item, BaseException):
-            raise item
+            raise ListingFailed(f"listing the inputs failed: {item}") from item
         waiting.append(item)
         progress.total += 1
         block = False
@@ -197,8 +202,7 @@ def _outcome(ref, shard: int) -> Summary:
     try:
         return Summary.from_json(ray.get(ref))
     except (ray.exceptions.RayError, OSError) as exc:  # the actor lost for good, its node gone
-        first = (str(exc).splitlines() or [""])[0]
-        return Summary(failed=1, failure=f"shard {shard}: {type(exc).__name__}: {first}")
+        return failed_shard(shard, exc)
 
 
 POLL_S = 0.2
@@ -237,6 +241,10 @@ def _resumed(job: Job, entries: Iterator) -> Iterator:
         raise ValueError(f"the inputs changed since this output's listing began (file {job.files} was "
                          f"{job.last}, is now {last[0] if last else 'missing'}): --overwrite to list them again")
     return entries
+
+
+class ListingFailed(RuntimeError):
+    """The listing stopped part way (an input vanished, storage failed past its retries)."""
 
 
 class Listing(threading.Thread):

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import os
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -29,6 +30,18 @@ def biq_images(n: int, split: str | None = None) -> list[Path]:
     with open(BIQ / "labels.csv") as f:
         rows = [r for r in csv.DictReader(f) if split is None or r["split"] == split]
     return [BIQ / "images" / r["image"] for r in sorted(rows, key=lambda r: r["image"])[:n]]
+
+
+@contextmanager
+def all_running(servers):
+    """Triton servers started in turn, and all stopped after (the started ones, on failure)."""
+    try:
+        for s in servers:
+            s.start()
+        yield servers
+    finally:
+        for s in servers:
+            s.stop()
 
 
 @pytest.fixture(scope="session")

@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from sampleiqa.clients import ScoringClient
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 
-from .conftest import biq_images
+from .conftest import all_running, biq_images
 
 pytestmark = pytest.mark.server
 
@@ -80,13 +80,8 @@ def pods(tmp_path_factory):
     port = free_port()
     servers = [TritonServer(DEFAULT_REPOSITORY, host=host, grpc_port=port, log_file=logs / f"{host}.log",
                             supervise=False) for host in ("127.0.0.2", "127.0.0.3")]
-    try:
-        for s in servers:
-            s.start()
+    with all_running(servers):
         yield servers
-    finally:
-        for s in servers:
-            s.stop()
 
 
 @pytest.fixture(scope="module")

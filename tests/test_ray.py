@@ -27,7 +27,7 @@ from sampleiqa.procfs import all_stats, argv  # noqa: E402
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port  # noqa: E402
 
 from .badinputs import CASES  # noqa: E402
-from .conftest import SAMPLES, biq_images  # noqa: E402
+from .conftest import SAMPLES, all_running, biq_images  # noqa: E402
 from sampleiqa.perf.faultproxy import FaultProxy  # noqa: E402
 from sampleiqa.perf.s3 import S3_ENV, moto_server, options  # noqa: E402
 
@@ -45,13 +45,8 @@ def replicas(tmp_path_factory):
     """Two Triton servers, unsupervised: a replica killed by a test stays dead."""
     logs = tmp_path_factory.mktemp("replicas")
     servers = [TritonServer(DEFAULT_REPOSITORY, log_file=logs / f"triton-{i}.log", supervise=False) for i in range(2)]
-    try:
-        for s in servers:
-            s.start()
+    with all_running(servers):
         yield servers
-    finally:
-        for s in servers:
-            s.stop()
 
 
 @pytest.fixture(scope="module")
