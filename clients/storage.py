@@ -59,8 +59,14 @@ class Retries:
 
     def __init__(self, attempts: int = 8, base_s: float = 0.1, max_s: float = 8.0, sleep=time.sleep):
         self.attempts, self.base_s, self.max_s, self.sleep = attempts, base_s, max_s, sleep
-        self.patterns = transient_patterns()
+        self._patterns: tuple[str, ...] | None = None  # read at the first error: importing Ray Data costs ~100 MiB
         self.retried = 0  # transient errors met (and retried) over this object's life
+
+    @property
+    def patterns(self) -> tuple[str, ...]:
+        if self._patterns is None:
+            self._patterns = transient_patterns()
+        return self._patterns
 
     def call(self, fn: Callable[[], T], what: str) -> T:
         for attempt in range(self.attempts):
