@@ -1,6 +1,7 @@
-"""ONNX export of the single-branch scorer: PIXELS FP32 [N,3,448,448] -> SCORE FP32 [N,1].
+"""ONNX export of the single-branch scorer: PIXELS UINT8 [N,3,448,448] -> SCORE FP32 [N,1].
 
-`export_onnx` traces the model with the TorchScript exporter (opset >= 17, so LayerNorm is
+`export_onnx` traces the served scorer (build/pixels.py: the uint8 crop normalised, then the
+network) with the TorchScript exporter (opset >= 17, so LayerNorm is
 one LayerNormalization node that TensorRT maps to INormalizationLayer), folds constants with
 onnx-graphsurgeon, adds the output guard and runs the full ONNX checker. `fp16=True` makes the
 FP16 copy TensorRT's strongly typed build takes (build/fp16.py says what stays FP32).
@@ -13,7 +14,7 @@ import warnings
 from pathlib import Path
 
 
-from sampleiqa.contracts import CROP, PIXELS, PIXELS_LIMIT, SCORE
+from sampleiqa.contracts import CROP, PIXELS, SCORE
 
 from .onnx_files import save_onnx_atomic, tmp_path
 
@@ -66,12 +67,12 @@ GUARD = "/guard/"
 
 
 def add_score_guard(model):
-    """SCORE = clip(score, 0, 1) where the PIXELS are what an image gives, else NaN.
+    """SCORE = clip(score, 0, 1) where the network's raw score is finite, else NaN.
 
-    In the graph, so every target (cpu, gpu-onnx, gpu-trt) has it: an item whose PIXELS
-    hold NaN/Inf or any |x| > PIXELS_LIMIT, or whose raw score is not finite, gets NaN, which
-    the CPU scorer and the clients turn into a `[non_finite]` error. `x <= limit` is false
-    for NaN, so one comparison catches both. Idempotent. Returns the (modified) ModelProto.
+    In the graph, so every target (cpu, gpu-onnx, gpu-trt) has it: an item whose raw score
+    is not finite gets NaN, which the CPU scorer and the clients turn into a `[non_finite]`
+    error (uint8 PIXELS hold no NaN, so the input needs no check). `|x| < huge` is false for
+    NaN, so one comparison catches both. Idempotent. Returns the (modified) ModelProto.
     """
     from onnx import TensorProto, helper
 
@@ -83,8 +84,7 @@ def add_score_guard(model):
         for i, name in enumerate(node.output):
             if name == SCORE:
                 node.output[i] = raw
-    opset = next(o.version for o in model.opset_import if o.domain in ("", "ai.onnx"))
-    consts = {"limit": PIXELS_LIMIT, "half": 0.5, "zero": 0.0, "one": 1.0, "huge": 1e30, "nan": float("nan")}
+    consts = {"zero": 0.0, "one": 1.0, "huge": 1e30, "nan": float("nan")}
     nodes = [helper.make_node("Constant", [], [f"{GUARD}{k}"], name=f"{GUARD}const_{k}",
                               value=helper.make_tensor(f"{GUARD}{k}_value", TensorProto.FLOAT, [], [v]))
              for k, v in consts.items()]
@@ -94,20 +94,9 @@ def add_score_guard(model):
         return f"{GUARD}{out}"
 
     g = lambda k: f"{GUARD}{k}"  # noqa: E731
-    in_range = node("LessOrEqual", [node("Abs", [PIXELS], "abs"), g("limit")], "in_range")
-    outside = node("Cast", [node("Not", [in_range], "outside_bool")], "outside", to=TensorProto.FLOAT)
-    if opset >= 18:
-        axes = helper.make_tensor(f"{GUARD}axes_value", TensorProto.INT64, [3], [1, 2, 3])
-        nodes.append(helper.make_node("Constant", [], [g("axes")], name=f"{GUARD}const_axes", value=axes))
-        worst = node("ReduceMax", [outside, g("axes")], "worst", keepdims=0)
-    else:
-        worst = node("ReduceMax", [outside], "worst", axes=[1, 2, 3], keepdims=0)
-    worst = node("Reshape", [worst, node("Shape", [raw], "score_shape")], "worst_like_score")  # [N] -> [N, 1]
-    pixels_ok = node("Less", [worst, g("half")], "pixels_ok")
     finite = node("Less", [node("Abs", [raw], "score_abs"), g("huge")], "score_finite")
-    ok = node("And", [finite, pixels_ok], "ok")
     clipped = node("Clip", [raw, g("zero"), g("one")], "clipped")
-    nodes.append(helper.make_node("Where", [ok, clipped, g("nan")], [SCORE], name=f"{GUARD}where"))
+    nodes.append(helper.make_node("Where", [finite, clipped, g("nan")], [SCORE], name=f"{GUARD}where"))
     graph.node.extend(nodes)
     return model
 
@@ -125,19 +114,22 @@ def guard_onnx(path: str | Path) -> Path:
 
 
 def export_onnx(model, out_path: str | Path, opset: int = MIN_OPSET, fp16: bool = False) -> Path:
-    """Export a SwinScorer to ONNX (dynamic batch), clean and check it. fp16: also the FP16 copy (build/fp16.py)."""
+    """Export a scorer network to ONNX (uint8 PIXELS in, dynamic batch), clean and check it.
+    fp16: the FP16 copy instead (build/fp16.py)."""
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} < {MIN_OPSET}: LayerNormalization needs opset 17 "
                          "(TensorRT overflows a decomposed FP16 LayerNorm)")
     import onnx
     import torch
 
+    from .pixels import PixelsScorer
+
     out_path = Path(out_path)
     out_path.parent.mkdir(parents=True, exist_ok=True)
     cfg = getattr(model, "config", None)
     size = getattr(cfg, "img_size", CROP)
-    model = model.eval()
-    dummy = torch.zeros(1, 3, size, size, dtype=torch.float32)
+    model = PixelsScorer(model.eval()).eval()
+    dummy = torch.zeros(1, 3, size, size, dtype=torch.uint8)
     tmp = tmp_path(out_path)
     try:
         log.info("exporting opset %d, input [N,3,%d,%d]", opset, size, size)

@@ -30,8 +30,9 @@ FP32_OPS = ("LayerNormalization",)
 # count pixels (448*448 overflows FP16) and take logs of tiny energies, their head was
 # fitted on FP32 statistics (training/models/swin.py), the prior's pooled moments square
 # deviations up to 1.5e6 (training/models/prior.py), and the output guard compares against
-# limits. build/tensorrt_limits.py finds tensors that would overflow outside these.
-FP32_SCOPES = ("/stats/", "/stats_head/", "/trunk/moments", "/guard/")
+# limits; the uint8 PIXELS are normalised in FP32 first, as in training (build/pixels.py: the
+# network is its `model`). build/tensorrt_limits.py finds tensors that would overflow outside these.
+FP32_SCOPES = ("/normalize/", "/model/stats/", "/model/stats_head/", "/model/trunk/moments", "/guard/")
 # (op, input index) that the ONNX spec requires to stay float32 whatever the data type.
 _FP32_INPUTS = {("Resize", 2), ("Upsample", 1)}
 

@@ -1,4 +1,4 @@
-"""The scorer in PyTorch for the `gpu-torch` target: PIXELS [N,3,448,448] FP32 -> SCORE [N,1].
+"""The scorer in PyTorch for the `gpu-torch` target: PIXELS [N,3,448,448] UINT8 -> SCORE [N,1].
 
 Triton's python backend runs it (build/torch_scorer_model.py) where no TensorRT or ONNX
 Runtime backend is at hand, e.g. the Triton 2.51 of the nvidia-pytriton wheel on a GPU host
@@ -9,9 +9,9 @@ that has PyTorch. On CUDA:
   bucket and replayed, so a small batch costs one graph launch, not hundreds of kernels.
 On CPU (the dry run of perf/gpu_run.py) it is the plain FP32 model.
 
-The output guard is the one the ONNX graph carries (build/export_onnx.add_score_guard): NaN
-for an item whose PIXELS are NaN/Inf or past PIXELS_LIMIT, or whose raw score is not
-finite; every other score clipped to [0, 1].
+It runs the module the ONNX export traces (build/pixels.py: normalisation, then the network)
+and the output guard the ONNX graph carries (build/export_onnx.add_score_guard): NaN for an
+item whose raw score is not finite; every other score clipped to [0, 1].
 """
 
 from __future__ import annotations
@@ -22,16 +22,14 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from sampleiqa.contracts import PIXELS_LIMIT
+from .pixels import PixelsScorer
 
 log = logging.getLogger(__name__)
 
 
-def guard(pixels: torch.Tensor, raw: torch.Tensor) -> torch.Tensor:
-    """The ONNX graph's guard, in torch. `x <= limit` is false for NaN, as in the graph."""
-    pixels_ok = (pixels.abs() <= PIXELS_LIMIT).flatten(1).all(1, keepdim=True)
-    ok = pixels_ok & (raw.abs() < 1e30)
-    return torch.where(ok, raw.clamp(0.0, 1.0), torch.full_like(raw, float("nan")))
+def guard(raw: torch.Tensor) -> torch.Tensor:
+    """The ONNX graph's guard, in torch. `|x| < huge` is false for NaN, as in the graph."""
+    return torch.where(raw.abs() < 1e30, raw.clamp(0.0, 1.0), torch.full_like(raw, float("nan")))
 
 
 def buckets(max_batch: int) -> list[int]:
@@ -51,7 +49,7 @@ class TorchScorer:
 
         self.device = torch.device(device)
         model, _ = load_scorer(checkpoint)
-        self.model = model.to(self.device).eval().float()
+        self.model = PixelsScorer(model).to(self.device).eval().float()
         on_gpu = self.device.type == "cuda"
         self.fp16 = fp16 and on_gpu
         self.max_batch = max_batch
@@ -61,8 +59,8 @@ class TorchScorer:
 
     def _forward(self, x: torch.Tensor) -> torch.Tensor:
         with torch.autocast(self.device.type, dtype=torch.float16, enabled=self.fp16):
-            raw = self.model(x).float()
-        return guard(x, raw)
+            raw = self.model(x).float()  # normalised in FP32 first: autocast leaves elementwise ops be
+        return guard(raw)
 
     @torch.inference_mode()
     def _capture(self) -> None:
@@ -70,7 +68,7 @@ class TorchScorer:
         stream.wait_stream(torch.cuda.current_stream(self.device))
         with torch.cuda.stream(stream):
             for size in buckets(self.max_batch):
-                static_in = torch.zeros(size, 3, *self._hw(), device=self.device)
+                static_in = torch.zeros(size, 3, *self._hw(), dtype=torch.uint8, device=self.device)
                 for _ in range(2):  # warm-up: cuDNN/cuBLAS pick their kernels outside the capture
                     self._forward(static_in)
                 graph = torch.cuda.CUDAGraph()
@@ -86,7 +84,7 @@ class TorchScorer:
 
     @torch.inference_mode()
     def __call__(self, pixels: np.ndarray) -> np.ndarray:
-        """float32 [N,3,H,W] -> float32 [N,1]; N may exceed max_batch (scored in chunks)."""
+        """PIXELS uint8 [N,3,H,W] -> float32 [N,1]; N may exceed max_batch (scored in chunks)."""
         out = []
         for start in range(0, len(pixels), self.max_batch):
             chunk = torch.from_numpy(np.ascontiguousarray(pixels[start:start + self.max_batch]))

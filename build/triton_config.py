@@ -88,7 +88,7 @@ def _io(message, inputs, outputs):
 
 
 _IMAGE = _tensor(IMAGE, mc.TYPE_STRING, [1])
-_PIXELS = _tensor(PIXELS, mc.TYPE_FP32, [3, CROP, CROP])
+_PIXELS = _tensor(PIXELS, mc.TYPE_UINT8, [3, CROP, CROP])
 _SCORE = _tensor(SCORE, mc.TYPE_FP32, [1])
 _FACE_BOX = _tensor(FACE_BOX, mc.TYPE_INT32, [4])
 _FACE_FOUND = _tensor(FACE_FOUND, mc.TYPE_BOOL, [1])
@@ -148,7 +148,7 @@ def scorer_config(s: RepositorySettings) -> mc.ModelConfig:
         c.parameters[CROPS_IN_FLIGHT].string_value = str(s.credits)
     # Zeros pass the scorer's guard (a flat grey crop scores like any other image).
     warm = c.model_warmup.add(name="zero_crop", batch_size=1)
-    warm.inputs[PIXELS].data_type = mc.TYPE_FP32
+    warm.inputs[PIXELS].data_type = mc.TYPE_UINT8
     warm.inputs[PIXELS].dims.extend([3, CROP, CROP])
     warm.inputs[PIXELS].zero_data = True
     return c

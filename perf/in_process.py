@@ -44,7 +44,7 @@ def preprocess_ms_per_image(photos: list[bytes], seconds: float) -> Rate:
     """(wall-clock images/s, CPU ms per photo) on one thread; the CPU figure holds on a busy machine."""
     from sampleiqa.preprocessing import preprocess_bytes
 
-    out = np.empty((3, CROP, CROP), np.float32)
+    out = np.empty((3, CROP, CROP), np.uint8)
 
     def step(i: int) -> int:
         preprocess_bytes(photos[i % len(photos)], out=out)
@@ -71,7 +71,7 @@ def pipeline(session, photos: list[bytes], batch_sizes: list[int], threads: int,
     result = {}
     with ThreadPoolExecutor(threads) as pool:
         for b in batch_sizes:
-            batch = np.empty((b, 3, CROP, CROP), np.float32)
+            batch = np.empty((b, 3, CROP, CROP), np.uint8)
 
             def step(i: int, b=b, batch=batch) -> int:
                 items = [photos[(i * b + k) % len(photos)] for k in range(b)]

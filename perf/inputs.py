@@ -2,8 +2,8 @@
 
 IMAGE (TYPE_STRING) carries the file bytes as base64 of a 4-byte little-endian length
 followed by the bytes (perf_analyzer's serialised BYTES form). PIXELS carries real
-preprocessed tensors, made by sampleiqa.preprocessing from the same photos, as base64 of
-their raw little-endian float32 bytes.
+preprocessed crops, made by sampleiqa.preprocessing from the same photos, as base64 of
+their raw uint8 bytes.
 """
 
 from __future__ import annotations
@@ -44,7 +44,9 @@ def image_entry(data: bytes) -> dict:
 
 
 def pixels_entry(pixels: np.ndarray) -> dict:
-    return {PIXELS: _b64(np.ascontiguousarray(pixels, dtype="<f4").tobytes())}
+    if pixels.dtype != np.uint8:
+        raise TypeError(f"PIXELS are uint8 crops, not {pixels.dtype}")
+    return {PIXELS: _b64(np.ascontiguousarray(pixels).tobytes())}
 
 
 def preprocessed(photos: list[bytes]) -> list[np.ndarray]:

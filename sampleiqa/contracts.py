@@ -13,9 +13,9 @@ SCORER = "scorer"
 # Ensemble / preprocess input.
 IMAGE = "IMAGE"  # TYPE_STRING [1]: encoded file bytes
 # preprocess -> scorer.
-PIXELS = "PIXELS"  # FP32 [3, CROP, CROP], normalised
+PIXELS = "PIXELS"  # UINT8 [3, CROP, CROP]: the face crop, RGB; the scorer normalises it (MEAN, STD)
 # Ensemble outputs.
-SCORE = "SCORE"  # FP32 [1], in [0, 1]; NaN only where the scorer refused its PIXELS
+SCORE = "SCORE"  # FP32 [1], in [0, 1]; NaN only where the network gave no finite score
 FACE_BOX = "FACE_BOX"  # INT32 [4]: x, y, w, h in pixels of the EXIF-oriented image
 FACE_FOUND = "FACE_FOUND"  # BOOL [1]
 
@@ -44,7 +44,7 @@ ERROR_CODES = {
     "decode_failed": "the decoder rejected the data",
     "unreadable": "the file could not be read",
     "not_a_file": "not a regular file (a FIFO, device or socket): never read",
-    "non_finite": "the scorer gave no finite score: its PIXELS held NaN/Inf or values no image gives",
+    "non_finite": "the scorer's network gave no finite score for this crop",
     "server": "the server or transport failed",
     "storage": "a transient storage error (throttling, a reset connection) outlasted the retries",
     "timeout": "the request timed out",
@@ -53,6 +53,3 @@ ERROR_CODES = {
 # Codes that say nothing about the image: the client retries them, and `sampleiqa score
 # --resume` scores those files again instead of counting their rows as done.
 RETRIED_CODES = frozenset({"server", "timeout", "storage"})
-# |PIXELS| never exceeds this for a normalised 8-bit image ((255/255 - 0.406) / 0.225 = 2.64):
-# the scorer's graph refuses anything larger (or NaN/Inf) with a NaN score.
-PIXELS_LIMIT = 3.0

@@ -1,6 +1,6 @@
 """What the python-backend scorers share (cpu: ONNX Runtime, gpu-torch: PyTorch): every
 request's PIXELS in one batch, and the scores split back into one response per request. An
-item without a finite score (the graph's guard answers PIXELS no image gives with NaN) fails
+item without a finite score (the graph's guard answers a non-finite raw score with NaN) fails
 its request with `item K: [non_finite] ...`, as a bad image fails `preprocess`, so clients
 isolate it. numpy only (ONNX Runtime where the CPU scorer uses ArenaShrinker): repositories
 vendor it beside the model."""
@@ -15,7 +15,7 @@ import numpy as np
 
 from .contracts import CROP, PIXELS, SCORE
 
-NON_FINITE = "[non_finite] no finite score: PIXELS hold NaN, Inf or values outside what a normalised image gives"
+NON_FINITE = "[non_finite] the scorer's network gave no finite score for this crop"
 
 
 def gather_pixels(pb_utils, requests) -> tuple[list[np.ndarray], np.ndarray]:
@@ -101,7 +101,7 @@ class ArenaShrinker:
             with self._busy:
                 if self.grown_at is not None and time.monotonic() - self.grown_at >= self.after_s:
                     name = self.session.get_inputs()[0].name
-                    self.session.run(None, {name: np.zeros((1, 3, CROP, CROP), np.float32)}, self.options)
+                    self.session.run(None, {name: np.zeros((1, 3, CROP, CROP), np.uint8)}, self.options)
                     self.grown_at = None
                     self.shrinks += 1
 

@@ -57,12 +57,15 @@ def photos() -> np.ndarray:
     paths = [IMAGES / name for name in PHOTOS]
     if not all(p.is_file() for p in paths):
         pytest.skip(f"photos not found under {IMAGES}")
-    return np.stack([preprocess_file(p).pixels for p in paths])  # float32 [3,3,448,448]
+    return np.stack([preprocess_file(p).pixels for p in paths])  # uint8 [3,3,448,448]
 
 
 def _torch_scores(model, x: np.ndarray) -> np.ndarray:
+    """The network as trained: on the crops normalised by training's own code."""
+    from sampleiqa.preprocessing import normalize
+
     with torch.no_grad():
-        scores = model(torch.from_numpy(x)).numpy()
+        scores = model(torch.from_numpy(normalize(x))).numpy()
     assert ((scores > 0.01) & (scores < 0.99)).all(), scores  # inside the range, so parity is not the clip's
     return scores
 
@@ -81,7 +84,7 @@ def test_structure(onnx_path):
     dims = m.graph.input[0].type.tensor_type.shape.dim
     assert dims[0].dim_param and not dims[0].HasField("dim_value")  # dynamic batch
     assert [d.dim_value for d in dims[1:]] == [3, CROP, CROP]
-    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8  # normalised inside
     assert any(n.op_type == "LayerNormalization" for n in m.graph.node)
 
 
@@ -119,17 +122,33 @@ def test_export_checkpoint(model, tmp_path, photos):
 
 
 @pytest.mark.parametrize("fp16", [False, True])
-def test_guard_refuses_pixels_no_image_gives_and_clips_the_score(onnx_path, photos, tmp_path, fp16):
-    """NaN, Inf or |x| > 3 anywhere in an item's PIXELS -> NaN for that item only; every score
-    in [0, 1]. In the graph, so the GPU targets (and the FP16 copy TensorRT builds) have it."""
+def test_guard_gives_nan_for_a_non_finite_raw_score_and_clips_the_score(onnx_path, photos, tmp_path, fp16):
+    """A raw score that is not finite -> NaN for that item only; every score in [0, 1]. In
+    the graph, so the GPU targets (and the FP16 copy TensorRT builds) have it. uint8 PIXELS
+    carry no NaN, so the graph is made to add log(0) to item 1's raw score."""
     path = convert_to_fp16(onnx_path, tmp_path / "g16.onnx") if fp16 else onnx_path
-    x = np.concatenate([photos[:1]] * 5)
-    x[1, 0, 3, 3] = np.nan
-    x[2, 2, 100, 7] = -np.inf
-    x[3] = 1e30
-    x[4] = 0.0  # a flat mid-grey image is valid
-    got = _ort_scores(path, x)[:, 0]
-    assert np.isnan(got[1:4]).all() and np.isfinite(got[[0, 4]]).all(), got
+    broken = onnx.load(path)
+    h = onnx.helper
+    pick = h.make_tensor("pick", onnx.TensorProto.FLOAT, [3, 1], [0.0, 1.0, 0.0])
+    one = h.make_tensor("one", onnx.TensorProto.FLOAT, [], [1.0])
+    guarded = [n for n in broken.graph.node if n.name in ("/guard/score_abs", "/guard/clipped")]
+    src = guarded[0].input[0]  # the raw score, or its FP32 cast in the FP16 copy
+    raw_type = onnx.TensorProto.FLOAT if not fp16 or src.endswith("fp32") else onnx.TensorProto.FLOAT16
+    added = [h.make_node("Constant", [], ["/t/pick"], value=pick), h.make_node("Constant", [], ["/t/one"], value=one),
+             h.make_node("Sub", ["/t/one", "/t/pick"], ["/t/keep"]),
+             h.make_node("Log", ["/t/keep"], ["/t/minus_inf_at_1"]),  # log(1 - [0, 1, 0]) = [0, -inf, 0]
+             h.make_node("Cast", ["/t/minus_inf_at_1"], ["/t/bump"], to=raw_type),
+             h.make_node("Add", [src, "/t/bump"], ["/t/raw"])]
+    first_guard = next(i for i, n in enumerate(broken.graph.node) if n.name == guarded[0].name)
+    for n in guarded:
+        n.input[0] = "/t/raw"
+    for k, n in enumerate(added):
+        broken.graph.node.insert(first_guard + k, n)
+    broken_path = tmp_path / "broken.onnx"
+    onnx.save(broken, broken_path)
+    x = np.concatenate([photos[:1]] * 3)
+    got = _ort_scores(broken_path, x)[:, 0]
+    assert np.isnan(got[1]) and np.isfinite(got[[0, 2]]).all(), got
     assert got[0] == pytest.approx(_ort_scores(path, photos[:1])[0, 0], abs=1e-6)  # its neighbours do not matter
     m = onnx.load(path)
     assert [n.name for n in m.graph.node if n.name.startswith("/guard/") and n.op_type == "Where"]
@@ -187,7 +206,7 @@ def test_fp16_copy_computes_the_fp32_scopes_in_fp32(model, onnx_path, photos, tm
         assert np.isfinite(b).all(), name  # no overflow inside the scope
         # The statistics read the FP32 pixels: the same to float rounding. The trunk's moments
         # read FP16 stage outputs: the same to FP16 rounding of those.
-        tolerance = 1e-5 if name.startswith("/stats/") else 2e-2
+        tolerance = 1e-5 if name.startswith("/model/stats/") else 2e-2
         assert np.abs(a - b).max() <= tolerance * scale, (name, np.abs(a - b).max(), scale)
 
 
@@ -195,8 +214,8 @@ def test_fp16_copy(model, onnx_path, photos, tmp_path):
     dst = convert_to_fp16(onnx_path, tmp_path / "model.fp16.onnx")
     onnx.checker.check_model(str(dst), full_check=True)
     m = onnx.load(dst)
-    # Boundary stays FP32, so the Triton config is the same as for the FP32 model.
-    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    # The boundary keeps its types (uint8 in, FP32 out), so the Triton config is the FP32 model's.
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8  # normalised inside
     assert m.graph.output[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
     dtypes = {i.name: i.data_type for i in m.graph.initializer}
     sizes = {i.name: int(np.prod(i.dims)) for i in m.graph.initializer}
@@ -240,7 +259,7 @@ def test_export_fp16_flag(model, tmp_path):
     path = export_onnx(model, tmp_path / "m16.onnx", fp16=True)
     m = onnx.load(path)
     assert any(i.data_type == onnx.TensorProto.FLOAT16 for i in m.graph.initializer)
-    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    assert m.graph.input[0].type.tensor_type.elem_type == onnx.TensorProto.UINT8  # normalised inside
 
 
 def test_opset_16_rejected(model, tmp_path):

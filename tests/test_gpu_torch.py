@@ -22,11 +22,8 @@ CHECKPOINT = ROOT / "training" / "weights" / "biq2021_default.pt"
 
 def test_buckets_and_guard():
     assert buckets(64) == [1, 2, 4, 8, 16, 32, 64] and buckets(48) == [1, 2, 4, 8, 16, 32, 48]
-    x = torch.zeros(4, 3, 8, 8)
-    x[1, 0, 0, 0] = float("nan")
-    x[2] = 5.0
-    got = guard(x, torch.tensor([[0.5], [0.5], [0.5], [7.0]]))
-    assert got[0, 0] == 0.5 and got[1:3].isnan().all() and got[3, 0] == 1.0
+    got = guard(torch.tensor([[0.5], [float("nan")], [float("inf")], [7.0], [-2.0]]))
+    assert got[0, 0] == 0.5 and got[1:3].isnan().all() and got[3, 0] == 1.0 and got[4, 0] == 0.0
 
 
 def test_torch_scorer_matches_the_served_onnx_scorer():
@@ -77,3 +74,26 @@ def test_gpu_run_rehearsal_on_cpu(tmp_path):
     assert steps["scores: GPU repository against the CPU ensemble"]["result"]["same_scores"]
     assert (tmp_path / "gpu_perf.md").exists() and (tmp_path / "gpu_perf-scorer.png").exists()
     assert "## in-process scorer (TorchScorer)" in (tmp_path / "gpu_run.md").read_text()
+    # preprocess alone, its outputs over gRPC and through system shared memory, on the same server
+    outputs = steps["preprocess alone: outputs over gRPC against system shared memory"]["result"]
+    assert {r["outputs"] for r in outputs["rows"]} == {"gRPC", "system shared memory"}
+    assert outputs["best_img_s_grpc"] > 0 and outputs["best_img_s_shared_memory"] > 0
+    assert outputs["output_shared_memory_bytes"] >= 3 * 448 * 448
+    stop = steps["GPU server stop"]["result"]
+    assert stop["stubs_killed_by_launcher"] == 0 and not stop["exit_timeout_expired"], stop
+    # copy and compute apart; pinned memory needs CUDA, and the output says it was skipped
+    rows = steps["in-process scorer (TorchScorer)"]["result"]["by_batch"]
+    for row in rows.values():
+        assert row["compute_only_img_s"] > 0 and row["served_path_img_s"] > 0 and row["upload_pageable_img_s"] > 0
+        assert "needs CUDA" in row["upload_pinned"]
+
+
+def test_upload_figures_skip_pinned_memory_on_cpu_and_say_so():
+    from sampleiqa.perf.gpu_scorer_bench import rate, upload_rates
+
+    got = upload_rates(torch.zeros(2, 3, 448, 448, dtype=torch.uint8), "cpu", 0.05)
+    assert got["batch"] == 2 and got["dtype"] == "uint8" and got["mb_per_image"] == pytest.approx(0.602112)
+    assert got["pageable_img_s"] > 0 and got["pageable_gb_s"] > 0
+    assert "pinned_img_s" not in got and "needs CUDA" in got["pinned"]
+    calls = []
+    assert rate(lambda: calls.append(1), 4, 0.0, "cpu") > 0 and len(calls) == 1 + 3  # warm-up, then 3 at least

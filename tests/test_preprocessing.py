@@ -36,13 +36,22 @@ def test_no_face_gives_the_centre_crop(path):
     assert abs(plan.x - (w * plan.scale - CROP) / 2) <= 1 and abs(plan.y - (h * plan.scale - CROP) / 2) <= 1
 
 
-def test_output_tensor_is_normalised_rgb_chw():
+def test_pixels_are_uint8_rgb_chw_and_normalise_with_imagenet_statistics():
+    from sampleiqa.preprocessing import normalize, to_tensor
+
     img = np.zeros((500, 600, 3), np.uint8)
     img[:, :, 2] = 255  # pure red in BGR
     r = preprocess_bytes(encode(img))
-    assert r.pixels.shape == (3, CROP, CROP) and r.pixels.dtype == np.float32
-    np.testing.assert_allclose(r.pixels[0], (1 - 0.485) / 0.229, rtol=1e-5)  # R channel first
-    np.testing.assert_allclose(r.pixels[2], (0 - 0.406) / 0.225, rtol=1e-5)
+    assert r.pixels.shape == (3, CROP, CROP) and r.pixels.dtype == np.uint8
+    assert (r.pixels[0] == 255).all() and (r.pixels[1:] == 0).all()  # R channel first
+    x = normalize(r.pixels)
+    assert x.dtype == np.float32
+    np.testing.assert_allclose(x[0], (1 - 0.485) / 0.229, rtol=1e-5)
+    np.testing.assert_allclose(x[2], (0 - 0.406) / 0.225, rtol=1e-5)
+    crop = np.random.default_rng(0).integers(0, 256, (CROP, CROP, 3), dtype=np.uint8)
+    from sampleiqa.preprocessing import to_pixels
+
+    np.testing.assert_array_equal(to_tensor(crop), normalize(to_pixels(crop)))  # training's input, bit for bit
 
 
 @pytest.mark.parametrize("w,h,face", [

@@ -17,7 +17,7 @@ from .conftest import BIQ, ROOT, SAMPLES, biq_images
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from sampleiqa.preprocessing import preprocess_file  # noqa: E402
+from sampleiqa.preprocessing import normalize, preprocess_file  # noqa: E402
 from sampleiqa.training.models import create_model  # noqa: E402
 
 
@@ -32,7 +32,7 @@ def test_packaged_lite0_weights_are_imagenet_weights_and_the_trunk_takes_the_ser
     from sampleiqa.training.models.prior import Lite0Trunk, load_lite0
 
     net, trunk = load_lite0(), Lite0Trunk()
-    x = torch.from_numpy(preprocess_file(SAMPLES / "chelsea.jpg").pixels[None])
+    x = torch.from_numpy(normalize(preprocess_file(SAMPLES / "chelsea.jpg").pixels[None]))
     with torch.no_grad():
         probs = net(x * trunk.scale + trunk.shift).softmax(-1)[0]
     assert int(probs.argmax()) in range(281, 286) and float(probs[281:286].sum()) > 0.3  # random weights: ~0.005
@@ -54,7 +54,7 @@ def test_cached_features_are_the_served_graphs_and_reused(tmp_path):
     root = tmp_path / "features"
     fs = build_features(data, model.trunk, views=2, root=root)
     assert fs.tokens.shape == (3, 2, 112, 28, 28) and fs.pooled.shape == (3, 2, model.trunk.pooled_dim)
-    x = torch.from_numpy(np.stack([preprocess_file(p).pixels for p in paths]))
+    x = torch.from_numpy(normalize(np.stack([preprocess_file(p).pixels for p in paths])))
     with torch.no_grad():
         tokens, pooled = model.trunk(x)
     np.testing.assert_allclose(fs.pooled[:, 0], pooled.numpy(), rtol=1e-3, atol=1e-3)
@@ -102,7 +102,8 @@ def test_prior_model_trains_on_cached_features_and_serves_the_same_scores(tmp_pa
 
     model, extra = load_scorer(run / "last.pt")
     assert "val" in extra
-    x = torch.from_numpy(np.stack([preprocess_file(p).pixels for p in biq_images(4)]))
+    pixels = np.stack([preprocess_file(p).pixels for p in biq_images(4)])  # what the server's scorer gets
+    x = torch.from_numpy(normalize(pixels))
     with torch.no_grad():
         full = model(x).view(-1).numpy()
         top = (model.top.forward_z(*model.trunk(x)) * model.score_std + model.score_mean).view(-1).numpy()
@@ -117,7 +118,7 @@ def test_prior_model_trains_on_cached_features_and_serves_the_same_scores(tmp_pa
 
     from sampleiqa.contracts import PIXELS, SCORE
 
-    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run([SCORE], {PIXELS: x.numpy()})[0]
+    got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run([SCORE], {PIXELS: pixels})[0]
     np.testing.assert_allclose(got.reshape(-1), full, atol=1e-4)
     from sampleiqa.clients import ScoringClient
     from sampleiqa.server import TritonServer

@@ -51,9 +51,11 @@ def test_a_corrupt_item_in_a_batch_costs_only_itself(client):
 
 
 def test_served_pixels_equal_training_evaluation_tensor(server, tmp_path):
-    """One source of truth: the `preprocess` model and training's evaluation (the crop cache
-    and the batches the loop evaluates on) give the same tensor, bit for bit."""
+    """One source of truth: the `preprocess` model's uint8 crop, normalised as the scorer
+    normalises it, is training's evaluation tensor (the crop cache and the batches the loop
+    evaluates on), bit for bit."""
     pytest.importorskip("torch")
+    from sampleiqa.preprocessing import normalize
     from sampleiqa.training.data.cache import build_cache
     from sampleiqa.training.data.datasets import LabelledSet, Sample
     from sampleiqa.training.prediction import eval_batches
@@ -66,8 +68,8 @@ def test_served_pixels_equal_training_evaluation_tensor(server, tmp_path):
         inp = grpcclient.InferInput(IMAGE, [1, 1], "BYTES")
         inp.set_data_from_numpy(np.array([[Path(path).read_bytes()]], dtype=object))
         served = c.infer(PREPROCESS, [inp]).as_numpy(PIXELS)[0]
-        assert served.shape == (3, CROP, CROP)
-        np.testing.assert_array_equal(served, expected)
+        assert served.shape == (3, CROP, CROP) and served.dtype == np.uint8
+        np.testing.assert_array_equal(normalize(served), expected)
     c.close()
     assert len(data.paths) == len(paths)
 

@@ -62,18 +62,21 @@ def test_operators_outside_tensorrts_list_and_old_opsets(tmp_path):
 
 
 def test_a_tensor_past_fp16_range_outside_the_fp32_scopes(tmp_path):
-    """x * 1e5 overflows FP16 on real pixels; the same product inside /stats/ is kept FP32."""
-    x = helper.make_tensor_value_info("PIXELS", TensorProto.FLOAT, [None, 3, 448, 448])
+    """x * 1e5 overflows FP16 on real pixels; the same product inside /model/stats/ is kept FP32."""
+    x = helper.make_tensor_value_info("PIXELS", TensorProto.UINT8, [None, 3, 448, 448])
     y = helper.make_tensor_value_info("SCORE", TensorProto.FLOAT, [None, 1])
     big = helper.make_tensor("big", TensorProto.FLOAT, [], [1e5])
     axes = helper.make_tensor("axes", TensorProto.INT64, [3], [1, 2, 3])
     pixels = sample_pixels(SAMPLES, 2)
-    for scope, fails in (("/trunk/", True), ("/stats/", False)):
-        nodes = [helper.make_node("Mul", ["PIXELS", "big"], ["scaled"], name=f"{scope}Mul"),
+    for scope, fails in (("/model/trunk/", True), ("/model/stats/", False)):
+        nodes = [helper.make_node("Cast", ["PIXELS"], ["x"], name="/normalize/Cast", to=TensorProto.FLOAT),
+                 helper.make_node("Mul", ["x", "big"], ["scaled"], name=f"{scope}Mul"),
                  helper.make_node("ReduceMean", ["scaled", "axes"], ["m"], name=f"{scope}Mean", keepdims=0),
-                 helper.make_node("Unsqueeze", ["m", "one"], ["SCORE"], name="/head/Unsqueeze")]
+                 helper.make_node("Mul", ["m", "tiny"], ["small"], name=f"{scope}Down"),  # what leaves is small
+                 helper.make_node("Unsqueeze", ["small", "one"], ["SCORE"], name="/head/Unsqueeze")]
         one = helper.make_tensor("one", TensorProto.INT64, [1], [1])
-        onnx.save(_model(nodes, [x], [y], [big, axes, one], opset=18), tmp_path / "m.onnx")
+        tiny = helper.make_tensor("tiny", TensorProto.FLOAT, [], [1e-6])
+        onnx.save(_model(nodes, [x], [y], [big, axes, one, tiny], opset=18), tmp_path / "m.onnx")
         if fails:
             with pytest.raises(TensorRTLimitError, match="past FP16's 65504"):
                 check_onnx(tmp_path / "m.onnx", pixels)

@@ -40,7 +40,7 @@ class TritonPythonModel:
         total = sum(len(i) for i in items)
         if self.credits:
             self.credits.take(total)
-        pixels = np.empty((total, 3, CROP, CROP), dtype=np.float32)
+        pixels = np.empty((total, 3, CROP, CROP), dtype=np.uint8)
         boxes = np.zeros((total, 4), dtype=np.int32)
         found = np.zeros((total, 1), dtype=bool)
         responses = []

@@ -4,9 +4,9 @@ It has the same name and tensors as the GPU scorers (tensorrt_plan / onnxruntime
 clients never know which target is deployed. The requests' crops are scored in ORT runs of at
 most `run_batch` (the memory of a run grows with its batch, its speed per crop does not), and
 each run gives its crops' credits back to `preprocess` (sampleiqa.admission).
-The graph answers PIXELS that no image gives (NaN, Inf, |x| > 3) with a NaN score; here
-that request fails with a `[non_finite]` error naming the item (the GPU targets return the
-NaN, which the clients turn into the same error).
+PIXELS are the uint8 crops; the graph normalises them. It answers a raw score that is not
+finite with NaN; here that request fails with a `[non_finite]` error naming the item (the
+GPU targets return the NaN, which the clients turn into the same error).
 """
 
 import json
