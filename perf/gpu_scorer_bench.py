@@ -6,7 +6,11 @@
 
 Measures the model at 448x448 in torch FP32, torch FP16 and torch.compile FP16 over batch
 sizes 1..256: images/s and the achieved fraction of the card's dense FP16 tensor-core
-peak. FLOPs per image are counted by torch.utils.flop_counter on one FP32 forward
+peak, with the input already on the device (made there: no copy in the figure). The
+host-to-device uploads of the same batches are measured alone, beside it: from pageable
+and from pinned memory, for the PIXELS contract's dtype and the dtypes the modes feed
+(pinned memory needs CUDA: on --device cpu that figure is skipped and the output says so).
+FLOPs per image are counted by torch.utils.flop_counter on one FP32 forward
 (matmuls and convolutions, 2 FLOPs per multiply-add; softmax, LayerNorm and GELU are
 not counted). A time budget (default 7.5 min) keeps it under 8 minutes: whatever does
 not fit is skipped and says so. Writes <out>/gpu_scorer_<card>_<model>.{md,json,png} after
@@ -46,10 +50,12 @@ def peak_tflops(device_name: str) -> float | None:
     return None
 
 
-def flops_per_image(model: torch.nn.Module, device: str) -> int:
+def flops_per_image(model: torch.nn.Module, device: str, example: torch.Tensor | None = None) -> int:
+    """FLOPs of one image through `model`; `example`: a [1, ...] input of the dtype the model
+    takes (default: FP32 noise at 448)."""
     from torch.utils.flop_counter import FlopCounterMode
 
-    x = torch.randn(1, 3, 448, 448, device=device)
+    x = example if example is not None else torch.randn(1, 3, 448, 448, device=device)
     counter = FlopCounterMode(display=False)
     with torch.no_grad(), counter:
         model(x)
@@ -59,6 +65,42 @@ def flops_per_image(model: torch.nn.Module, device: str) -> int:
 def synchronize(device: str) -> None:
     if device.startswith("cuda"):
         torch.cuda.synchronize()
+
+
+def rate(fn, items: int, seconds: float, device: str) -> float:
+    """items/s of fn() repeated for `seconds` (3 runs at least) after one warm-up run. The
+    device's queue is drained before the clock starts and before it stops, so asynchronous
+    work (graph replays, non-blocking copies) is counted once it has run."""
+    fn()
+    synchronize(device)
+    runs, t0 = 0, time.perf_counter()
+    while runs < 3 or time.perf_counter() - t0 < seconds:
+        fn()
+        runs += 1
+    synchronize(device)
+    return runs * items / (time.perf_counter() - t0)
+
+
+PINNED_SKIPPED = "skipped: pinned (page-locked) memory needs CUDA (--device cpu)"
+
+
+def upload_rates(host: torch.Tensor, device: str, seconds: float) -> dict:
+    """Host-to-device copies of the batch `host` alone, into a device tensor made once:
+    from pageable memory (what torch.from_numpy gives) and from pinned memory. Images/s and
+    GB/s. On CPU there is no upload: the pageable figure is then a host-to-host copy, and the
+    pinned one is skipped (it needs CUDA), with the reason in its place."""
+    batch, image_bytes = len(host), host[0].numel() * host.element_size()
+    dst = torch.empty(host.shape, dtype=host.dtype, device=device)
+    out = {"dtype": str(host.dtype).removeprefix("torch."), "batch": batch, "mb_per_image": image_bytes / 1e6}
+    sources = {"pageable": host}
+    if device.startswith("cuda"):
+        sources["pinned"] = host.pin_memory()
+    else:
+        out["pinned"] = PINNED_SKIPPED
+    for kind, src in sources.items():
+        r = rate(lambda: dst.copy_(src, non_blocking=True), batch, seconds, device)
+        out[f"{kind}_img_s"], out[f"{kind}_gb_s"] = r, r * image_bytes / 1e9
+    return out
 
 
 def images_per_second(model, batch: int, dtype, device: str, seconds: float) -> float:
@@ -106,7 +148,22 @@ def run(args, measured=lambda results: None) -> dict:
     torch.backends.cuda.matmul.allow_tf32 = False  # FP32 means FP32 here
     flops = flops_per_image(create_model(args.model).eval().to(device), device)
     results = {"card": card, "model": args.model, "flops_per_image": flops, "peak_fp16_tflops": peak,
-               "torch": torch.__version__, "rows": [], "skipped": []}
+               "torch": torch.__version__, "rows": [], "uploads": [], "skipped": []}
+    # The served path uploads PIXELS (the contract's dtype, uint8); each mode here feeds its own.
+    dtypes = {torch.uint8, *(torch.float32 if m == "fp32" else torch.float16 for m in args.modes)}
+    for dtype in sorted(dtypes, key=lambda d: torch.empty(0, dtype=d).element_size()):
+        for batch in args.batches if args.upload_seconds > 0 else []:
+            if time.monotonic() > deadline:
+                results["skipped"].append(f"upload {dtype} batch {batch}: time budget spent")
+                continue
+            host = torch.zeros(batch, 3, 448, 448, dtype=dtype)
+            try:
+                results["uploads"].append(upload_rates(host, device, args.upload_seconds))
+            except torch.OutOfMemoryError:
+                results["skipped"].append(f"upload {dtype} batch {batch}: out of memory")
+            del host
+    if results["uploads"]:
+        measured(results)
     for mode, model, dtype in variants(args.model, device, args.modes):
         for batch in args.batches:
             if time.monotonic() > deadline:
@@ -136,11 +193,23 @@ def markdown(r: dict, command: str) -> str:
     lines = [f"# Scorer `{r['model']}` at 448 on {r['card']}", "",
              f"- command: `{command}`; torch {r['torch']}",
              f"- FLOPs per image (torch.utils.flop_counter, matmul/conv, 2 per MAC): {r['flops_per_image'] / 1e9:.2f} GFLOP",
-             f"- peak used: {peak}", "",
+             f"- peak used: {peak}",
+             "- the input is made on the device: these figures hold no copy (uploads: below)", "",
              "| mode | batch | img/s | TFLOP/s | fraction of FP16 peak |", "|---|---|---|---|---|"]
     for row in r["rows"]:
         frac = f"{row['fraction_of_fp16_peak']:.2%}" if row["fraction_of_fp16_peak"] is not None else "n/a"
         lines.append(f"| {row['mode']} | {row['batch']} | {row['img_s']:.1f} | {row['tflops']:.2f} | {frac} |")
+    uploads = r.get("uploads") or []
+    if uploads:
+        lines += ["", "Host-to-device uploads alone (a batch into a device tensor made once; "
+                  "on CPU a host copy):", "",
+                  "| dtype | batch | MB/image | pageable img/s | pageable GB/s | pinned img/s | pinned GB/s |",
+                  "|---|---|---|---|---|---|---|"]
+        for u in uploads:
+            pinned = (f"{u['pinned_img_s']:.1f} | {u['pinned_gb_s']:.2f}" if "pinned_img_s" in u
+                      else f"{u.get('pinned', 'n/a')} | n/a")
+            lines.append(f"| {u['dtype']} | {u['batch']} | {u['mb_per_image']:.2f} | {u['pageable_img_s']:.1f} | "
+                         f"{u['pageable_gb_s']:.2f} | {pinned} |")
     if r["skipped"]:
         lines += ["", "Skipped: " + "; ".join(r["skipped"])]
     return "\n".join(lines + ["", ANCHORS]) + "\n"
@@ -167,6 +236,8 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="1,2,4,8,16,32,64,128,256")
     p.add_argument("--modes", default="fp32,fp16,compile-fp16")
     p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per point")
+    p.add_argument("--upload-seconds", type=float, default=0.3,
+                   help="timed seconds per upload figure (pageable, pinned); 0: no upload figures")
     p.add_argument("--budget-s", type=float, default=450.0, help="stop measuring after this long")
     p.add_argument("--peak-tflops", type=float, help="override the card's dense FP16 peak")
     p.add_argument("--out", default=str(RESULTS))
