@@ -55,9 +55,11 @@ class StorageError(OSError):
 
 
 class Retries:
-    """Exponential backoff with full jitter (AWS's advice for many clients at once)."""
+    """Exponential backoff with full jitter (AWS's advice for many clients at once). On top of
+    the S3 client's own retries: pyarrow's made ~31 requests over ~36 s for one read that
+    kept failing here, so 4 tries give a sustained outage ~2.5 minutes per read."""
 
-    def __init__(self, attempts: int = 8, base_s: float = 0.1, max_s: float = 8.0, sleep=time.sleep):
+    def __init__(self, attempts: int = 4, base_s: float = 0.1, max_s: float = 8.0, sleep=time.sleep):
         self.attempts, self.base_s, self.max_s, self.sleep = attempts, base_s, max_s, sleep
         self._patterns: tuple[str, ...] | None = None  # read at the first error: importing Ray Data costs ~100 MiB
         self.retried = 0  # transient errors met (and retried) over this object's life
