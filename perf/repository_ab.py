@@ -4,9 +4,11 @@
     python -m sampleiqa.perf.repository_ab --before /tmp/before --photos 300 --rounds 3 \\
         --report perf/results/uint8-pixels-cpu.md
 
-`--before` is a checkout of an earlier commit: its `model_repository/` is served with its
-own `sampleiqa` package first on PYTHONPATH (the python stubs import the checkout's code,
-not this one's); the other side is this checkout's repository. Each round starts one
+`--before` is a checkout of an earlier commit: its `model_repository/` is served from that
+checkout's folder and with it first among the stubs' site dirs (the stubs embed libpython,
+ignore PYTHONPATH and look in their working folder first), so they import the checkout's
+`sampleiqa`, not this one's; each run checks every photo scored `ok`. The other side is
+this checkout's repository, served from here. Each round starts one
 server at a time (two would share the cores), scores the same photos with `sampleiqa score
 --url` (README command 1's path: the real CLI, gRPC and Triton) and stops it; the
 rounds alternate which goes first. Medians, their ratio, and each side's server CPU ms per
@@ -17,15 +19,17 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import re
 import statistics
 import subprocess
 import sys
 import tempfile
+from contextlib import chdir
 from pathlib import Path
 
 from sampleiqa.paths import DEFAULT_REPOSITORY
-from sampleiqa.server import TritonServer
+from sampleiqa.server import TritonServer, stub_environment
 
 from .cpu_time import process_tree_cpu_s
 from .inputs import copy_photos
@@ -33,18 +37,21 @@ from .inputs import copy_photos
 RATE = re.compile(r"\(([\d.]+) images/s\)")
 
 
-def one_run(repository: Path, env: dict, photos: Path, tmp: Path) -> tuple[float, float]:
-    """(images/s of the scoring, server CPU ms per photo) for one fresh server."""
-    with TritonServer(repository, log_file=tmp / "triton.log", env=env) as server:
+def one_run(repository: Path, env: dict, folder: Path, photos: Path, tmp: Path) -> tuple[float, float]:
+    """(images/s of the scoring, server CPU ms per photo) for one fresh server started in `folder`."""
+    with chdir(folder):
+        server = TritonServer(repository.resolve(), log_file=tmp / "triton.log", env=env)
+        server.start()
+    with server:
         out = tmp / "scores.csv"
         out.unlink(missing_ok=True)
         cpu0 = process_tree_cpu_s(server.process.pid)
         res = subprocess.run([sys.executable, "-m", "sampleiqa.cli", "score", str(photos), "--url", server.url,
                               "--out", str(out)], capture_output=True, text=True, timeout=1800)
         cpu = process_tree_cpu_s(server.process.pid) - cpu0
-    if res.returncode != 0 or not (m := RATE.search(res.stderr)):
-        raise SystemExit(f"scoring failed:\n{res.stderr[-2000:]}")
     n = len(list(photos.iterdir()))
+    if res.returncode != 0 or not (m := RATE.search(res.stderr)) or f"{n} scored ok" not in res.stderr:
+        raise SystemExit(f"scoring failed (every photo must score ok):\n{res.stderr[-2000:]}")
     return float(m.group(1)), cpu * 1000 / n
 
 
@@ -55,8 +62,9 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--report", type=Path, default=None)
     args = p.parse_args(argv)
-    sides = {"before": (args.before / "model_repository", {"PYTHONPATH": str(args.before.resolve())}),
-             "after": (DEFAULT_REPOSITORY, {})}
+    site_dirs = os.pathsep.join([str(args.before.resolve()), stub_environment()["SAMPLEIQA_SITE_DIRS"]])
+    sides = {"before": (args.before / "model_repository", {"SAMPLEIQA_SITE_DIRS": site_dirs}, args.before.resolve()),
+             "after": (DEFAULT_REPOSITORY, {}, Path.cwd())}
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
     with tempfile.TemporaryDirectory() as tmp:
         photos = copy_photos(Path(tmp) / "photos", args.photos)
