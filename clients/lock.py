@@ -51,12 +51,8 @@ class LocalLock:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
-            holder = os.pread(fd, 4096, 0)
+            owner = _holder(fd)
             os.close(fd)
-            try:
-                owner = _describe(json.loads(holder))
-            except ValueError:  # the holder has the lock but has not written its name yet
-                owner = "a run that is starting"
             raise OutputBusy(f"{what} is being written by another run ({owner}); "
                              "wait for it, or choose another --out") from None
         os.ftruncate(fd, 0)
@@ -69,6 +65,19 @@ class LocalLock:
             os.ftruncate(self.fd, 0)
             os.close(self.fd)  # closing drops the flock
             self.fd = None
+
+
+def _holder(fd: int, wait_s: float = 1.0) -> str:
+    """Who holds the lock on `fd`: its name, which a holder writes just after it takes the
+    lock (so a run started at the same instant may wait a moment for it)."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            return _describe(json.loads(os.pread(fd, 4096, 0)))
+        except ValueError:
+            if time.monotonic() > deadline:
+                return "a run that is starting"
+            time.sleep(0.02)
 
 
 class Lease:
