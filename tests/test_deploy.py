@@ -486,7 +486,9 @@ def test_grpc_scores_and_metrics_carry_the_autoscalers_series(pod):
     with ScoringClient(f"127.0.0.1:{pod.ports['grpc']}", timeout_s=60) as client:
         results = [client.score((SAMPLES / name).read_bytes()) for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg")]
     assert all(0 <= r.score <= 1 for r in results)
-    after = _metrics(pod.ports["metrics"])
+    deadline = time.monotonic() + 10  # Triton counts an ensemble request once it is torn down, after its response
+    while (after := _metrics(pod.ports["metrics"]))[requests] - before.get(requests, 0) < 3 and time.monotonic() < deadline:
+        time.sleep(0.1)
     assert after[requests] - before.get(requests, 0) == 3
     assert all(after[q] >= before.get(q, 0) for q in queue)
     assert layout.QUEUE_METRIC and "nv_inference_queue_duration_us" in render.all_files()[
