@@ -27,7 +27,8 @@ def add_build_repository_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--opt-batch", type=int, default=16, metavar="N", help="gpu-trt: the batch TensorRT tunes for")
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="gpu-trt: TensorRT timing cache, read and written back")
     p.add_argument("--preprocess-instances", type=int, default=2, metavar="N", help="preprocess model instances (one core each)")
-    p.add_argument("--scorer-instances", type=int, default=1, metavar="N", help="scorer model instances")
+    p.add_argument("--scorer-instances", type=int, default=None, metavar="N",
+                   help="scorer model instances (default: 2 on a GPU, so one uploads while the other computes; 1 on CPU)")
     p.add_argument("--ort-threads", type=int, default=2, metavar="N", help="cpu: ONNX Runtime threads per scorer instance")
     g = p.add_argument_group("back-pressure and memory (README: Memory under load)")
     g.add_argument("--crops-in-flight", type=int, default=None, metavar="N",
@@ -38,8 +39,18 @@ def add_build_repository_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--ort-run-batch", type=int, default=4, metavar="N", help="cpu: crops per ONNX Runtime run")
     p.add_argument("--torch-device", choices=["gpu", "cpu"], default="gpu",
                    help="gpu-torch: where the scorer runs (cpu: a dry run of the GPU repository)")
+    p.add_argument("--preprocess", choices=["cpu", "torch"], default=None,
+                   help="gpu targets: 'torch' decodes JPEGs with nvJPEG and finds faces and crops on the GPU "
+                        "(default for gpu-torch); 'cpu' uses OpenCV on CPU instances (default for gpu-trt, gpu-onnx)")
+    p.add_argument("--torch-compile", default="", metavar="MODE",
+                   help="gpu-torch: torch.compile the scorer with this mode (default: eager; perf/gpu_run.py measures both)")
     p.add_argument("--no-vendor", action="store_true",
                    help="do not copy the preprocessing package into the repository (it must be installed)")
+
+
+def default_scorer_instances(args) -> int:
+    on_gpu = args.target != "cpu" and not (args.target == "gpu-torch" and args.torch_device == "cpu")
+    return 2 if on_gpu else 1
 
 
 def cmd_build_repository(args) -> int:
@@ -48,7 +59,9 @@ def cmd_build_repository(args) -> int:
 
     settings = RepositorySettings(target=args.target, max_batch_size=args.max_batch,
                                   preprocess_instances=args.preprocess_instances,
-                                  scorer_instances=args.scorer_instances, ort_threads=args.ort_threads,
+                                  scorer_instances=args.scorer_instances or default_scorer_instances(args),
+                                  ort_threads=args.ort_threads, preprocess=args.preprocess,
+                                  torch_compile=args.torch_compile,
                                   torch_device=args.torch_device, crops_in_flight=args.crops_in_flight,
                                   preprocess_max_queue=args.preprocess_max_queue,
                                   scorer_max_queue=args.scorer_max_queue, ort_run_batch=args.ort_run_batch)

@@ -3,7 +3,11 @@
     cpu       preprocess (python) -> scorer (python + ONNX Runtime)   [the default]
     gpu-onnx  preprocess (python) -> scorer (onnxruntime_onnx, KIND_GPU)
     gpu-trt   preprocess (python) -> scorer (tensorrt_plan FP16, KIND_GPU)
-    gpu-torch preprocess (python) -> scorer (python + PyTorch FP16, CUDA graphs, KIND_GPU)
+    gpu-torch preprocess (python + PyTorch: nvJPEG, YuNet, crops on the GPU)
+              -> scorer (python + PyTorch FP16, CUDA graphs, KIND_GPU)
+
+Any gpu target takes the torch preprocess with `preprocess="torch"` (gpu-torch's default);
+its PIXELS then stay on the GPU between the steps.
 
 The python models' sources are the ones in this checkout's model_repository/. With
 `vendor=True` (the default) the preprocessing package is copied beside preprocess/1/model.py,
@@ -26,7 +30,8 @@ from .triton_config import WARMUP_FILE, RepositorySettings, all_configs, to_pbtx
 
 log = logging.getLogger(__name__)
 
-SOURCE_REPOSITORY = DEFAULT_REPOSITORY  # the python models' sources
+SOURCE_REPOSITORY = DEFAULT_REPOSITORY  # the CPU python models' sources
+HERE = Path(__file__).resolve().parent  # the torch models' sources
 PACKAGE_DIR = REPO_ROOT / "sampleiqa"
 # The smallest sample (451x300, 38 KB): a server started with low --max-pixels / --max-bytes
 # (the tests use 200,000) still passes its warm-up. No face in it: detection runs, then the crop.
@@ -98,7 +103,9 @@ def build_repository(
 
     write_configs(out, settings)
     write_warmup_inputs(out)
-    _copy(SOURCE_REPOSITORY / PREPROCESS / "1" / "model.py", out / PREPROCESS / "1" / "model.py")
+    preprocess_source = (HERE / "torch_preprocess_model.py" if settings.torch_preprocess
+                         else SOURCE_REPOSITORY / PREPROCESS / "1" / "model.py")
+    _copy(preprocess_source, out / PREPROCESS / "1" / "model.py")
     if vendor:
         vendor_preprocessing(out / PREPROCESS / "1")
     scorer_dir = out / SCORER / "1"
@@ -110,7 +117,7 @@ def build_repository(
     elif settings.target == "gpu-onnx":
         _copy(Path(onnx_path), scorer_dir / "model.onnx")
     elif settings.target == "gpu-torch":
-        _copy(Path(__file__).resolve().parent / "torch_scorer_model.py", scorer_dir / "model.py")
+        _copy(HERE / "torch_scorer_model.py", scorer_dir / "model.py")
         _copy(Path(checkpoint), scorer_dir / "model.pt")
     else:
         _copy(Path(engine_path), scorer_dir / "model.plan")

@@ -1,9 +1,12 @@
 """Triton python-backend model `scorer` for the gpu-torch target: PIXELS -> SCORE in PyTorch.
 
 build_repository copies this file to scorer/1/model.py beside the checkpoint (model.pt).
-The work is sampleiqa.build.torch_runner.TorchScorer (FP16, CUDA graphs per batch bucket);
-requests are concatenated into one batch and split back. A request holding an item with no
-finite score fails with `[non_finite]`, as the CPU scorer does.
+The work is sampleiqa.build.torch_runner.TorchScorer (FP16 weights, CUDA graphs per batch
+bucket, pinned staging). Its inputs stay where Triton has them: on a GPU instance the config
+sets FORCE_CPU_ONLY_INPUT_TENSORS "no", so PIXELS made on the GPU (the GPU preprocessing)
+arrive through DLPack without a trip to the host, and host ones as numpy views. Requests are
+scored as one batch and split back. A request holding an item with no finite score fails
+with `[non_finite]`, as the CPU scorer does.
 """
 
 import json
@@ -15,10 +18,18 @@ for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.path
     site.addsitedir(_dir)
 
 import triton_python_backend_utils as pb_utils
+import torch
 
 from sampleiqa.admission import CropCredits, limit_from
 from sampleiqa.build.torch_runner import TorchScorer
-from sampleiqa.scores import gather_pixels, split_responses
+from sampleiqa.contracts import PIXELS
+from sampleiqa.scores import split_responses
+
+
+def request_tensors(requests) -> list:
+    """Each request's PIXELS: a torch tensor where Triton holds it on the GPU, else numpy."""
+    tensors = [pb_utils.get_input_tensor_by_name(r, PIXELS) for r in requests]
+    return [t.as_numpy() if t.is_cpu() else torch.from_dlpack(t.to_dlpack()) for t in tensors]
 
 
 class TritonPythonModel:
@@ -32,14 +43,15 @@ class TritonPythonModel:
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
         self.scorer = TorchScorer(path, device=device, fp16=parameters.get("precision", "fp16") == "fp16",
                                   cuda_graphs=parameters.get("cuda_graphs", "1") == "1",
-                                  max_batch=max(1, int(parameters.get("run_batch", config.get("max_batch_size", 64)))))
+                                  max_batch=max(1, int(parameters.get("run_batch", config.get("max_batch_size", 64)))),
+                                  compile_mode=parameters.get("torch_compile") or None)
 
     def execute(self, requests):
-        batches, pixels = gather_pixels(pb_utils, requests)
+        batches = request_tensors(requests)
         with self.credits.scoring() if self.credits else nullcontext():
-            scores = self.scorer(pixels)
+            scores = self.scorer(batches)
             if self.credits:
-                self.credits.give_back(len(pixels))
+                self.credits.give_back(sum(len(b) for b in batches))
         return split_responses(pb_utils, batches, scores)
 
     def finalize(self):

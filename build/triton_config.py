@@ -34,8 +34,13 @@ class RepositorySettings:
     ort_run_batch: int = 4  # scorers on CPU (ORT; torch with torch_device cpu): crops per run; memory grows with it, speed per crop does not
     ort_arena_keep_batch: int = 1  # cpu scorer: ORT's arena is shrunk back after a larger run (memory bound) ...
     ort_arena_shrink_after_s: float = 5.0  # ... once none has run for this long (not after each: perf/results/arena-under-load.md)
-    torch_device: str = "gpu"  # gpu-torch: "cpu" runs the same model on CPU (the dry run of perf/gpu_run.py)
+    torch_device: str = "gpu"  # torch models (gpu-torch scorer, torch preprocess): "cpu" runs them on CPU (CI, dry runs)
     cuda_graphs: bool = True  # gpu-torch: one CUDA graph per batch bucket
+    torch_compile: str = ""  # gpu-torch: a torch.compile mode for the scorer ("" eager: perf/gpu_run.py measures both)
+    # "torch": the GPU preprocessing model (nvJPEG, YuNet in torch, crops on the device; PIXELS
+    # stay on the GPU for the scorer); "cpu": OpenCV in CPU instances. None: torch for gpu-torch
+    # (torch is there already), cpu elsewhere (a Triton container need not have torch).
+    preprocess: str | None = None
     preprocess_queue_delay_us: int = 0
     scorer_queue_delay_us: int = 2000
     preferred_batch_sizes: tuple[int, ...] = ()
@@ -52,11 +57,23 @@ class RepositorySettings:
     def __post_init__(self):
         if self.target not in TARGETS:
             raise ValueError(f"target must be one of {TARGETS}, not {self.target!r}")
+        if self.preprocess not in (None, "cpu", "torch"):
+            raise ValueError(f"preprocess must be 'cpu' or 'torch', not {self.preprocess!r}")
+        if self.target == "cpu" and self.preprocess == "torch":
+            raise ValueError("the cpu target preprocesses with OpenCV; --preprocess torch is for the gpu targets")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be positive")
         if self.ort_run_batch < 1 or min(self.preprocess_max_queue, self.scorer_max_queue,
                                          self.preprocess_preferred_batch, self.crops_in_flight or 0) < 0:
             raise ValueError("the ORT run batch must be positive; queue bounds, preferred batch and crops in flight >= 0")
+
+    @property
+    def torch_preprocess(self) -> bool:
+        return (self.preprocess or ("torch" if self.target == "gpu-torch" else "cpu")) == "torch"
+
+    @property
+    def torch_kind(self) -> int:
+        return mc.ModelInstanceGroup.KIND_GPU if self.torch_device == "gpu" else mc.ModelInstanceGroup.KIND_CPU
 
     @property
     def credits(self) -> int:
@@ -97,7 +114,8 @@ _FACE_FOUND = _tensor(FACE_FOUND, mc.TYPE_BOOL, [1])
 def preprocess_config(s: RepositorySettings) -> mc.ModelConfig:
     c = mc.ModelConfig(name=PREPROCESS, backend="python", max_batch_size=s.max_batch_size)
     _io(c, [_IMAGE], [_PIXELS, _FACE_BOX, _FACE_FOUND])
-    c.instance_group.add(count=s.preprocess_instances, kind=mc.ModelInstanceGroup.KIND_CPU)
+    kind = s.torch_kind if s.torch_preprocess else mc.ModelInstanceGroup.KIND_CPU
+    c.instance_group.add(count=s.preprocess_instances, kind=kind)
     c.dynamic_batching.max_queue_delay_microseconds = s.preprocess_queue_delay_us
     if s.preprocess_preferred_batch:
         c.dynamic_batching.preferred_batch_size.append(min(s.preprocess_preferred_batch, s.max_batch_size))
@@ -131,11 +149,14 @@ def scorer_config(s: RepositorySettings) -> mc.ModelConfig:
         # Python backend running PyTorch (build/torch_runner.py): FP16 and CUDA graphs on the GPU.
         c.backend = "python"
         gpu = s.torch_device == "gpu"
-        kind = mc.ModelInstanceGroup.KIND_GPU if gpu else mc.ModelInstanceGroup.KIND_CPU
-        c.instance_group.add(count=s.scorer_instances, kind=kind)
+        c.instance_group.add(count=s.scorer_instances, kind=s.torch_kind)
         c.parameters["precision"].string_value = "fp16" if gpu else "fp32"
         c.parameters["cuda_graphs"].string_value = "1" if gpu and s.cuda_graphs else "0"
-        if not gpu:  # on CPU, torch's activations grow with the run as ORT's do
+        if s.torch_compile:
+            c.parameters["torch_compile"].string_value = s.torch_compile
+        if gpu:  # PIXELS made on the GPU reach the model there (DLPack), not through the host
+            c.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value = "no"
+        else:  # on CPU, torch's activations grow with the run as ORT's do
             c.parameters["run_batch"].string_value = str(s.ort_run_batch)
     else:
         c.platform = "onnxruntime_onnx"

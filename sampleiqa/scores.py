@@ -18,12 +18,6 @@ from .contracts import CROP, PIXELS, SCORE
 NON_FINITE = "[non_finite] the scorer's network gave no finite score for this crop"
 
 
-def gather_pixels(pb_utils, requests) -> tuple[list[np.ndarray], np.ndarray]:
-    """(each request's PIXELS, all of them as one batch)."""
-    batches = request_pixels(pb_utils, requests)
-    return batches, batches[0] if len(batches) == 1 else np.concatenate(batches)
-
-
 def request_pixels(pb_utils, requests) -> list[np.ndarray]:
     return [pb_utils.get_input_tensor_by_name(r, PIXELS).as_numpy() for r in requests]
 

@@ -53,6 +53,7 @@ from sampleiqa.contracts import ENSEMBLE
 from sampleiqa.paths import DEFAULT_REPOSITORY
 
 from .admission import credits_path
+from .cuda_pool import cuda_pool_args
 from .procfs import SHM, alive, make_private, orphans_of, stub_regions
 
 log = logging.getLogger(__name__)
@@ -292,7 +293,7 @@ class TritonServer:
             args += ["--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}"]
         else:
             args += ["--allow-metrics=false", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false"]
-        return args + self.extra_args
+        return args + cuda_pool_args(self.repository) + self.extra_args
 
     def http_restricted(self) -> tuple[str, ...]:
         """The HTTP APIs that need the admin key: RESTRICTED, or every API but those named in

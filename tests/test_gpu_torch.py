@@ -10,18 +10,24 @@ import pytest
 torch = pytest.importorskip("torch")
 
 from sampleiqa.build.repository import build_repository  # noqa: E402
-from sampleiqa.build.torch_runner import TorchScorer, buckets, guard  # noqa: E402
+from sampleiqa.build.torch_runner import TorchScorer, buckets, chunks, guard, half_weights  # noqa: E402
 from sampleiqa.build.triton_config import RepositorySettings, read_config  # noqa: E402
 from sampleiqa.clients import ScoringClient  # noqa: E402
 from sampleiqa.server import TritonServer  # noqa: E402
+
+from sampleiqa.preprocessing import preprocess_file  # noqa: E402
 
 from .conftest import ROOT, SAMPLES, biq_images  # noqa: E402
 
 CHECKPOINT = ROOT / "training" / "weights" / "biq2021_default.pt"
 
 
-def test_buckets_and_guard():
-    assert buckets(64) == [1, 2, 4, 8, 16, 32, 64] and buckets(48) == [1, 2, 4, 8, 16, 32, 48]
+def test_buckets_pad_by_at_most_seven_past_eight_and_guard():
+    assert buckets(64) == [1, 2, 4, 8, 16, 24, 32, 40, 48, 56, 64] and buckets(12) == [1, 2, 4, 8, 12]
+    assert buckets(1) == [1] and buckets(5) == [1, 2, 4, 5]
+    for n in range(1, 65):  # batch 33 runs as 40, not 64
+        assert next(b for b in buckets(64) if b >= n) - n < max(8, n)
+        assert next(b for b in buckets(64) if b >= n) <= max(n + 7, 2 * n - 1)
     got = guard(torch.tensor([[0.5], [float("nan")], [float("inf")], [7.0], [-2.0]]))
     assert got[0, 0] == 0.5 and got[1:3].isnan().all() and got[3, 0] == 1.0 and got[4, 0] == 0.0
 
@@ -30,7 +36,6 @@ def test_torch_scorer_matches_the_served_onnx_scorer():
     import onnxruntime as ort
 
     from sampleiqa.server import DEFAULT_REPOSITORY
-    from sampleiqa.preprocessing import preprocess_file
 
     x = np.stack([preprocess_file(p).pixels for p in biq_images(5)])
     ref = ort.InferenceSession(str(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx"),
@@ -38,6 +43,30 @@ def test_torch_scorer_matches_the_served_onnx_scorer():
     scorer = TorchScorer(CHECKPOINT, device="cpu", max_batch=2)  # 5 items: chunks of 2
     got = scorer(x)
     assert got.shape == (5, 1) and np.abs(got - ref).max() < 1e-4, np.abs(got - ref).max()
+
+
+def test_requests_reach_the_runner_unjoined_in_order():
+    parts = [np.arange(3), np.arange(3, 8), np.arange(8, 9)]
+    runs = list(chunks(parts, 4))
+    assert [sum(b - a for _, a, b in run) for run in runs] == [4, 4, 1]
+    assert np.concatenate([p[a:b] for run in runs for p, a, b in run]).tolist() == list(range(9))
+
+
+def test_scorer_takes_one_array_per_request_and_fp16_weights_keep_the_scores():
+    """The served path hands the runner each request's PIXELS (no concatenation first); the
+    FP16 weights of a GPU load, run here under CPU autocast, stay within the FP16 tolerance."""
+    x = np.stack([preprocess_file(p).pixels for p in biq_images(5)])
+    scorer = TorchScorer(CHECKPOINT, device="cpu", max_batch=4)
+    whole = scorer(x)
+    assert np.array_equal(scorer([x[:1], x[1:4], x[4:]]), whole)
+    assert np.allclose(scorer([torch.from_numpy(x[:2]), x[2:]]), whole, atol=1e-6)
+    half_weights(scorer.model)
+    halves = [m.weight.dtype for m in scorer.model.modules() if isinstance(m, (torch.nn.Conv2d, torch.nn.Linear))]
+    assert halves and set(halves) == {torch.float16}
+    assert all(b.dtype == torch.float32 for b in scorer.model.buffers() if b.is_floating_point())
+    with torch.inference_mode(), torch.autocast("cpu", dtype=torch.float16):
+        fp16 = guard(scorer.model(torch.from_numpy(x)).float()).numpy()
+    assert np.abs(fp16 - whole).max() < 1e-2, np.abs(fp16 - whole).max()
 
 
 @pytest.mark.server

@@ -79,7 +79,10 @@ def test_generated_configs_parse_and_keep_the_contract(tmp_path, target):
     for c in configs.values():
         assert isinstance(c, mc.ModelConfig) and c.max_batch_size > 0
     pre, scorer, ens = configs[PREPROCESS], configs[SCORER], configs[ENSEMBLE]
-    assert pre.backend == "python" and pre.instance_group[0].kind == mc.ModelInstanceGroup.KIND_CPU
+    # gpu-torch preprocesses on the GPU in torch (nvJPEG, YuNet in torch); the others with OpenCV on CPU
+    pre_kind = mc.ModelInstanceGroup.KIND_GPU if target == "gpu-torch" else mc.ModelInstanceGroup.KIND_CPU
+    assert pre.backend == "python" and pre.instance_group[0].kind == pre_kind
+    assert ("TorchPreprocessor" in (out / PREPROCESS / "1" / "model.py").read_text()) == (target == "gpu-torch")
     assert [(i.name, i.data_type, list(i.dims)) for i in pre.input] == [("IMAGE", mc.TYPE_STRING, [1])]
     assert [(o.name, list(o.dims)) for o in scorer.input] == [("PIXELS", [3, CROP, CROP])]
     assert {o.name: o.data_type for o in ens.output} == {
@@ -96,6 +99,8 @@ def test_generated_configs_parse_and_keep_the_contract(tmp_path, target):
     elif target == "gpu-torch":
         assert scorer.backend == "python" and (out / SCORER / "1" / "model.pt").exists()
         assert scorer.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
+        # GPU tensors from the GPU preprocessing reach the scorer through DLPack, not the host
+        assert scorer.parameters["FORCE_CPU_ONLY_INPUT_TENSORS"].string_value == "no"
     elif target == "gpu-onnx":
         assert scorer.platform == "onnxruntime_onnx"
         assert scorer.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
@@ -114,6 +119,26 @@ def test_a_hand_typo_is_caught_by_the_parser():
 def test_settings_are_validated():
     with pytest.raises(ValueError):
         RepositorySettings(target="tpu")
+    with pytest.raises(ValueError):
+        RepositorySettings(target="cpu", preprocess="torch")
+    assert RepositorySettings(target="gpu-trt", preprocess="torch").torch_preprocess
+    assert not RepositorySettings(target="gpu-torch", preprocess="cpu").torch_preprocess
+
+
+def test_cuda_pool_is_sized_for_every_instance_holding_a_full_batch(tmp_path):
+    """Triton's 64 MB default holds fewer than two batches of 64 crops; a GPU repository's
+    server gets a pool sized from its configs, a CPU one no flag."""
+    from sampleiqa.cuda_pool import MIN_POOL, PIXELS_BYTES, cuda_pool_args, pool_bytes
+
+    gpu = all_configs(RepositorySettings(target="gpu-torch", max_batch_size=64, preprocess_instances=4,
+                                         scorer_instances=2)).values()
+    assert pool_bytes(list(gpu)) == (4 + 2 + 2) * 64 * PIXELS_BYTES > 64 * 2**20
+    assert pool_bytes(list(all_configs(RepositorySettings()).values())) == 0
+    assert pool_bytes(list(all_configs(RepositorySettings(target="gpu-torch", max_batch_size=4)).values())) == MIN_POOL
+    for name, config in all_configs(RepositorySettings(target="gpu-onnx", max_batch_size=128)).items():
+        (tmp_path / name).mkdir()
+        (tmp_path / name / "config.pbtxt").write_text(to_pbtxt(config))
+    assert cuda_pool_args(tmp_path) == [f"--cuda-memory-pool-byte-size=0:{(2 + 1 + 2) * 128 * PIXELS_BYTES}"]
 
 
 def test_vendored_preprocessing_runs_without_the_installed_package(tmp_path):
