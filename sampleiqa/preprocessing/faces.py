@@ -111,7 +111,14 @@ class HaarFaceDetector:
         return [Box(*map(int, b)) for b in found]
 
 
-_DETECTORS = {"yunet": YuNetFaceDetector, "haar": HaarFaceDetector}
+def _torch_yunet(**kwargs) -> FaceDetector:
+    """YuNet in torch (torch_yunet.py), imported on use and by name: the serving install has no
+    torch, and torch_yunet imports this module (an import here would be a cycle)."""
+    import importlib
+    return importlib.import_module("sampleiqa.preprocessing.torch_yunet").TorchYuNetDetector(**kwargs)
+
+
+_DETECTORS = {"yunet": YuNetFaceDetector, "haar": HaarFaceDetector, "yunet-torch": _torch_yunet}
 _default: FaceDetector | None = None
 
 
