@@ -1,6 +1,6 @@
-"""The GPU run's figures measured in process (perf/gpu_run.py, steps 6 and 7): the scorer's
-runner per batch, its compute apart from its uploads, and JPEG decoding on the GPU against
-OpenCV on one core."""
+"""The GPU run's figures measured in process (perf/gpu_run.py): the scorer's runner per batch,
+its compute apart from its uploads, torch.compile against eager, the GPU preprocessing
+against the CPU path, and JPEG decoding on the GPU against OpenCV on one core."""
 
 from __future__ import annotations
 
@@ -13,14 +13,14 @@ CHECKPOINT = WEIGHTS / "biq2021_default.pt"
 
 def in_process(device: str, batches: list[int], seconds: float, photos: list[bytes]) -> dict:
     """TorchScorer (what the server runs) in this process, per batch, as separate figures:
-    - served_path: scorer(pixels) as the server's model.py calls it: pageable numpy in (the
-      copy to the device inside), scores back on the host;
-    - compute_only: the input already on the device (the CUDA graph replayed on its static
-      input; on CPU the forward on a prepared tensor);
-    - upload_pageable / upload_pinned: the host-to-device copy of the batch alone, from
-      pageable and from pinned memory (pinned needs CUDA: skipped on CPU, and said so).
-    PIXELS are real crops from the photos, in the contract's dtype. The FP16 peak fraction
-    is of the compute alone."""
+    - host_input: scorer(numpy) as model.py calls it with host PIXELS (Triton's shared
+      memory): copied into the pinned staging buffer, uploaded on the side stream, scores back;
+    - gpu_input: scorer(tensor on the device) as model.py calls it with PIXELS from the GPU
+      preprocessing (DLPack): a device copy into the graph's input, replay, scores back;
+    - compute_only: the CUDA graph replayed on its static input (on CPU the forward);
+    - upload_pageable / upload_pinned: the host-to-device copy of the batch alone (pinned
+      needs CUDA: skipped on --device cpu, and the output says so).
+    PIXELS are real crops from the photos. The FP16 peak fraction is of the compute alone."""
     import numpy as np
     import torch
 
@@ -37,14 +37,15 @@ def in_process(device: str, batches: list[int], seconds: float, photos: list[byt
     on_device = pageable.to(device)
     rows = {}
     for b in batches:
-        row = {"served_path_img_s": rate(lambda: scorer(host[:b]), b, seconds, device)}
+        row = {"host_input_img_s": rate(lambda: scorer(host[:b]), b, seconds, device),
+               "gpu_input_img_s": rate(lambda: scorer(on_device[:b]), b, seconds, device)}
         if b in scorer.graphs:
             graph, static_in, _ = scorer.graphs[b]
             static_in.copy_(on_device[:b])
             row["compute_only_img_s"] = rate(graph.replay, b, seconds, device)
         else:
             with torch.inference_mode():
-                row["compute_only_img_s"] = rate(lambda: scorer._forward(on_device[:b]), b, seconds, device)
+                row["compute_only_img_s"] = rate(lambda: scorer.forward(on_device[:b]), b, seconds, device)
         uploads = upload_rates(pageable[:b], device, min(seconds, 1.0))
         row.update({f"upload_{k}": v for k, v in uploads.items() if k.startswith(("pageable", "pinned"))})
         rows[b] = row
@@ -61,6 +62,87 @@ def in_process(device: str, batches: list[int], seconds: float, photos: list[byt
             result["fp16_peak_fraction_compute_only"] = {b: r["compute_only_img_s"] * flops / (peak * 1e12)
                                                          for b, r in rows.items()}
     return result
+
+
+def compiled(device: str, batch: int, seconds: float, backend: str = "inductor") -> dict:
+    """torch.compile (default mode) against eager, both captured in a CUDA graph at one batch,
+    as the served runner replays them (on CPU: the plain forwards). The CPU rehearsal passes
+    backend "aot_eager": the same tracing, without minutes of C++ compiling on 2 cores."""
+    import torch
+
+    from sampleiqa.build.torch_runner import TorchScorer
+
+    from .gpu_scorer_bench import rate
+
+    result = {"batch": batch, "backend": backend}
+    x = torch.randint(0, 256, (batch, 3, 448, 448), dtype=torch.uint8, device=device)
+    scorer = TorchScorer(CHECKPOINT, device=device, max_batch=batch, cuda_graphs=False)
+    for mode, fn in (("eager", scorer.forward), ("compiled", torch.compile(scorer.forward, backend=backend))):
+        start = time.monotonic()
+        run = graphed(fn, x) if device == "cuda" else (lambda fn=fn: fn(x))
+        with torch.inference_mode():
+            run()
+            result[f"{mode}_ready_s"] = round(time.monotonic() - start, 1)
+            result[f"{mode}_img_s"] = rate(run, batch, seconds, device)
+    result["compiled_over_eager"] = result["compiled_img_s"] / result["eager_img_s"]
+    return result
+
+
+def graphed(fn, x):
+    import torch
+
+    stream = torch.cuda.Stream()
+    with torch.inference_mode(), torch.cuda.stream(stream):
+        for _ in range(2):
+            fn(x)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, stream=stream):
+            fn(x)
+    torch.cuda.synchronize()
+    return graph.replay
+
+
+def gpu_preprocess(device: str, photos: list[bytes], batch: int, seconds: float) -> dict:
+    """The GPU preprocessing (TorchPreprocessor: nvJPEG, YuNet in torch, crops on the device)
+    against the CPU path on these photos: face decisions, boxes, pixels, scores (the committed
+    ONNX scorer on CPU for both), and its images/s in batches of `batch` against OpenCV's
+    path on one core."""
+    import numpy as np
+
+    from sampleiqa.onnx_runtime import cpu_session
+    from sampleiqa.paths import DEFAULT_REPOSITORY
+    from sampleiqa.preprocessing import PreprocessError, preprocess_bytes
+    from sampleiqa.preprocessing.torch_pipeline import TorchPreprocessor
+
+    from .gpu_scorer_bench import rate
+    from .gpu_served import iou
+
+    pre = TorchPreprocessor(device=device)
+    got = pre(photos)
+    session = cpu_session(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx")
+    decisions, ious, diffs, pixel_diffs = 0, [], [], []
+    for k, data in enumerate(photos):
+        try:
+            ref = preprocess_bytes(data)
+        except PreprocessError:
+            continue
+        if got.errors[k]:
+            continue
+        mine = got.pixels[k].cpu().numpy()
+        decisions += bool(got.found[k]) == ref.face_found
+        if got.found[k] and ref.face_found:
+            ious.append(iou(tuple(got.boxes[k]), tuple(ref.face_box)))
+        pixel_diffs.append(float(np.abs(mine.astype(np.int16) - ref.pixels).mean()))
+        scores = session.run(None, {"PIXELS": np.stack([mine, ref.pixels])})[0].reshape(-1)
+        diffs.append(abs(float(scores[0]) - float(scores[1])))
+    chunk = (photos * (batch // len(photos) + 1))[:batch]
+    n = len(diffs)
+    return {"photos": len(photos), "compared": n, "errors": sum(bool(e) for e in got.errors),
+            "same_face_decision": decisions / n if n else None, "min_face_iou": min(ious, default=None),
+            "scores_within_1e-2": sum(d <= 1e-2 for d in diffs) / n if n else None,
+            "max_score_diff": max(diffs, default=None), "mean_abs_pixel_diff": float(np.mean(pixel_diffs)) if n else None,
+            "torch_img_s": rate(lambda: pre(chunk), batch, seconds, device), "batch": batch,
+            "opencv_one_core_img_s": rate(lambda: [preprocess_bytes(d) for d in photos], len(photos), seconds, "cpu")}
 
 
 def jpeg_decode(device: str, photos: list[bytes], seconds: float) -> dict:

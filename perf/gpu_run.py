@@ -1,49 +1,43 @@
-"""The GPU path end to end on one lent GPU host, in one command (perf/gpu_run.sh runs it).
+"""The GPU path on one lent GPU host, in one command of at most ~2 minutes (perf/gpu_run.sh runs it).
 
     python -m sampleiqa.perf.gpu_run --out OUT --images DIR   # on the GPU host (perf/gpu_run.sh)
     python -m sampleiqa.perf.gpu_run --out OUT --device cpu --quick   # the rehearsal, here
 
+Steps, the issue's targets first (a device's minutes are few: ../shared/STACK.md):
 1. the host: GPU, CUDA, torch, cores, and perf_analyzer's start (its libraries);
-2. builds the gpu-torch repository (python backend + PyTorch FP16 with CUDA graphs, KIND_GPU;
-   preprocess instances = cores - 2) from the shipped checkpoint;
-3. scores the same photos through the CPU repository (the committed one) and through the
-   GPU one, both on the real Triton, and compares scores (FP16 tolerance) and face boxes;
-4. on that same GPU server, `preprocess` alone through perf_analyzer twice at one level:
-   its outputs (PIXELS) back over gRPC, and through system shared memory, so the second
-   figure is the step's own, without the transfer of its crops;
-5. `sampleiqa perf` (real perf_analyzer) on a GPU server of its own: the ensemble,
-   preprocess and scorer alone;
-6. the same scorer in process (TorchScorer: the runner the server uses, CUDA graphs, FP16)
-   at the batch sizes Triton forms, as separate figures: as the server calls it (pageable
-   numpy in, scores out), the compute alone with the input already on the device, and the
-   upload alone from pageable and from pinned memory (pinned needs CUDA: skipped on
-   --device cpu, and the output says so); the FP16 peak fraction is of the compute alone;
-7. JPEG decoding on the GPU (torchvision.io.decode_jpeg, device="cuda") against OpenCV on one
-   core, for the question of a GPU preprocessing variant.
-Each server stop is recorded (seconds, Triton's exit lines, stubs the launcher had to kill).
-Each step writes what it found into OUT/gpu_run.json and OUT/gpu_run.md at once, so an
-outer timeout keeps the steps that finished; a step that fails is recorded and the run goes on.
+2. builds the gpu-torch repository from the shipped checkpoint: the GPU preprocessing
+   (nvJPEG, YuNet in torch, crops on the device) and the scorer (FP16 weights, CUDA graphs,
+   pinned staging, 2 instances), PIXELS kept on the GPU between them;
+3. the CPU path's answers for the same photos, in process (OpenCV + the committed ONNX on
+   ONNX Runtime): the reference, without a second server;
+4. one GPU server: its scores against the reference (FP16 tolerance, face decisions and
+   boxes), then perf_analyzer on the ensemble, preprocess and scorer alone, every tensor
+   through system shared memory, with the batch sizes Triton formed; then its stop, recorded
+   (seconds, Triton's exit lines, stubs the launcher had to kill);
+5. the scorer in process (TorchScorer, what the server runs) per batch: host input, input
+   already on the GPU, the compute alone, uploads from pageable and pinned memory;
+6. the GPU preprocessing in process against the CPU path on the photos, and its images/s;
+7. JPEG decoding: nvJPEG batched against OpenCV on one core;
+8. torch.compile against eager at the largest batch, if the budget still allows (its compile
+   takes minutes on some hosts: it goes last, and a skip is recorded as such).
+Each step writes what it found into OUT/gpu_run.json and OUT/gpu_run.md at once, so an outer
+timeout keeps the steps that finished; a step that fails is recorded and the run goes on. The
+top of gpu_run.md is the issue's targets, each with its figure and pass or miss.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
-import logging
 import os
 import platform
-import re
-import subprocess
 import sys
 import time
 import traceback
 from pathlib import Path
 
-from sampleiqa.paths import DEFAULT_REPOSITORY
-
-from .gpu_in_process import CHECKPOINT, in_process, jpeg_decode
-FP16_TOLERANCE = 1e-2  # served FP16 scores against the CPU FP32 ensemble, on a 0-1 scale
-
+from .gpu_in_process import CHECKPOINT, compiled, gpu_preprocess, in_process, jpeg_decode
+from .gpu_served import Served, cpu_reference
 
 class Run:
     def __init__(self, out: Path, budget_s: float):
@@ -51,9 +45,9 @@ class Run:
         self.results: dict = {"steps": {}}
         out.mkdir(parents=True, exist_ok=True)
 
-    def step(self, name: str, fn, *args):
+    def step(self, name: str, fn, *args, min_left_s: float = 20):
         left = self.deadline - time.monotonic()
-        if left < 20:
+        if left < min_left_s:
             self.results["steps"][name] = {"skipped": f"time budget spent ({left:.0f} s left)"}
             return self.save()
         print(f"[gpu_run] {name} ({left:.0f} s left)", file=sys.stderr, flush=True)
@@ -92,163 +86,62 @@ def host(device: str) -> dict:
     return info
 
 
-def exit_timeout_s(instances: int) -> int:
-    """Triton unloads a model's python-backend instances one after another, ~1.2 s each here
-    (1, 2, 6 instances: 1.3, 2.4, 7.2 s); past --exit-timeout-secs it exits with stubs
-    still running, which the launcher then kills ("left by a killed Triton")."""
-    return 10 + 2 * instances
-
-
-def stop_server(server, log: Path) -> dict:
-    """Stop a server and say how it went: seconds, Triton's own lines about its exit, and the
-    python-backend stubs the launcher found still running after Triton had gone."""
-    warnings: list[str] = []
-
-    class Grab(logging.Handler):
-        def emit(self, record):
-            warnings.append(record.getMessage())
-
-    grab, logger = Grab(logging.WARNING), logging.getLogger("sampleiqa.server")
-    offset = log.stat().st_size if log.exists() else 0
-    logger.addHandler(grab)
-    start = time.monotonic()
-    try:
-        server.stop()
-    finally:
-        logger.removeHandler(grab)
-    seconds = time.monotonic() - start
-    text = log.read_bytes()[offset:].decode(errors="replace") if log.exists() else ""
-    lines = [line[line.find("] ") + 2:] if "] " in line else line for line in text.splitlines()
-             if re.search(r"Timeout \d+: Found [1-9]|unloaded|Exit timeout|failed to stop|Signal", line)]
-    return {"stop_s": round(seconds, 1), "exit_timeout_s": server.exit_timeout_s,
-            "exit_timeout_expired": "Exit timeout expired" in text,
-            "stubs_killed_by_launcher": sum("left by a killed Triton" in w for w in warnings),
-            "triton_exit_lines": lines[-16:]}
-
-
 def build(out: Path, device: str, preprocess_instances: int, max_batch: int) -> dict:
     from sampleiqa.build.repository import build_repository
     from sampleiqa.build.triton_config import RepositorySettings
 
     settings = RepositorySettings(target="gpu-torch", torch_device="gpu" if device == "cuda" else "cpu",
-                                  preprocess_instances=preprocess_instances, max_batch_size=max_batch)
+                                  preprocess_instances=preprocess_instances, scorer_instances=2,
+                                  max_batch_size=max_batch, preprocess_preferred_batch=max_batch // 2)
     build_repository(out, settings, checkpoint=CHECKPOINT, vendor=False)
-    return {"repository": str(out), "preprocess_instances": preprocess_instances, "max_batch": max_batch}
+    return {"repository": str(out), "preprocess": "torch", "preprocess_instances": preprocess_instances,
+            "scorer_instances": 2, "max_batch": max_batch, "crops_in_flight": settings.credits}
 
 
-def score(server, photos: list[bytes]) -> list:
-    from sampleiqa.clients import ScoringClient
-
-    with ScoringClient(server.url, timeout_s=300) as client:
-        results = dict(client.score_many(enumerate(photos), concurrency=8))
-    return [results[i] for i in range(len(photos))]
-
-
-class Servers:
-    """The GPU repository's server, kept from the score comparison to the preprocess step
-    (one start, not two), and stopped before `sampleiqa perf` starts its own."""
-
-    def __init__(self):
-        self.gpu = None
-        self.log: Path | None = None
-
-    def start_gpu(self, repository: Path, log: Path, instances: int) -> None:
-        from sampleiqa.server import TritonServer
-
-        # Shared memory open: perf_analyzer registers regions for preprocess's outputs (loopback only).
-        self.log = log
-        self.gpu = TritonServer(repository, log_file=log, supervise=False, open_apis=("shared-memory",),
-                                exit_timeout_s=exit_timeout_s(instances)).start(timeout_s=300)
-
-    def stop_gpu(self) -> dict:
-        if self.gpu is None:
-            return {"stopped": "no server was running"}
-        server, self.gpu = self.gpu, None
-        return stop_server(server, self.log)
+TARGETS = (  # (what, figure's path in the results, target, how it compares)
+    ("ensemble end to end, img/s", ("served", "sampleiqa", "img_s"), 3000.0),
+    ("served scorer / in-process runner at its batch", ("ratios", "served_scorer_over_in_process"), 0.9),
+    ("ensemble / its slowest step", ("served", "ensemble_over_slowest_step"), 0.9),
+    ("in-process scorer, input on the GPU, img/s", ("ratios", "in_process_gpu_input_img_s"), 5000.0),
+)
 
 
-def compare(servers: Servers, gpu_repo: Path, photos: list[bytes], out: Path, instances: int) -> dict:
-    from sampleiqa.server import TritonServer
-
-    cpu_log = out / "triton-cpu.log"
-    cpu_server = TritonServer(DEFAULT_REPOSITORY, log_file=cpu_log, supervise=False).start(timeout_s=300)
-    try:
-        cpu = score(cpu_server, photos)
-    finally:
-        cpu_stop = stop_server(cpu_server, cpu_log)
-    start = time.monotonic()
-    servers.start_gpu(gpu_repo, out / "triton-gpu.log", instances)
-    started = time.monotonic() - start
-    gpu = score(servers.gpu, photos)
-    failed = {i: r.error for i, r in enumerate(gpu) if not r.ok}
-    diffs = [abs(a.score - b.score) for a, b in zip(cpu, gpu) if a.ok and b.ok]
-    result = {"photos": len(photos), "gpu_errors": failed, "max_abs_diff": max(diffs) if diffs else None,
-              "same_face_boxes": all(a.face_box == b.face_box for a, b in zip(cpu, gpu)),
-              "tolerance": FP16_TOLERANCE, "gpu_server_start_s": round(started, 1), "cpu_server_stop": cpu_stop}
-    result["same_scores"] = bool(not failed and diffs and max(diffs) <= FP16_TOLERANCE)
-    return result
+def ratios(results: dict) -> dict:
+    """The targets that join two steps' figures: the served scorer against the in-process
+    runner at the batch Triton formed (the nearest batch measured in process)."""
+    served = results["steps"].get("served figures", {}).get("result") or {}
+    rows = (results["steps"].get("in-process scorer (TorchScorer)", {}).get("result") or {}).get("by_batch") or {}
+    out = {}
+    if rows:
+        top = max(rows, key=int)
+        out["in_process_gpu_input_img_s"] = rows[top]["gpu_input_img_s"]
+        if "scorer" in served:
+            batch = min(rows, key=lambda b: abs(int(b) - served["scorer"]["mean_batch"]))
+            out["served_scorer_over_in_process"] = served["scorer"]["img_s"] / rows[batch]["host_input_img_s"]
+            out["in_process_batch_compared"] = int(batch)
+    return out
 
 
-def preprocess_outputs(servers: Servers, photos: list[bytes], out: Path, concurrency: int, measurement_ms: int,
-                       rounds: int) -> dict:
-    """`preprocess` alone at one level, its outputs over gRPC and then through system shared
-    memory (inputs too: perf_analyzer's --shared-memory covers both), alternated `rounds`
-    times, on the running GPU server. The shared-memory figure is the step's own; the gap is what carrying
-    its PIXELS back over gRPC costs."""
-    from sampleiqa.contracts import PREPROCESS
-
-    from .analyzer import AnalyzerSettings, Load, largest_output_bytes, measure
-    from .inputs import image_entry, write_input_json
-
-    if servers.gpu is None:
-        raise RuntimeError("the GPU server is not running (the score comparison failed to start it)")
-    url = servers.gpu.url
-    data = write_input_json(out / "preprocess-images.json", [image_entry(d) for d in photos])
-    settings = AnalyzerSettings(measurement_ms=measurement_ms, stability_percent=25, max_trials=6)
-    shm_bytes = max(4096, largest_output_bytes(url, PREPROCESS) or 0)
-    load, rows = Load(concurrency=concurrency), []
-    try:
-        for round_ in range(rounds):
-            for shared in (False, True):
-                m = measure(url, PREPROCESS, data, load, settings, shared_memory=shared, output_shm_bytes=shm_bytes)
-                rows.append({"round": round_, "outputs": "system shared memory" if shared else "gRPC",
-                             "img_s": m.throughput, "p50_ms": m.p50_ms, "p99_ms": m.p99_ms,
-                             "server_queue_ms": m.server_queue_ms, "server_compute_ms": m.server_compute_ms})
-    finally:
-        (out / "preprocess-images.json").unlink(missing_ok=True)
-
-    def best(kind: str) -> float:
-        return max(r["img_s"] for r in rows if r["outputs"] == kind)
-
-    grpc_best, shm_best = best("gRPC"), best("system shared memory")
-    return {"concurrency": concurrency, "output_shared_memory_bytes": shm_bytes, "rows": rows,
-            "best_img_s_grpc": grpc_best, "best_img_s_shared_memory": shm_best,
-            "shared_memory_over_grpc": shm_best / grpc_best if grpc_best else None}
-
-
-def perf(gpu_repo: Path, out: Path, quick: bool, preprocess_instances: int, images: Path, timeout_s: float) -> dict:
-    """`sampleiqa perf` against the GPU repository's server, in a child process (its own
-    embedded server, loopback, shared memory for the scorer's tensors)."""
-    concurrency = "1,4" if quick else "1,8,32,64"
-    cmd = [sys.executable, "-m", "sampleiqa.cli", "perf", "--repository", str(gpu_repo),
-           "--onnx", str(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx"), "--images", str(images),
-           "--concurrency", concurrency, "--photos", "16" if quick else "64",
-           "--measurement-ms", "1500" if quick else "3000", "--batches", "1,8",
-           "--baseline-seconds", "1", "--threads", str(max(1, preprocess_instances)),
-           "--name", "gpu_perf", "--out-dir", str(out),
-           "--note", "gpu_run: the gpu-torch repository; in-process baselines are ONNX Runtime on CPU"]
-    res = subprocess.run(cmd, capture_output=True, text=True, timeout=timeout_s)
-    (out / "perf.log").write_text(res.stdout + res.stderr)
-    if res.returncode != 0:
-        raise RuntimeError(f"sampleiqa perf exited {res.returncode}: {res.stderr[-2000:]}")
-    report = json.loads((out / "gpu_perf.json").read_text()) if (out / "gpu_perf.json").exists() else {}
-    killed = (res.stdout + res.stderr).count("left by a killed Triton")
-    return {"summary": res.stdout.strip().splitlines()[-12:], "report": "gpu_perf.md", "points": report.get("points"),
-            "server_stop": {"stubs_killed_by_launcher": killed, "exit_timeout_s": 10}}
+def targets(results: dict) -> list[dict]:
+    found = {"served": results["steps"].get("served figures", {}).get("result") or {}, "ratios": ratios(results)}
+    rows = []
+    for what, path, target in TARGETS:
+        value = found
+        for key in path:
+            value = value.get(key) if isinstance(value, dict) else None
+        rows.append({"what": what, "figure": value, "target": target,
+                     "met": None if value is None else value >= target})
+    return rows
 
 
 def markdown(results: dict) -> str:
-    lines = ["# gpu_run", "", "`python -m sampleiqa.perf.gpu_run` (perf/gpu_run.sh); raw figures in gpu_run.json.", ""]
+    lines = ["# gpu_run", "", "`python -m sampleiqa.perf.gpu_run` (perf/gpu_run.sh); raw figures in gpu_run.json.", "",
+             "| target | figure | wanted | met |", "|---|---|---|---|"]
+    for t in results.get("targets", []):
+        figure = "not measured" if t["figure"] is None else f"{t['figure']:,.2f}"
+        met = "" if t["met"] is None else ("yes" if t["met"] else "**no**")
+        lines.append(f"| {t['what']} | {figure} | >= {t['target']:,g} | {met} |")
+    lines.append("")
     for name, step in results["steps"].items():
         lines.append(f"## {name} ({step.get('seconds', 0)} s)")
         lines.append("")
@@ -264,37 +157,47 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--out", required=True)
     p.add_argument("--device", choices=["cuda", "cpu"], default="cuda")
     p.add_argument("--quick", action="store_true", help="small settings for the CPU rehearsal")
-    p.add_argument("--budget-s", type=float, default=450.0, help="steps that would start later are skipped")
+    p.add_argument("--budget-s", type=float, default=130.0, help="steps that would start later are skipped")
     p.add_argument("--photos", type=int, default=32)
     p.add_argument("--images", default=None,
                    help="folder of photos (default: BIQ2021's in ../shared, which a device call does not carry)")
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     run = Run(out, args.budget_s)
-    cores = os.cpu_count() or 2
-    instances = 2 if args.device == "cpu" else max(2, cores - 2)
-    max_batch = 8 if args.quick else 64
-    from .inputs import DEFAULT_IMAGES, pick_photos
+    quick = args.quick
+    instances = 1 if args.device == "cpu" else 4  # GPU preprocess instances: the device does the work
+    max_batch = 8 if quick else 64
+    from .inputs import DEFAULT_IMAGES, pick_photos, preprocessed
 
     images = Path(args.images or DEFAULT_IMAGES).resolve()
     photos = [p.read_bytes() for p in pick_photos(images, args.photos)]
     repo = out / "repo_gpu_torch"
-    servers = Servers()
+    served = Served(repo, out, instances + 2)
     run.step("host", host, args.device)
     run.step("build gpu-torch repository", build, repo, args.device, instances, max_batch)
+    run.step("CPU reference, in process", cpu_reference, photos)
+    reference = run.get("CPU reference, in process")
+    run.step("GPU server start", served.start)
     try:
-        run.step("scores: GPU repository against the CPU ensemble", compare, servers, repo, photos, out, instances)
-        run.step("preprocess alone: outputs over gRPC against system shared memory", preprocess_outputs, servers,
-                 photos, out, 4 if args.quick else 64, 1500 if args.quick else 2500, 1)
+        if served.server is not None and reference is not None:
+            run.step("scores: GPU repository against the CPU path", served.compare, photos, reference)
+            levels = {"sampleiqa": 4, "preprocess": 4, "scorer": 4} if quick else \
+                {"sampleiqa": 256, "preprocess": 256, "scorer": 128}
+            run.step("served figures", served.figures, photos, preprocessed(photos[:8]), out, levels,
+                     1000 if quick else 2000)
     finally:
-        run.step("GPU server stop", servers.stop_gpu)
-        if servers.gpu is not None:  # the step was skipped (time budget): stop it all the same
-            servers.stop_gpu()
-    run.step("perf_analyzer: ensemble, preprocess, scorer", perf, repo, out, args.quick, instances, images,
-             max(60.0, min(420.0, run.deadline - time.monotonic())))
-    run.step("in-process scorer (TorchScorer)", in_process, args.device, [1, 8] if args.quick else [1, 8, 32, 64],
-             1.0 if args.quick else 2.0, photos)
-    run.step("JPEG decoding: GPU (nvJPEG) against OpenCV", jpeg_decode, args.device, photos, 1.0 if args.quick else 3.0)
+        run.step("GPU server stop", served.stop)
+        if served.server is not None:  # the step was skipped (time budget): stop it all the same
+            served.stop()
+    run.step("in-process scorer (TorchScorer)", in_process, args.device, [1, 4] if quick else [8, 32, 64],
+             0.5 if quick else 1.0, photos)
+    run.step("GPU preprocessing against the CPU path", gpu_preprocess, args.device, photos, 8 if quick else 64,
+             0.5 if quick else 1.5)
+    run.step("JPEG decoding: GPU (nvJPEG) against OpenCV", jpeg_decode, args.device, photos, 0.5 if quick else 1.5)
+    run.step("torch.compile against eager", compiled, args.device, 2 if quick else max_batch, 0.5 if quick else 1.5,
+             "aot_eager" if args.device == "cpu" else "inductor", min_left_s=20 if quick else 60)
+    run.results["targets"] = targets(run.results)
+    run.save()
     failed = [n for n, s in run.results["steps"].items() if "error" in s]
     print(f"[gpu_run] wrote {out}/gpu_run.md; failed steps: {failed or 'none'}", file=sys.stderr)
     return 1 if failed else 0

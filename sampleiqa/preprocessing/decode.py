@@ -183,13 +183,10 @@ def layout(data: bytes, kind: str) -> Layout:
     return walker(data) if walker else _walk_other(data, kind)
 
 
-def decode_bgr(data: bytes, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> np.ndarray:
-    """Encoded bytes -> HxWx3 uint8 BGR, EXIF orientation applied.
-
-    Grayscale, palette, alpha (dropped, not composited), CMYK and 16-bit inputs all come
-    out as 8-bit colour. Animated GIFs give their first frame, HEIF/AVIF their primary
-    image. Raises PreprocessError.
-    """
+def check_encoded(data: bytes, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> tuple[str, Layout]:
+    """Every check that runs before decoding (empty, byte limit, format, declared pixels,
+    truncation): the format's kind and the file's layout, or PreprocessError. `decode_bgr`
+    runs it first, and so does any other decoder of the same bytes (torch_pipeline.py)."""
     if not data:
         raise PreprocessError("empty", "the input has zero bytes")
     if len(data) > max_bytes:
@@ -205,6 +202,17 @@ def decode_bgr(data: bytes, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_B
     if truncated:
         end = "last box's end" if kind in ("heif", "avif") else "end marker"
         raise PreprocessError("truncated", f"the {kind} data ends before its {end}")
+    return kind, Layout(size, truncated)
+
+
+def decode_bgr(data: bytes, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES) -> np.ndarray:
+    """Encoded bytes -> HxWx3 uint8 BGR, EXIF orientation applied.
+
+    Grayscale, palette, alpha (dropped, not composited), CMYK and 16-bit inputs all come
+    out as 8-bit colour. Animated GIFs give their first frame, HEIF/AVIF their primary
+    image. Raises PreprocessError.
+    """
+    kind, _ = check_encoded(data, max_pixels, max_bytes)
     if kind == "gif":
         bgr = _first_gif_frame(data, max_pixels)
     elif kind in ("heif", "avif"):
