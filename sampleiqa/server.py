@@ -1,7 +1,7 @@
 """The embedded Triton server: the real tritonserver 2.51 binary from the nvidia-pytriton wheel.
 
-(Over 300 lines: one launcher, whose start, readiness, lock-down, supervision and stop share
-the process and its state; the /proc and shm parts are in procfs.py.)
+(Over 300 lines: one process's life, whose start, readiness, supervision and stop share its
+state; its flags and environment as data are in triton_flags.py, /proc and shm in procfs.py.)
 
 Used by `sampleiqa serve`, by `sampleiqa score` when no --url is given, and by the tests.
 It binds loopback by default, logs to a file, waits for the ensemble to be ready, and
@@ -32,103 +32,29 @@ stops, even after a SIGKILL. Logs are 0600 in a 0700 folder.
 
 from __future__ import annotations
 
-import ipaddress
 import logging
 import os
 import re
 import secrets
 import shutil
 import signal
-import site
 import socket
 import subprocess
 import sys
-import sysconfig
 import threading
 import time
-from dataclasses import dataclass
 from pathlib import Path
 
 from sampleiqa.contracts import ENSEMBLE
 from sampleiqa.paths import DEFAULT_REPOSITORY
 
 from .admission import credits_path
-from .cuda_pool import cuda_pool_args
 from .procfs import SHM, alive, make_private, orphans_of, stub_regions
+from .triton_flags import (  # noqa: F401  (the names callers import from here)
+    ADMIN_HEADER, ADMIN_KEY_ENV, HTTP_APIS, HTTP_OPEN_ENV, RESTRICTED, TRITONSERVER_DIR_ENV, ServerError, ServerTLS,
+    TritonFlags, exposure_warning, http_restricted, stub_environment, triton_paths)
 
 log = logging.getLogger(__name__)
-
-
-# What an inference client never needs: loading/unloading models, registering shared
-# memory, and changing trace or log settings.
-RESTRICTED = ("model-repository", "shared-memory", "trace", "logging")
-ADMIN_HEADER = "admin-key"
-ADMIN_KEY_ENV = "SAMPLEIQA_ADMIN_KEY"
-# Every HTTP API group of Triton 2.51. SAMPLEIQA_HTTP_OPEN=health leaves only the health
-# endpoints open on HTTP (a cluster's probes need them; inference stays on gRPC and TLS).
-HTTP_APIS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
-             "statistics", "trace", "logging")
-HTTP_OPEN_ENV = "SAMPLEIQA_HTTP_OPEN"
-# A Triton installed elsewhere (the GPU image's /opt/tritonserver) instead of the wheel's.
-TRITONSERVER_DIR_ENV = "SAMPLEIQA_TRITONSERVER_DIR"
-
-
-class ServerError(RuntimeError):
-    pass
-
-
-@dataclass(frozen=True)
-class ServerTLS:
-    """gRPC TLS for the server: PEM files. `mutual`: clients must present a certificate
-    signed by `ca`."""
-
-    cert: str
-    key: str
-    ca: str | None = None
-    mutual: bool = False
-
-    def __post_init__(self):
-        if self.mutual and not self.ca:
-            raise ServerError("mutual TLS needs the CA that signs client certificates")
-
-    def args(self) -> list[str]:
-        args = [f"--grpc-use-ssl-mutual={str(self.mutual).lower()}", "--grpc-use-ssl=true",
-                f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
-        return args + ([f"--grpc-root-cert={self.ca}"] if self.ca else [])
-
-
-def _pytriton_dir() -> Path:
-    import importlib.util
-
-    spec = importlib.util.find_spec("pytriton")
-    if spec is None or not spec.submodule_search_locations:
-        raise ServerError(
-            "the Triton binary comes from the nvidia-pytriton wheel, which is not installed: "
-            "run `pip install --no-deps nvidia-pytriton==0.7.0` (bootstrap.sh does)"
-        )
-    return Path(list(spec.submodule_search_locations)[0]) / "tritonserver"
-
-
-def triton_paths() -> tuple[Path, Path]:
-    """(tritonserver binary, backend directory), with the python stub put in place."""
-    if os.environ.get(TRITONSERVER_DIR_ENV):
-        root = Path(os.environ[TRITONSERVER_DIR_ENV])  # a full Triton install: its stub is in place
-        return root / "bin" / "tritonserver", root / "backends"
-    root = _pytriton_dir()
-    binary = root / "bin" / "tritonserver"
-    backends = root / "backends"
-    stub = backends / "python" / "triton_python_backend_stub"
-    if not stub.exists():
-        # The wheel ships stubs per Python version beside the backend; the one matching
-        # this interpreter goes where libtriton_python.so looks, so its RPATH resolves.
-        source = root / "python_backend_stubs" / f"{sys.version_info.major}.{sys.version_info.minor}" / stub.name
-        if not source.exists():
-            raise ServerError(f"no Triton python stub for Python {sys.version_info.major}.{sys.version_info.minor}")
-        try:
-            shutil.copy2(source, stub)
-        except OSError as exc:
-            raise ServerError(f"cannot install the python stub into {stub.parent}: {exc}") from None
-    return binary, backends
 
 
 def default_log_dir() -> Path:
@@ -142,20 +68,6 @@ def open_private_log(path: Path) -> int:
     fd = os.open(path, os.O_WRONLY | os.O_APPEND | os.O_CREAT | os.O_CLOEXEC, 0o600)
     os.fchmod(fd, 0o600)  # an existing log keeps no wider mode
     return fd
-
-
-def exposure_warning(host: str, tls: "ServerTLS | None", http_port: int | None, metrics_port: int | None) -> str | None:
-    """What a plaintext server on a non-loopback address exposes, or None."""
-    try:
-        loopback = ipaddress.ip_address(host.strip("[]")).is_loopback
-    except ValueError:
-        loopback = host == "localhost"
-    if loopback or (tls and not http_port and not metrics_port):
-        return None
-    plain = [name for name, on in (("gRPC", not tls), ("HTTP", http_port), ("metrics", metrics_port)) if on]
-    return (f"serving {', '.join(plain)} without TLS on {host}: anyone who can reach this host can send images, "
-            "read scores and watch the traffic. Bind 127.0.0.1, or use --tls-cert/--tls-key (HTTP and metrics "
-            "have no TLS here: keep them on loopback or behind a proxy).")
 
 
 KEPT_LOGS = 20  # default log names carry the (random) port, so old ones would pile up
@@ -189,21 +101,6 @@ def free_port() -> int:
 def _die_with_parent() -> list[str]:
     setpriv = shutil.which("setpriv")
     return [setpriv, "--pdeathsig", "SIGTERM", "--"] if setpriv else []
-
-
-def stub_environment() -> dict[str, str]:
-    """Environment for the server: its python stubs embed the system libpython, so they are
-    told where this interpreter's packages are (model.py adds them with site.addsitedir)."""
-    env = dict(os.environ)
-    dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
-    env["SAMPLEIQA_SITE_DIRS"] = os.pathsep.join(dict.fromkeys(dirs))
-    env.setdefault("OMP_NUM_THREADS", "1")
-    # glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so
-    # request buffers and crops (0.5-4 MB) then come from heaps that are never given back:
-    # Triton kept ~200 MiB after a load of 12 MP photos. A fixed threshold keeps every block
-    # over 256 KiB in its own mapping, returned when freed (perf/results/memory-under-load.md).
-    env.setdefault("MALLOC_MMAP_THRESHOLD_", str(256 * 1024))
-    return env
 
 
 class TritonServer:
@@ -264,47 +161,16 @@ class TritonServer:
     def url(self) -> str:
         return f"{self.host}:{self.grpc_port}"
 
+    def flags(self) -> TritonFlags:
+        return TritonFlags(self.repository, self.host, self.grpc_port, self.http_port, self.metrics_port,
+                           self.exit_timeout_s, self.tls, self.restricted if self.restrict else (),
+                           self.http_restricted(), self.admin_key, tuple(self.extra_args))
+
     def command(self) -> list[str]:
-        binary, backends = triton_paths()
-        args = [
-            *_die_with_parent(),
-            str(binary),
-            f"--model-repository={self.repository}",
-            f"--backend-directory={backends}",
-            "--model-control-mode=none",
-            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
-            f"--exit-timeout-secs={self.exit_timeout_s}",
-            "--strict-readiness=true",
-            "--log-verbose=0",
-        ]
-        if self.restrict and self.restricted:
-            # Visible in /proc/<pid>/cmdline to local users: it guards against remote clients.
-            args.append(f"--grpc-restricted-protocol={','.join(self.restricted)}:{ADMIN_HEADER}={self.admin_key}")
-        if self.tls:
-            args += self.tls.args()
-        if self.http_port:
-            args += ["--allow-http=true", f"--http-address={self.host}", f"--http-port={self.http_port}"]
-            http_restricted = self.http_restricted()
-            if http_restricted:
-                args.append(f"--http-restricted-api={','.join(http_restricted)}:{ADMIN_HEADER}={self.admin_key}")
-        else:
-            args += ["--allow-http=false"]
-        if self.metrics_port:
-            args += ["--allow-metrics=true", f"--metrics-address={self.host}", f"--metrics-port={self.metrics_port}"]
-        else:
-            args += ["--allow-metrics=false", "--allow-gpu-metrics=false", "--allow-cpu-metrics=false"]
-        return args + cuda_pool_args(self.repository) + self.extra_args
+        return [*_die_with_parent(), *self.flags().args()]
 
     def http_restricted(self) -> tuple[str, ...]:
-        """The HTTP APIs that need the admin key: RESTRICTED, or every API but those named in
-        SAMPLEIQA_HTTP_OPEN (which narrows HTTP even when --unrestricted)."""
-        open_http = os.environ.get(HTTP_OPEN_ENV, self.env.get(HTTP_OPEN_ENV))
-        if open_http is not None:
-            named = {api.strip() for api in open_http.split(",") if api.strip()}
-            if named - set(HTTP_APIS):
-                raise ServerError(f"{HTTP_OPEN_ENV}: unknown {sorted(named - set(HTTP_APIS))}; choose from {HTTP_APIS}")
-            return tuple(api for api in HTTP_APIS if api not in named)
-        return self.restricted if self.restrict else ()
+        return http_restricted(self.restricted, self.restrict, self.env)
 
     def start(self, timeout_s: float = 180.0) -> "TritonServer":
         if not (self.repository / ENSEMBLE / "config.pbtxt").exists():
