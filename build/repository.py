@@ -37,7 +37,7 @@ PACKAGE_DIR = REPO_ROOT / "sampleiqa"
 # (the tests use 200,000) still passes its warm-up. No face in it: detection runs, then the crop.
 WARMUP_PHOTO = SAMPLES / "chelsea.jpg"
 # What a vendored preprocess model needs from the package: no torch, no clients.
-VENDORED = ("__init__.py", "admission.py", "contracts.py", "preprocessing", "scores.py")
+VENDORED = ("__init__.py", "admission.py", "contracts.py", "environment.py", "preprocessing", "scores.py")
 
 
 def _copy(src: Path, dst: Path) -> None:

@@ -9,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+from sampleiqa import environment
 from sampleiqa.commands import Command
 from sampleiqa.paths import DEFAULT_REPOSITORY, SAMPLES
 
@@ -47,7 +48,7 @@ def _server_security(args) -> dict:
         if not (args.tls_cert and args.tls_key):
             raise ServerError("TLS needs both --tls-cert and --tls-key")
         tls = ServerTLS(args.tls_cert, args.tls_key, args.tls_ca, args.tls_mutual)
-    env = {k: str(v) for k, v in (("SAMPLEIQA_MAX_BYTES", args.max_bytes), ("SAMPLEIQA_MAX_PIXELS", args.max_pixels))
+    env = {k: str(v) for k, v in ((environment.MAX_BYTES, args.max_bytes), (environment.MAX_PIXELS, args.max_pixels))
            if v is not None}
     return dict(tls=tls, admin_key=args.admin_key, restrict=not args.unrestricted, env=env)
 

@@ -31,6 +31,7 @@ from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
+from sampleiqa import environment
 from sampleiqa.progress import Progress
 
 from .bulk import Summary
@@ -44,7 +45,7 @@ from .storage import Reader, read_ahead
 # What the workers get from the driver's environment: the server's input limits, nothing
 # else. Credentials never travel in runtime_env (Ray keeps it in the job's metadata, and it
 # would override the workers' own identity: IRSA, Workload Identity, the node's role).
-FORWARDED_ENV = ("SAMPLEIQA_MAX_",)
+FORWARDED_ENV = (environment.LIMITS_PREFIX,)
 
 
 @dataclass(frozen=True)

@@ -13,7 +13,7 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from sampleiqa import __version__
+from sampleiqa import __version__, environment
 from sampleiqa.paths import REPO_ROOT
 
 from . import layout
@@ -93,7 +93,7 @@ GPU = Flavour(
     min_replicas=2,
     max_replicas=4,
     queue_target_us=10_000,
-    env={"SAMPLEIQA_TRITONSERVER_DIR": layout.TRITON_DIR},
+    env={environment.TRITONSERVER_DIR: layout.TRITON_DIR},
     # An engine runs only on the GPU architecture and TensorRT that built it: build it on the
     # node that serves it (docker build has no GPU). The timing cache sits beside it, so a
     # restarted pod on the same node rebuilds faster (an emptyDir lives as long as the pod).

@@ -18,11 +18,12 @@ from pathlib import Path
 
 import numpy as np
 
+from sampleiqa import environment
 from sampleiqa.contracts import IMAGE, PIXELS
 from sampleiqa.paths import SHARED_DATA
 
 DEFAULT_IMAGES = SHARED_DATA / "biq2021" / "images"
-BIQ_IMAGES = Path(os.environ.get("SAMPLEIQA_DATA", SHARED_DATA)) / "biq2021" / "images"
+BIQ_IMAGES = Path(os.environ.get(environment.DATA, SHARED_DATA)) / "biq2021" / "images"
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".webp", ".bmp"}
 
 

@@ -28,6 +28,7 @@ import tempfile
 from contextlib import chdir
 from pathlib import Path
 
+from sampleiqa import environment
 from sampleiqa.paths import DEFAULT_REPOSITORY
 from sampleiqa.server import TritonServer, stub_environment
 
@@ -62,8 +63,8 @@ def main(argv=None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--report", type=Path, default=None)
     args = p.parse_args(argv)
-    site_dirs = os.pathsep.join([str(args.before.resolve()), stub_environment()["SAMPLEIQA_SITE_DIRS"]])
-    sides = {"before": (args.before / "model_repository", {"SAMPLEIQA_SITE_DIRS": site_dirs}, args.before.resolve()),
+    site_dirs = os.pathsep.join([str(args.before.resolve()), stub_environment()[environment.SITE_DIRS]])
+    sides = {"before": (args.before / "model_repository", {environment.SITE_DIRS: site_dirs}, args.before.resolve()),
              "after": (DEFAULT_REPOSITORY, {}, Path.cwd())}
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
     with tempfile.TemporaryDirectory() as tmp:

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
+from sampleiqa import environment
 from sampleiqa.procfs import child_pids, rss_kib
 from sampleiqa.paths import SAMPLES, SHARED_DATA
 
-DATA = Path(os.environ.get("SAMPLEIQA_DATA", SHARED_DATA)) / "biq2021" / "images"
+DATA = Path(os.environ.get(environment.DATA, SHARED_DATA)) / "biq2021" / "images"
 # After warm-up ONNX Runtime's arena may still extend once, by a chunk of ~85 MiB with the
 # 534-statistics graph (at random: whether a burst of requests needs it), and then levels off;
 # a leak keeps growing. See perf/results/soak.md.

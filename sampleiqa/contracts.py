@@ -6,6 +6,8 @@ the benchmarks share (README: The ensemble contract).
 
 import os
 
+from . import environment
+
 ENSEMBLE = "sampleiqa"
 PREPROCESS = "preprocess"
 SCORER = "scorer"
@@ -27,8 +29,8 @@ STD = (0.229, 0.224, 0.225)
 # Input limits, read at import from the environment: the server's python stubs inherit it
 # (`sampleiqa serve --max-bytes/--max-pixels` set it), and the bulk CLI checks file sizes
 # against MAX_BYTES before reading a file into memory.
-MAX_BYTES = int(os.environ.get("SAMPLEIQA_MAX_BYTES", 64 * 1024 * 1024))
-MAX_PIXELS = int(os.environ.get("SAMPLEIQA_MAX_PIXELS", 100_000_000))  # decompression bomb guard
+MAX_BYTES = int(os.environ.get(environment.MAX_BYTES, 64 * 1024 * 1024))
+MAX_PIXELS = int(os.environ.get(environment.MAX_PIXELS, 100_000_000))  # decompression bomb guard
 
 # One row per input file, in this order.
 CSV_COLUMNS = ("path", "score", "face_found", "face_x", "face_y", "face_w", "face_h", "status", "error")

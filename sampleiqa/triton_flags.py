@@ -15,19 +15,20 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from .cuda_pool import cuda_pool_args
+from . import environment
 
 # What an inference client never needs: loading/unloading models, registering shared
 # memory, and changing trace or log settings.
 RESTRICTED = ("model-repository", "shared-memory", "trace", "logging")
 ADMIN_HEADER = "admin-key"
-ADMIN_KEY_ENV = "SAMPLEIQA_ADMIN_KEY"
+ADMIN_KEY_ENV = environment.ADMIN_KEY
 # Every HTTP API group of Triton 2.51. SAMPLEIQA_HTTP_OPEN=health leaves only the health
 # endpoints open on HTTP (a cluster's probes need them; inference stays on gRPC and TLS).
 HTTP_APIS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
              "statistics", "trace", "logging")
-HTTP_OPEN_ENV = "SAMPLEIQA_HTTP_OPEN"
+HTTP_OPEN_ENV = environment.HTTP_OPEN
 # A Triton installed elsewhere (the GPU image's /opt/tritonserver) instead of the wheel's.
-TRITONSERVER_DIR_ENV = "SAMPLEIQA_TRITONSERVER_DIR"
+TRITONSERVER_DIR_ENV = environment.TRITONSERVER_DIR
 
 
 class ServerError(RuntimeError):
@@ -165,7 +166,7 @@ def stub_environment() -> dict[str, str]:
     told where this interpreter's packages are (model.py adds them with site.addsitedir)."""
     env = dict(os.environ)
     dirs = [sysconfig.get_paths()["purelib"], sysconfig.get_paths()["platlib"], *site.getsitepackages()]
-    env["SAMPLEIQA_SITE_DIRS"] = os.pathsep.join(dict.fromkeys(dirs))
+    env[environment.SITE_DIRS] = os.pathsep.join(dict.fromkeys(dirs))
     env.setdefault("OMP_NUM_THREADS", "1")
     # glibc raises its mmap threshold to the size of each large block freed (up to 32 MiB), so
     # request buffers and crops (0.5-4 MB) then come from heaps that are never given back:

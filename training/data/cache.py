@@ -33,6 +33,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from sampleiqa import environment
 from sampleiqa.progress import Progress
 from sampleiqa.contracts import CROP
 from sampleiqa.preprocessing import Box, PreprocessError, apply_plan, decode_bgr, find_face, plan_crop
@@ -46,7 +47,7 @@ CACHE_NAME = re.compile(r"[0-9a-f]{16}(\.tmp\d+)?")  # `_key`, or a build in pro
 
 
 def default_root() -> Path:
-    return Path(os.environ.get("SAMPLEIQA_CACHE", Path.home() / ".cache" / "sampleiqa" / "crops"))
+    return Path(os.environ.get(environment.CACHE, Path.home() / ".cache" / "sampleiqa" / "crops"))
 
 
 def preprocessing_fingerprint() -> bytes:

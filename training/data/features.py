@@ -23,6 +23,7 @@ from pathlib import Path
 
 import numpy as np
 
+from sampleiqa import environment
 from sampleiqa.progress import Progress
 from sampleiqa.contracts import CROP
 from sampleiqa.onnx_runtime import cpu_session
@@ -35,7 +36,7 @@ FEATURES_VERSION = 1
 
 
 def default_root() -> Path:
-    base = Path(os.environ.get("SAMPLEIQA_CACHE", Path.home() / ".cache" / "sampleiqa" / "crops"))
+    base = Path(os.environ.get(environment.CACHE, Path.home() / ".cache" / "sampleiqa" / "crops"))
     return base.parent / "features"
 
 
