@@ -10,6 +10,7 @@ import tempfile
 from pathlib import Path
 
 from sampleiqa.commands import Command
+from sampleiqa.contracts import CPU_MAX_BATCH, GPU_MAX_BATCH
 
 
 def add_build_repository_arguments(p: argparse.ArgumentParser) -> None:
@@ -22,7 +23,8 @@ def add_build_repository_arguments(p: argparse.ArgumentParser) -> None:
     src.add_argument("--engine", metavar="FILE.plan", help="built TensorRT engine (.plan, with its .json profile)")
     src.add_argument("--untrained", metavar="MODEL", help="random weights of a named config (smoke tests only)")
     p.add_argument("--seed", type=int, default=0, help="with --untrained: the random weights' seed")
-    p.add_argument("--max-batch", type=int, default=32, metavar="N", help="largest batch of every model")
+    p.add_argument("--max-batch", type=int, default=None, metavar="N",
+                   help=f"largest batch of every model (default: {CPU_MAX_BATCH} cpu, {GPU_MAX_BATCH} gpu targets)")
     p.add_argument("--min-batch", type=int, default=1, metavar="N", help="gpu-trt: the profile's smallest batch (must be 1)")
     p.add_argument("--opt-batch", type=int, default=16, metavar="N", help="gpu-trt: the batch TensorRT tunes for")
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="gpu-trt: TensorRT timing cache, read and written back")
@@ -57,7 +59,8 @@ def cmd_build_repository(args) -> int:
     from sampleiqa.build.repository import build_repository
     from sampleiqa.build.triton_config import RepositorySettings
 
-    settings = RepositorySettings(target=args.target, max_batch_size=args.max_batch,
+    max_batch = args.max_batch or (CPU_MAX_BATCH if args.target == "cpu" else GPU_MAX_BATCH)
+    settings = RepositorySettings(target=args.target, max_batch_size=max_batch,
                                   preprocess_instances=args.preprocess_instances,
                                   scorer_instances=args.scorer_instances or default_scorer_instances(args),
                                   ort_threads=args.ort_threads, preprocess=args.preprocess,
@@ -82,7 +85,7 @@ def cmd_build_repository(args) -> int:
             from sampleiqa.build.tensorrt_engine import build_engine
 
             engine = build_engine(onnx_path, Path(scratch) / "model.plan", min_batch=args.min_batch,
-                                  opt_batch=args.opt_batch, max_batch=args.max_batch, timing_cache=args.timing_cache)
+                                  opt_batch=args.opt_batch, max_batch=max_batch, timing_cache=args.timing_cache)
         build_repository(out, settings, onnx_path=onnx_path, engine_path=engine, vendor=not args.no_vendor)
     print(f"wrote the {args.target} repository to {out}", file=sys.stderr)
     return 0
@@ -126,7 +129,7 @@ def add_build_engine_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--out", required=True, metavar="FILE.plan", help="engine to write (with FILE.plan.json beside it)")
     p.add_argument("--min-batch", type=int, default=1, metavar="N", help="the profile's smallest batch (must be 1)")
     p.add_argument("--opt-batch", type=int, default=16, metavar="N", help="the batch TensorRT tunes for")
-    p.add_argument("--max-batch", type=int, default=64, metavar="N", help="the profile's largest batch")
+    p.add_argument("--max-batch", type=int, default=GPU_MAX_BATCH, metavar="N", help="the profile's largest batch")
     p.add_argument("--timing-cache", default=None, metavar="FILE", help="TensorRT timing cache, read and written back")
 
 

@@ -39,7 +39,7 @@ import os
 import time
 from pathlib import Path
 
-from sampleiqa.contracts import PIXELS, SCORE
+from sampleiqa.contracts import GPU_MAX_BATCH, PIXELS, SCORE
 
 log = logging.getLogger(__name__)
 
@@ -241,7 +241,7 @@ def _builder_config(trt, builder, chw, batches: tuple[int, int, int], workspace_
 
 
 def build_engine(onnx_path: str | Path, plan_path: str | Path, min_batch: int = 1, opt_batch: int = 16,
-                 max_batch: int = 64, precision: str = "fp16", timing_cache: str | Path | None = None,
+                 max_batch: int = GPU_MAX_BATCH, precision: str = "fp16", timing_cache: str | Path | None = None,
                  workspace_gib: float = 4.0) -> Path:
     """Build a serialized TensorRT engine from the scorer's ONNX; writes the plan and its sidecar.
 

@@ -29,6 +29,8 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 import torch
 
+from sampleiqa.contracts import GPU_MAX_BATCH
+
 from .pixels import PixelsScorer
 
 log = logging.getLogger(__name__)
@@ -91,7 +93,7 @@ class TorchScorer:
     """A loaded checkpoint, ready to score PIXELS on one device."""
 
     def __init__(self, checkpoint: str | Path, device: str = "cuda", fp16: bool = True, cuda_graphs: bool = True,
-                 max_batch: int = 64, compile_mode: str | None = None):
+                 max_batch: int = GPU_MAX_BATCH, compile_mode: str | None = None):
         from sampleiqa.training.checkpoint import load_scorer
 
         self.device = torch.device(device)

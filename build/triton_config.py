@@ -13,7 +13,8 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sampleiqa.admission import PARAMETER as CROPS_IN_FLIGHT
-from sampleiqa.contracts import CROP, ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, PIXELS, PREPROCESS, SCORE, SCORER
+from sampleiqa.contracts import (CPU_MAX_BATCH, CROP, ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, PIXELS, PREPROCESS,
+                                 SCORE, SCORER)
 
 TARGETS = ("cpu", "gpu-trt", "gpu-onnx", "gpu-torch")
 # Warm-up: one batch of 1 per instance before the model reports READY, so the first client
@@ -26,7 +27,7 @@ WARMUP_FILE = "IMAGE"  # preprocess/warmup/IMAGE: a real photo (repository.write
 @dataclass(frozen=True)
 class RepositorySettings:
     target: str = "cpu"
-    max_batch_size: int = 32  # gpu-trt: taken from the engine profile
+    max_batch_size: int = CPU_MAX_BATCH  # gpu-trt: taken from the engine profile
     preprocess_instances: int = 2
     scorer_instances: int = 1
     ort_threads: int = 2  # cpu scorer: ONNX Runtime intra-op threads per instance

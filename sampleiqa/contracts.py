@@ -22,6 +22,10 @@ FACE_BOX = "FACE_BOX"  # INT32 [4]: x, y, w, h in pixels of the EXIF-oriented im
 FACE_FOUND = "FACE_FOUND"  # BOOL [1]
 
 CROP = 448
+# The largest batch of every model, by default: on CPU larger batches cost memory and gain
+# nothing (perf/results/memory-under-load.md); a GPU wants its batches large.
+CPU_MAX_BATCH = 32
+GPU_MAX_BATCH = 64
 # ImageNet statistics: the timm Swin backbones are trained with them.
 MEAN = (0.485, 0.456, 0.406)
 STD = (0.229, 0.224, 0.225)
