@@ -13,9 +13,9 @@ from PIL import Image
 
 from sampleiqa.contracts import MAX_BYTES
 
-from .conftest import FACES, SAMPLES
+from .helpers import FACES, SAMPLES
 
-PORTRAIT = SAMPLES / "astronaut.jpg"  # one face, marked by hand in conftest.FACES
+PORTRAIT = SAMPLES / "astronaut.jpg"  # one face, marked by hand in helpers.FACES
 PORTRAIT_FACE = FACES[PORTRAIT]
 
 

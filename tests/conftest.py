@@ -1,47 +1,36 @@
-"""Shared fixtures: real photos, and one real Triton server for the session."""
+"""Fixtures and hooks: one real Triton server for the session, and the `unit` marker.
+What tests share that is not a fixture (paths, photos, the CLI runner) is in tests/helpers.py."""
 
 from __future__ import annotations
 
-import csv
-import os
-from contextlib import contextmanager
-from pathlib import Path
-
 import pytest
 
-from sampleiqa.perf.face_settings import iou, marked_faces, on_face  # noqa: F401  (tests import them from here)
+# Markers of tests that start something slow or heavy; a test with none of them is `unit`
+# (`pytest -m unit`: the fast loop, under a minute; plain `pytest` and CI run everything).
+SLOW_MARKERS = ("server", "ray", "s3", "training", "export", "perf", "soak", "slow")
 
-ROOT = Path(__file__).resolve().parent.parent
-DATA = Path(os.environ.get("SAMPLEIQA_DATA", ROOT.parent / "shared" / "data"))
-BIQ = DATA / "biq2021"
-SAMPLES = ROOT / "samples"
-
-# Faces marked by hand or checked by eye (samples/faces_marked.csv, x, y, w, h in original
-# pixels, generous by a few pixels), and photos with no face. A detected box "lies on the
-# face" when its centre is inside and IoU >= 0.3 (sampleiqa.perf.face_settings.on_face).
-_MARKS = marked_faces(DATA)
-FACES = {path: tuple(box) for path, box in _MARKS.items() if box is not None}
-NO_FACE = [path for path, box in _MARKS.items() if box is None]
-
-
-def biq_images(n: int, split: str | None = None) -> list[Path]:
-    if not (BIQ / "labels.csv").exists():
-        pytest.skip(f"BIQ2021 data not found under {BIQ}")
-    with open(BIQ / "labels.csv") as f:
-        rows = [r for r in csv.DictReader(f) if split is None or r["split"] == split]
-    return [BIQ / "images" / r["image"] for r in sorted(rows, key=lambda r: r["image"])[:n]]
+# Fixtures that start something: a test that asks for one (even through another fixture)
+# gets its marker here, so that it needs no mark of its own.
+FIXTURE_MARKERS = {
+    "server": "server",    # below: the committed repository on the real Triton binary
+    "client": "server",    # below: a client of that server
+    "tight": "server",     # test_backpressure.py: a Triton with tiny queue bounds
+    "pods": "server",      # test_endpoints.py: two Tritons behind one name
+    "pod": "server",       # test_deploy.py: `sampleiqa serve` as the pod runs it
+    "replicas": "server",  # test_ray.py: two Tritons
+    "cluster": "ray",      # test_ray.py: `ray start` head and worker
+    "s3": "s3",            # test_storage.py: a moto S3 server
+}
 
 
-@contextmanager
-def all_running(servers):
-    """Triton servers started in turn, and all stopped after (the started ones, on failure)."""
-    try:
-        for s in servers:
-            s.start()
-        yield servers
-    finally:
-        for s in servers:
-            s.stop()
+@pytest.hookimpl(tryfirst=True)  # before `-m` selects on the markers
+def pytest_collection_modifyitems(config, items):
+    for item in items:
+        for name in item.fixturenames:
+            if name in FIXTURE_MARKERS and not item.get_closest_marker(FIXTURE_MARKERS[name]):
+                item.add_marker(FIXTURE_MARKERS[name])
+        if not any(item.get_closest_marker(m) for m in SLOW_MARKERS):
+            item.add_marker("unit")
 
 
 @pytest.fixture(scope="session")

@@ -7,7 +7,7 @@ from __future__ import annotations
 import ast
 from pathlib import Path
 
-from .conftest import ROOT
+from .helpers import REPO_ROOT
 
 STAGES = {"sampleiqa.build": "build", "sampleiqa.clients": "clients", "sampleiqa.training": "training",
           "sampleiqa.perf": "perf", "sampleiqa.deploy": "deploy"}
@@ -18,8 +18,8 @@ FOLDERS = {"build": "sampleiqa.build", "clients": "sampleiqa.clients", "training
 def _modules() -> dict[str, Path]:
     found = {}
     for folder, package in FOLDERS.items():
-        for path in (ROOT / folder).rglob("*.py"):
-            rel = path.relative_to(ROOT / folder).with_suffix("")
+        for path in (REPO_ROOT / folder).rglob("*.py"):
+            rel = path.relative_to(REPO_ROOT / folder).with_suffix("")
             if "results" in rel.parts:  # one-off study scripts
                 continue
             parts = [p for p in rel.parts if p != "__init__"]

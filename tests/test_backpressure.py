@@ -8,7 +8,6 @@ import asyncio
 import multiprocessing
 import os
 import subprocess
-import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
@@ -24,10 +23,8 @@ from sampleiqa.contracts import PREPROCESS, SCORER
 from sampleiqa.scores import score_in_chunks
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer
 
-from .conftest import biq_images
-from .test_cli import rows
+from .helpers import SAMPLEIQA, biq_images, rows
 
-SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli"]
 ONNX = DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx"
 
 

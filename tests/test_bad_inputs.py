@@ -11,9 +11,8 @@ from pathlib import Path
 import pytest
 
 from .badinputs import CASES, PORTRAIT_FACE, exif_rotated, many_faces
-from .conftest import on_face
+from .helpers import on_face
 
-pytestmark = pytest.mark.server
 BY_NAME = {c.name: c for c in CASES}
 
 

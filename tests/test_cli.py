@@ -1,10 +1,8 @@
 """`sampleiqa score` and `sampleiqa serve` as a user runs them: real processes, real server."""
 
-import csv
 import os
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -12,21 +10,10 @@ import pytest
 
 from sampleiqa.contracts import CSV_COLUMNS
 
-from .conftest import SAMPLES as SAMPLES_DIR, biq_images
+from .helpers import SAMPLEIQA, SAMPLES as SAMPLES_DIR, biq_images, rows, run
 
-pytestmark = pytest.mark.server
-SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli"]
-
-
-def rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        reader = csv.DictReader(f)
-        assert tuple(reader.fieldnames) == CSV_COLUMNS
-        return list(reader)
-
-
-def run(args, **kw):
-    return subprocess.run(SAMPLEIQA + [str(a) for a in args], capture_output=True, text=True, timeout=600, **kw)
+# Tests that ask for `server` or `client` are marked `server` by conftest; those that start
+# Triton themselves (the embedded server of `score` without --url, `serve`) say so here.
 
 
 @pytest.fixture(scope="module")
@@ -59,6 +46,7 @@ def test_folder_gets_one_row_per_file_and_errors_name_their_cause(server, photos
     assert "203 files: 200 scored ok" in res.stderr  # the summary
 
 
+@pytest.mark.server
 def test_killed_run_resumes_to_exactly_one_row_per_file(photos, tmp_path):
     """The CLI with its embedded server is SIGKILLed halfway, then rerun with --resume."""
     out = tmp_path / "scores.csv"
@@ -130,6 +118,7 @@ def test_server_gone_stops_the_run_nonzero(tmp_path):
     assert rows(out) == []  # nothing was scored, so no rows: --resume will score them
 
 
+@pytest.mark.server
 def test_serve_stops_triton_on_sigterm(tmp_path):
     import tritonclient.grpc as grpcclient
 
@@ -161,6 +150,7 @@ def test_serve_stops_triton_on_sigterm(tmp_path):
     c.close()
 
 
+@pytest.mark.server
 def test_default_command_scores_the_bundled_samples(tmp_path):
     """README command 1 without the setup part: no path, no --url."""
     res = run(["score", "--out", tmp_path / "scores.csv", "--server-log", tmp_path / "t.log"])

@@ -11,9 +11,8 @@ from sampleiqa.clients import RetryPolicy, ScoringClient, TransportError
 from sampleiqa.clients.protocol import channel_target
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 
-from .conftest import SAMPLES
+from .helpers import SAMPLES
 
-pytestmark = pytest.mark.server
 
 
 def test_channel_target_lists_every_endpoint():
@@ -22,6 +21,7 @@ def test_channel_target_lists_every_endpoint():
     assert channel_target(["localhost:8001", "127.0.0.1:8002"]).startswith("ipv")
 
 
+@pytest.mark.server
 def test_requests_are_retried_until_a_late_server_is_up(tmp_path):
     port = free_port()
     results = []
@@ -94,6 +94,7 @@ def pki(tmp_path_factory):
     return {p.stem + p.suffix.replace(".", "_"): str(p) for p in d.iterdir()}
 
 
+@pytest.mark.server
 def test_tls_client_talks_to_a_tls_server(pki, tmp_path):
     from sampleiqa.clients import TLSConfig
     from sampleiqa.server import ServerTLS
@@ -109,6 +110,7 @@ def test_tls_client_talks_to_a_tls_server(pki, tmp_path):
                 plain.score(data)  # plaintext is refused by a TLS server
 
 
+@pytest.mark.server
 def test_mutual_tls_through_serve_and_score_flags(pki, tmp_path):
     """`sampleiqa serve --tls-mutual` accepts `sampleiqa score` with a client certificate and
     refuses a client that has the CA but no certificate of its own."""

@@ -39,9 +39,9 @@ from sampleiqa.paths import DEFAULT_REPOSITORY
 from sampleiqa.procfs import child_pids, stub_regions
 from sampleiqa.server import HTTP_APIS, HTTP_OPEN_ENV, TRITONSERVER_DIR_ENV, TritonServer, free_port, triton_paths
 
-from .conftest import ROOT, SAMPLES
+from .helpers import REPO_ROOT, SAMPLES
 
-K8S = ROOT / "deploy" / "k8s"
+K8S = REPO_ROOT / "deploy" / "k8s"
 KUBERNETES = "1.30.0"
 
 
@@ -216,10 +216,10 @@ def test_service_policy_and_autoscaler_name_real_ports_and_metrics(flavour):
 
 def test_the_dockerfiles_match_the_pod():
     for flavour in FLAVOURS:
-        text = (ROOT / "deploy" / "docker" / f"Dockerfile.{flavour}").read_text()
+        text = (REPO_ROOT / "deploy" / "docker" / f"Dockerfile.{flavour}").read_text()
         assert f"USER {layout.USER_ID}:{layout.USER_ID}" in text and f"WORKDIR {layout.SOURCE_DIR}" in text
         assert '"/usr/bin/tini", "--"' in text and text.rstrip().endswith('"--grpc-port", "8001"]')
-    assert f"SAMPLEIQA_TRITONSERVER_DIR={layout.TRITON_DIR}" in (ROOT / "deploy/docker/Dockerfile.gpu").read_text()
+    assert f"SAMPLEIQA_TRITONSERVER_DIR={layout.TRITON_DIR}" in (REPO_ROOT / "deploy/docker/Dockerfile.gpu").read_text()
 
 
 def test_tritonserver_flags_from_the_container_args(monkeypatch, tmp_path):
@@ -257,7 +257,7 @@ def test_rollouts_and_drains_keep_a_pod_serving(flavour):
 
 
 RAYJOB = K8S / "ray" / "rayjob.yaml"
-RAYJOB_SCHEMA = ROOT / "deploy" / "crd" / "ray.io_rayjobs.v1.schema.yaml"
+RAYJOB_SCHEMA = REPO_ROOT / "deploy" / "crd" / "ray.io_rayjobs.v1.schema.yaml"
 
 
 def _strict(schema):
@@ -334,7 +334,7 @@ def test_the_rayjob_runs_sampleiqa_score_on_ray_against_the_servers():
 
 def test_the_ray_pods_run_the_ray_image_with_their_own_identity():
     job = _load(RAYJOB)
-    dockerfile = (ROOT / "deploy" / "docker" / "Dockerfile.ray").read_text()
+    dockerfile = (REPO_ROOT / "deploy" / "docker" / "Dockerfile.ray").read_text()
     assert f"FROM rayproject/ray:{rayjob.RAY_VERSION}-" in dockerfile and f"-t {rayjob.IMAGE} " in dockerfile
     assert rayjob.IMAGE == f"sampleiqa-ray:{__version__}"
     assert job["spec"]["rayClusterSpec"]["rayVersion"] == rayjob.RAY_VERSION
@@ -530,9 +530,9 @@ def test_nothing_imports_deploy_and_its_functions_are_short():
     import ast
 
     for folder in ("sampleiqa", "build", "clients", "training", "perf"):
-        for path in (ROOT / folder).rglob("*.py"):
+        for path in (REPO_ROOT / folder).rglob("*.py"):
             assert "sampleiqa.deploy" not in path.read_text(), path
-    for path in (ROOT / "deploy").glob("*.py"):
+    for path in (REPO_ROOT / "deploy").glob("*.py"):
         tree = ast.parse(path.read_text())
         assert path.read_text().count("\n") <= 300, path
         for node in ast.walk(tree):

@@ -16,7 +16,7 @@ import tritonclient.grpc as grpcclient
 from sampleiqa.clients import ScoringClient
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 
-from .conftest import all_running, biq_images
+from .helpers import all_running, biq_images
 
 pytestmark = pytest.mark.server
 

@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-pytestmark = pytest.mark.torch
+pytestmark = [pytest.mark.torch, pytest.mark.export]  # every test exports a model or converts one
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
@@ -16,7 +16,7 @@ from sampleiqa.build.export_onnx import clean_onnx, export_checkpoint, export_on
 from sampleiqa.build.fp16 import convert_to_fp16  # noqa: E402
 from sampleiqa.contracts import CROP, PIXELS, SCORE  # noqa: E402
 
-from .conftest import BIQ  # noqa: E402
+from .helpers import BIQ  # noqa: E402
 
 IMAGES = BIQ / "images"
 PHOTOS = ("ss01 (1).jpg", "ss01 (2).jpg", "ss01 (4).jpg")

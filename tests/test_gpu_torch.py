@@ -17,9 +17,9 @@ from sampleiqa.server import TritonServer  # noqa: E402
 
 from sampleiqa.preprocessing import preprocess_file  # noqa: E402
 
-from .conftest import ROOT, SAMPLES, biq_images  # noqa: E402
+from .helpers import SAMPLES, WEIGHTS, biq_images  # noqa: E402
 
-CHECKPOINT = ROOT / "training" / "weights" / "biq2021_default.pt"
+CHECKPOINT = WEIGHTS / "biq2021_default.pt"
 
 
 def test_buckets_pad_by_at_most_seven_past_eight_and_guard():
@@ -32,6 +32,7 @@ def test_buckets_pad_by_at_most_seven_past_eight_and_guard():
     assert got[0, 0] == 0.5 and got[1:3].isnan().all() and got[3, 0] == 1.0 and got[4, 0] == 0.0
 
 
+@pytest.mark.slow
 def test_torch_scorer_matches_the_served_onnx_scorer():
     import onnxruntime as ort
 
@@ -52,6 +53,7 @@ def test_requests_reach_the_runner_unjoined_in_order():
     assert np.concatenate([p[a:b] for run in runs for p, a, b in run]).tolist() == list(range(9))
 
 
+@pytest.mark.slow
 def test_scorer_takes_one_array_per_request_and_fp16_weights_keep_the_scores():
     """The served path hands the runner each request's PIXELS (no concatenation first); the
     FP16 weights of a GPU load, run here under CPU autocast, stay within the FP16 tolerance."""
@@ -89,6 +91,7 @@ def test_gpu_torch_repository_served_on_cpu_scores_like_the_cpu_ensemble(tmp_pat
 
 
 @pytest.mark.server
+@pytest.mark.perf
 def test_gpu_run_rehearsal_on_cpu(tmp_path):
     """perf/gpu_run.py end to end with every torch model on CPU: each step runs (the repository
     with the GPU preprocessing, the CPU reference, the served scores, real perf_analyzer on

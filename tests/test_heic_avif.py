@@ -20,9 +20,9 @@ from sampleiqa.preprocessing import PreprocessError, decode_bgr
 from sampleiqa.preprocessing.decode import layout, sniff
 
 from .badinputs import PORTRAIT, PORTRAIT_FACE
-from .conftest import FACES, on_face
+from .helpers import FACES, on_face
 
-# Real BIQ2021 photos with a face marked by hand (tests/conftest.py).
+# Real BIQ2021 photos with a face marked by hand (tests/helpers.py).
 PHOTOS = sorted(p for p in FACES if p.parent.parent.name == "biq2021")[:3]
 FORMATS = ("heic", "avif")
 

@@ -11,7 +11,7 @@ import pytest
 from sampleiqa.preprocessing.crops import CROP, VIEW_SIDE, crop_scale, plan_crop
 from sampleiqa.preprocessing.faces import Box
 
-from .conftest import biq_images
+from .helpers import biq_images
 
 
 def test_a_large_photo_is_brought_to_the_training_short_side_first():
@@ -26,6 +26,7 @@ def test_a_large_photo_is_brought_to_the_training_short_side_first():
     assert plan.scale == 0.25 and (plan.x, plan.y) == (32, 32)  # the 512 photo's crop, 4x larger
 
 
+@pytest.mark.slow
 def test_the_same_photos_upscaled_2x_and_4x_score_alike():
     pytest.importorskip("scipy")
     biq_images(1)  # skips when ../shared/data is absent

@@ -4,18 +4,17 @@ stay free of torch."""
 import subprocess
 import sys
 import tomllib
-from pathlib import Path
 
-ROOT = Path(__file__).resolve().parent.parent
+from .helpers import REPO_ROOT
 
 
 def test_every_python_package_folder_is_listed_in_pyproject():
-    tool = tomllib.loads((ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
+    tool = tomllib.loads((REPO_ROOT / "pyproject.toml").read_text())["tool"]["setuptools"]
     mapping = tool["package-dir"]
     on_disk = set()
     for package, folder in mapping.items():
-        for init in (ROOT / folder).rglob("__init__.py"):
-            rel = init.parent.relative_to(ROOT / folder).parts
+        for init in (REPO_ROOT / folder).rglob("__init__.py"):
+            rel = init.parent.relative_to(REPO_ROOT / folder).parts
             if package != "sampleiqa" or not rel or rel[0] not in {k.split(".")[1] for k in mapping if "." in k}:
                 on_disk.add(".".join((package, *rel)))
     assert on_disk == set(tool["packages"])

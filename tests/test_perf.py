@@ -10,7 +10,7 @@ import pytest
 from sampleiqa.perf.analyzer import Load, parse_csv
 from sampleiqa.perf.inputs import image_entry, pixels_entry
 
-from .conftest import BIQ, SAMPLES
+from .helpers import BIQ, SAMPLES
 
 # A row as perf_analyzer 2.51 writes it with -f (latencies in microseconds).
 CSV = ("Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
@@ -36,6 +36,7 @@ def test_json_inputs_carry_length_prefixed_bytes_and_raw_uint8_pixels():
 
 
 @pytest.mark.server
+@pytest.mark.perf
 def test_sampleiqa_perf_runs_against_the_embedded_server_and_writes_its_report(tmp_path):
     """The embedded server of `sampleiqa perf` (it opens shared memory for the scorer's
     tensors, which the default locked-down server refuses without the admin key)."""
@@ -69,6 +70,7 @@ def _perf_analyzer_or_skip():
     return binary
 
 
+@pytest.mark.perf
 def test_perf_analyzer_starts_on_the_pytriton_wheels_libraries_alone(tmp_path):
     """A host without libb64 or a CUDA runtime (the lent GPU host): links under the plain
     sonames to the wheel's hashed files are all perf_analyzer needs, no root, no ldconfig."""
@@ -91,6 +93,7 @@ def test_perf_analyzer_starts_on_the_pytriton_wheels_libraries_alone(tmp_path):
     assert soname_links(folder=tmp_path / "links") == links  # again: the links are kept as they are
 
 
+@pytest.mark.perf
 def test_perf_analyzers_environment_starts_it_and_keeps_the_callers_library_path():
     from sampleiqa.perf.analyzer import check_start, environment, soname_links
 

@@ -8,7 +8,7 @@ from sampleiqa.contracts import CROP
 from sampleiqa.preprocessing import (Box, PreprocessError, apply_plan, contains_face, decode_bgr, plan_crop,
                                      find_face, preprocess_bytes, preprocess_file, random_plan)
 
-from .conftest import FACES, NO_FACE, SAMPLES, on_face
+from .helpers import FACES, NO_FACE, SAMPLES, on_face
 
 
 def encode(img, ext=".png", params=()):
@@ -84,7 +84,7 @@ def test_random_crops_always_hold_the_face_and_vary():
 def test_exif_orientation_is_applied_and_the_box_follows_it(tmp_path):
     from PIL import Image
 
-    from .conftest import SAMPLES
+    from .helpers import SAMPLES
 
     upright = Image.open(SAMPLES / "astronaut.jpg")
     # Store the photo rotated on its side, with EXIF saying "rotate 90 CW to display" (6).

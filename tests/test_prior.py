@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import BIQ, ROOT, SAMPLES, biq_images
+from .helpers import BIQ, REPO_ROOT, SAMPLES, biq_images
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -41,6 +41,7 @@ def test_packaged_lite0_weights_are_imagenet_weights_and_the_trunk_takes_the_ser
     assert not any(p.requires_grad for p in trunk.parameters())
 
 
+@pytest.mark.slow
 def test_cached_features_are_the_served_graphs_and_reused(tmp_path):
     """View 0 of the cache is what the exported trunk computes on the served crop; a second
     build computes nothing."""
@@ -76,6 +77,8 @@ def _labelled(tmp_path: Path, n: int) -> Path:
     return out
 
 
+@pytest.mark.training
+@pytest.mark.server
 def test_prior_model_trains_on_cached_features_and_serves_the_same_scores(tmp_path):
     """`sampleiqa train` on a prior config, then the checkpoint, its ONNX export and the real
     Triton ensemble agree on the same photos; the full model equals the top on cached view 0."""
@@ -90,7 +93,7 @@ def test_prior_model_trains_on_cached_features_and_serves_the_same_scores(tmp_pa
     env = {"SAMPLEIQA_CACHE": str(tmp_path / "cache" / "crops")}
     import os
 
-    r = subprocess.run(cli + ["train", str(cfg)], cwd=ROOT, capture_output=True, text=True, timeout=900,
+    r = subprocess.run(cli + ["train", str(cfg)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
                        env={**os.environ, **env})
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "run"
@@ -111,9 +114,9 @@ def test_prior_model_trains_on_cached_features_and_serves_the_same_scores(tmp_pa
 
     onnx_path, repo = tmp_path / "m.onnx", tmp_path / "repo"
     subprocess.run(cli + ["export-onnx", "--checkpoint", str(run / "last.pt"), "--out", str(onnx_path)],
-                   check=True, cwd=ROOT, capture_output=True)
+                   check=True, cwd=REPO_ROOT, capture_output=True)
     subprocess.run(cli + ["build-repository", "--target", "cpu", "--onnx", str(onnx_path), "--out", str(repo)],
-                   check=True, cwd=ROOT, capture_output=True)
+                   check=True, cwd=REPO_ROOT, capture_output=True)
     import onnxruntime as ort
 
     from sampleiqa.contracts import PIXELS, SCORE
@@ -155,6 +158,7 @@ def _random_features(n: int, scenes=None, seed: int = 0):
                              scenes or [None] * n, [f"p{i}.jpg" for i in range(n)])
 
 
+@pytest.mark.training
 def test_shrinkage_penalties_shrink_their_part_of_the_head():
     """`pooled_l2` and `swin_l2` act as ridge penalties on their part of the fused head."""
     from sampleiqa.training.config import StageConfig

@@ -27,11 +27,12 @@ from sampleiqa.procfs import all_stats, argv  # noqa: E402
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port  # noqa: E402
 
 from .badinputs import CASES  # noqa: E402
-from .conftest import SAMPLES, all_running, biq_images  # noqa: E402
+from .helpers import SAMPLES, all_running, biq_images  # noqa: E402
 from sampleiqa.perf.faultproxy import FaultProxy  # noqa: E402
 from sampleiqa.perf.s3 import S3_ENV, moto_server, options  # noqa: E402
 
-pytestmark = [pytest.mark.server, pytest.mark.ray]
+# conftest marks the tests that ask for `cluster` (ray) or `replicas` (server); the others that
+# start a cluster, a Triton or an S3 server say so here.
 
 SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli"]
 BAD = [c for c in CASES if c.outcome != "ok" and c.name != "oversize.jpg"]  # 64 MiB: kept out of S3
@@ -125,6 +126,8 @@ def test_without_the_ray_extra_it_says_what_to_install(tmp_path):
     assert not (tmp_path / "out").exists()
 
 
+@pytest.mark.ray
+@pytest.mark.server
 def test_with_no_cluster_and_no_url_it_starts_both_for_the_run(tmp_path):
     """First in this module, before its cluster exists: what a new user's first try does."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
@@ -225,6 +228,7 @@ def test_overwrite_with_a_mistyped_or_empty_input_leaves_the_output_whole(cluste
         assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
 
 
+@pytest.mark.s3
 def test_s3_inputs_and_outputs_through_transient_faults_on_a_real_s3_server(cluster, replicas, tmp_path):
     """Every object request goes through a proxy that fails 10% of reads (connection resets,
     503 SlowDown, stalls): every photo still ends `ok`, with one row."""
@@ -275,6 +279,7 @@ def test_a_shard_that_fails_is_isolated_and_resume_scores_it(inputs, cluster, re
     assert_one_row_per_file(all_rows(str(out)), inputs)
 
 
+@pytest.mark.s3
 def test_scoring_starts_while_a_slow_listing_goes_on_and_a_killed_driver_resumes_it(cluster, replicas, tmp_path):
     """A bucket of 30 folders whose every listing request takes 0.6 s: shards are scored
     before the listing is whole; the driver SIGKILLed then, a --resume picks the listing up
@@ -359,6 +364,7 @@ def test_resume_keeps_and_rescores_files_with_odd_names_in_every_format(replicas
     assert dict(output.done()) == {0: {"rows": 5, "retry": 0}}
 
 
+@pytest.mark.server
 def test_a_busy_server_at_256_in_flight_loses_and_doubles_no_row(inputs, cluster, tmp_path):
     """Two actors at --concurrency 256 against one server with tiny queue bounds (issue 25):
     the refusals are retried, never rows; exactly one row per file, and the summary counts them."""

@@ -152,7 +152,7 @@ def test_vendored_preprocessing_runs_without_the_installed_package(tmp_path):
 
     from sampleiqa.preprocessing import preprocess_file
 
-    from .conftest import SAMPLES
+    from .helpers import SAMPLES
 
     out = build_repository(tmp_path / "repo", RepositorySettings(), onnx_path=DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx")
     version_dir = out / PREPROCESS / "1"

@@ -13,9 +13,8 @@ from tritonclient.utils import InferenceServerException
 from sampleiqa.clients import ScoringClient
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 
-from .conftest import SAMPLES, biq_images
+from .helpers import SAMPLES, biq_images
 
-pytestmark = pytest.mark.server
 
 
 def refused(call) -> str:
@@ -52,6 +51,7 @@ def test_unauthenticated_client_cannot_load_unload_or_register_shared_memory(ser
         region.unlink()
 
 
+@pytest.mark.server
 def test_http_is_restricted_too_and_limits_reach_the_python_stubs(tmp_path):
     """A second server with HTTP on and small image limits given through its environment."""
     photo = biq_images(1)[0].read_bytes()  # 512x512: 262144 pixels, 22 KB

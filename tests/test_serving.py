@@ -10,7 +10,7 @@ import tritonclient.grpc as grpcclient
 
 from sampleiqa.contracts import CROP, FACE_BOX, FACE_FOUND, IMAGE, PIXELS, PREPROCESS, SCORE
 
-from .conftest import FACES, NO_FACE, biq_images, on_face
+from .helpers import FACES, NO_FACE, biq_images, on_face
 
 pytestmark = pytest.mark.server
 

@@ -11,7 +11,7 @@ from onnx import TensorProto, helper
 from sampleiqa.build.tensorrt_limits import TensorRTLimitError, check_onnx, sample_pixels
 from sampleiqa.server import DEFAULT_REPOSITORY
 
-from .conftest import SAMPLES
+from .helpers import SAMPLES
 
 SHIPPED = DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx"
 

@@ -22,7 +22,7 @@ from sampleiqa.preprocessing.torch_pipeline import TorchPreprocessor  # noqa: E4
 from sampleiqa.preprocessing.torch_resize import resize_uint8  # noqa: E402
 
 from .badinputs import CASES, PORTRAIT  # noqa: E402
-from .conftest import BIQ, SAMPLES, iou  # noqa: E402
+from .helpers import BIQ, SAMPLES, iou  # noqa: E402
 
 PHOTOS = sorted(SAMPLES.glob("*.jpg"))
 # Sizes (w, h): the detector's copy, the crop, both ways odd, an exact 2x, one axis 1 and enlarging.
@@ -63,6 +63,7 @@ def _compare(batch, i: int, ref, err, name: str, stats: list) -> None:
     stats.append((name, int(d.max()), float(d.mean())))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("mode", ["area", "linear"])
 def test_resize_matches_opencv(mode):
     """Max 1 grey level everywhere; mean under 0.02 (area shrinking) / 0.15 (linear, where
@@ -135,6 +136,7 @@ def test_samples_match_the_cpu_path(preprocessor):
     assert max(s[1] for s in stats) <= 1 and max(s[2] for s in stats) < 0.15, stats
 
 
+@pytest.mark.slow
 def test_biq2021_photos_match_the_cpu_path(preprocessor):
     paths = _biq_val(16)  # 48 photos, 32 per batch
     stats, faces = [], 0
@@ -150,6 +152,7 @@ def test_biq2021_photos_match_the_cpu_path(preprocessor):
     assert max(s[1] for s in stats) <= 1 and np.mean([s[2] for s in stats]) < 0.01, stats
 
 
+@pytest.mark.slow
 def test_a_mixed_batch_gives_the_cpu_paths_errors_and_results(preprocessor):
     """Every bad input of tests/badinputs.py among good ones: the same error strings, and the
     others (PNG, GIF, TIFF, CMYK JPEG, 16-bit PNG, EXIF-rotated JPEG ...) as the CPU path."""

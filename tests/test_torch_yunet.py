@@ -12,7 +12,7 @@ import pytest
 
 from sampleiqa.preprocessing.faces import YUNET_MODEL, YuNetFaceDetector, create_detector, find_face
 
-from .conftest import BIQ, FACES, NO_FACE, ROOT, SAMPLES, biq_images, iou
+from .helpers import BIQ, FACES, NO_FACE, REPO_ROOT, SAMPLES, biq_images, iou
 
 pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
@@ -89,6 +89,7 @@ def test_unhandled_op_is_refused(tmp_path):
         OnnxYuNet(path)
 
 
+@pytest.mark.slow
 def test_find_face_matches_opencv_on_real_photos(det, ref):
     paths = _photos()
     if len(paths) < 40:
@@ -107,6 +108,7 @@ def test_find_face_matches_opencv_on_real_photos(det, ref):
     assert np.median(ious) == 1.0
 
 
+@pytest.mark.slow
 def test_batch_of_different_sizes_equals_one_by_one_and_opencv(det, ref):
     """Crops of real photos in many sizes (each padded to its own multiple of 32, as OpenCV
     pads it: a larger pad changes the network's outputs everywhere, not only at the border)."""
@@ -143,6 +145,7 @@ def test_tiny_gray_and_batch_of_one(det, ref):
     assert mixed == [[], one[0]]
 
 
+@pytest.mark.slow
 def test_half_precision_weights_find_the_same_face():
     d = TorchYuNetDetector()
     d.net.half()
@@ -155,4 +158,4 @@ def test_half_precision_weights_find_the_same_face():
 def test_registered_lazily_without_torch_at_import():
     assert isinstance(create_detector("yunet-torch"), TorchYuNetDetector)
     code = "import sys, sampleiqa.preprocessing.faces; assert 'torch' not in sys.modules, 'torch imported'"
-    subprocess.run([sys.executable, "-c", code], check=True, cwd=ROOT)
+    subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

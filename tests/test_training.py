@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from .conftest import ROOT, biq_images
+from .helpers import REPO_ROOT, biq_images
 
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
@@ -29,7 +29,7 @@ def _labelled_folder(tmp_path: Path, n: int, name: str) -> Path:
     """A generic CSV of n real BIQ2021 photos with their real opinion scores."""
     import csv
 
-    from .conftest import BIQ
+    from .helpers import BIQ
 
     with open(BIQ / "labels.csv") as f:
         mos = {r["image"]: r["mos"] for r in csv.DictReader(f)}
@@ -73,8 +73,9 @@ def test_fidelity_loss_orders_pairs_and_treats_ties_as_ties():
 
 def test_training_crops_hold_the_face_and_only_flip():
     rng = np.random.default_rng(0)
-    img = np.random.default_rng(1).integers(0, 255, (600, 800, 3), dtype=np.uint8)
-    face = Box(500, 100, 120, 150)
+    # short side between the crop and the training view (448..512): crops are native slices
+    img = np.random.default_rng(1).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    face = Box(400, 100, 120, 150)
     for _ in range(50):
         crop = random_face_crop(img, face, rng)
         assert crop.shape == (448, 448, 3)
@@ -84,7 +85,7 @@ def test_training_crops_hold_the_face_and_only_flip():
         for cand in (crop, crop[:, ::-1]):
             ys, xs = np.nonzero((img[:, :, 0] == cand[0, 0, 0]) & (img[:, :, 1] == cand[0, 0, 1]))
             for y, x in zip(ys, xs):
-                if y + 448 <= 600 and x + 448 <= 800 and np.array_equal(img[y:y + 448, x:x + 448], cand):
+                if y + 448 <= 480 and x + 448 <= 640 and np.array_equal(img[y:y + 448, x:x + 448], cand):
                     assert x <= face.x and face.x + face.w <= x + 448 and y <= face.y and face.y + face.h <= y + 448
                     found = True
         assert found
@@ -101,6 +102,7 @@ def test_synthetic_pairs_rank_by_distortion_level():
     assert better.shape == worse.shape == img.shape
 
 
+@pytest.mark.slow
 def test_stats_fusion_exports_and_scores_on_the_label_scale():
     model = create_model("swin_test_micro").eval()
     model.score_mean.fill_(3.0)
@@ -112,6 +114,7 @@ def test_stats_fusion_exports_and_scores_on_the_label_scale():
     assert feats.shape == (2, model.stats.num_features) and torch.isfinite(feats).all()
 
 
+@pytest.mark.slow
 def test_statistics_move_the_way_each_distortion_should():
     import cv2
 
@@ -156,11 +159,12 @@ def test_statistics_of_flat_and_grey_images_are_finite_and_hueless():
     assert len(hue) == 8 and raw[:, hue].abs().max() == 0
 
 
-def _run_train(args, cwd=ROOT, env=None, timeout=600):
+def _run_train(args, cwd=REPO_ROOT, env=None, timeout=600):
     return subprocess.run([sys.executable, "-m", "sampleiqa.cli", "train", *args], cwd=cwd, capture_output=True,
                           text=True, timeout=timeout, env={**os.environ, **(env or {})})
 
 
+@pytest.mark.training
 def test_train_resume_and_evaluate_agree_on_every_path(tmp_path, server):
     cfg = _config(tmp_path)
     first = _run_train([str(cfg)])
@@ -190,9 +194,9 @@ def test_train_resume_and_evaluate_agree_on_every_path(tmp_path, server):
     repo = tmp_path / "repo"
     cli = [sys.executable, "-m", "sampleiqa.cli"]
     subprocess.run(cli + ["export-onnx", "--checkpoint", str(run / "best.pt"), "--out", str(onnx)], check=True,
-                   cwd=ROOT, capture_output=True)
+                   cwd=REPO_ROOT, capture_output=True)
     subprocess.run(cli + ["build-repository", "--target", "cpu", "--onnx", str(onnx), "--out", str(repo)],
-                   check=True, cwd=ROOT, capture_output=True)
+                   check=True, cwd=REPO_ROOT, capture_output=True)
     from sampleiqa.server import TritonServer
 
     reports = {}
@@ -200,7 +204,7 @@ def test_train_resume_and_evaluate_agree_on_every_path(tmp_path, server):
         for how, extra in (("checkpoint", ["--checkpoint", str(run / "best.pt")]), ("onnx", ["--onnx", str(onnx)]),
                            ("server", ["--url", own.url])):
             out = tmp_path / f"{how}.md"
-            r = subprocess.run(cli + ["evaluate", *extra, "--data", *spec, "--report", str(out)], cwd=ROOT,
+            r = subprocess.run(cli + ["evaluate", *extra, "--data", *spec, "--report", str(out)], cwd=REPO_ROOT,
                                capture_output=True, text=True, timeout=600)
             assert r.returncode == 0, r.stderr[-3000:]
             assert "SROCC" in r.stdout
@@ -211,10 +215,11 @@ def test_train_resume_and_evaluate_agree_on_every_path(tmp_path, server):
     assert all(rep["n"] == 24 and rep["failed"] == 0 for rep in reports.values())
 
 
+@pytest.mark.training
 def test_ddp_two_gloo_processes(tmp_path):
     cfg = _config(tmp_path, stages="mos")
     r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                        "-m", "sampleiqa.cli", "train", str(cfg)], cwd=ROOT, capture_output=True, text=True,
+                        "-m", "sampleiqa.cli", "train", str(cfg)], cwd=REPO_ROOT, capture_output=True, text=True,
                        timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world size 2" in r.stdout + r.stderr
@@ -250,7 +255,7 @@ def test_cache_keeps_only_the_region_face_crops_come_from(tmp_path):
     from sampleiqa.training.data.cache import build_cache
     from sampleiqa.training.data.datasets import load_csv
 
-    from .conftest import FACES
+    from .helpers import FACES
 
     portrait = next(p for p in FACES if p.exists() and "ss03" in p.name)
     big = cv2.resize(cv2.imread(str(portrait)), (2000, 2000), interpolation=cv2.INTER_CUBIC)  # a "phone photo"
@@ -266,6 +271,7 @@ def test_cache_keeps_only_the_region_face_crops_come_from(tmp_path):
     assert find_face(big) is not None and max(face.w, face.h) <= 448  # a large face is scaled to fit
 
 
+@pytest.mark.training
 def test_stats_stage_fits_the_head_and_a_frozen_head_stays_put(tmp_path):
     import dataclasses
 
@@ -288,6 +294,7 @@ def test_stats_stage_fits_the_head_and_a_frozen_head_stays_put(tmp_path):
     assert not torch.equal(backbone, second.scorer.backbone.patch_embed.proj.weight)  # the backbone trained
 
 
+@pytest.mark.training
 def test_cross_fitted_stats_head_never_learns_an_image_with_the_mlp_that_scores_it():
     from sampleiqa.training.config import StageConfig
     from sampleiqa.training.stats_stage import cross_fit_folds, fit_stats_head
@@ -321,6 +328,7 @@ def test_cross_fitted_stats_head_never_learns_an_image_with_the_mlp_that_scores_
         assert torch.allclose(scorer.forward_z(x), base + each.mean(1, keepdim=True), atol=1e-5)
 
 
+@pytest.mark.slow
 def test_half_backbone_keeps_the_statistics_in_fp32_and_scores_like_fp32():
     from sampleiqa.training.models import create_model
 
@@ -359,6 +367,7 @@ def test_weight_average_warms_up_then_follows_the_decay():
         WeightAverage(model, decay=1.0)
 
 
+@pytest.mark.training
 def test_a_stage_with_a_weight_average_validates_ships_and_resumes_it_exactly(tmp_path, monkeypatch):
     """The average is what the log's figures describe and what the run ends with; a run that
     dies mid-epoch and resumes ends with the same weights as one that never stopped."""

@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 from scipy import stats
 
-from .conftest import BIQ, DATA, biq_images
+from .helpers import BIQ, DATA, biq_images
 
 pytest.importorskip("pulp")
 from sampleiqa.training.data.datasets import create_dataset, load_biq2021, load_csv, load_piq23  # noqa: E402

@@ -1,5 +1,6 @@
-"""What operators do to bulk runs (issue 24), with the local engine: two runs on one output,
-a mistyped or empty input with --overwrite, nonsense numbers. Real processes, real server."""
+"""What the bulk CLI refuses when operators get a run wrong (issue 24), with the local engine:
+two runs on one output, a mistyped or empty input with --overwrite, nonsense numbers. Real
+processes, real server."""
 
 from __future__ import annotations
 
@@ -8,10 +9,7 @@ import subprocess
 
 import pytest
 
-from .conftest import biq_images
-from .test_cli import SAMPLEIQA, rows, run
-
-pytestmark = pytest.mark.server
+from .helpers import SAMPLEIQA, biq_images, rows, run
 
 
 def test_two_runs_on_one_output_started_together_write_one_row_per_file(server, tmp_path):

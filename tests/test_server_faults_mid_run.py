@@ -3,10 +3,8 @@
 per-request timeouts. (The CLI itself killed, no server at all and unwritable output are in
 test_cli.py.)"""
 
-import csv
 import os
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -16,15 +14,7 @@ import tritonclient.grpc as grpcclient
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 from sampleiqa.procfs import orphaned_stub
 
-from .conftest import biq_images
-
-pytestmark = pytest.mark.server
-SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli"]
-
-
-def rows(path: Path) -> list[dict]:
-    with open(path, newline="") as f:
-        return list(csv.DictReader(f))
+from .helpers import SAMPLEIQA, biq_images, rows
 
 
 def line_count(path: Path) -> int:
@@ -51,6 +41,7 @@ def _kill_when_rows(server: TritonServer, run: subprocess.Popen, out: Path, rows
     return line_count(out) - 1
 
 
+@pytest.mark.server
 def test_server_killed_then_resumed_then_restarted_mid_run(tmp_path):
     """1. The server dies mid-run and stays down: the CLI says STOPPED and exits 1.
     2. `--resume` against a new server on the same port; that server is killed too and a

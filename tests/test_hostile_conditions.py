@@ -1,19 +1,16 @@
-"""Issue 14's cases, each against the real Triton binary, real files and real processes:
-a dead python-backend stub, hostile pixels and files, odd file names, a full disk,
-transient failures, what other local users can read, and memory after big requests.
-(The bad-input corpus is tests/test_bad_inputs.py; the server killed mid-run is
-tests/test_faults.py.)"""
+"""The server and the bulk CLI under hostile conditions (issue 14's cases), each against the
+real Triton binary, real files and real processes: a dead python-backend stub, hostile pixels
+and files, odd file names, a full disk, transient failures, what other local users can read,
+and memory after big requests. (The bad-input corpus is tests/test_bad_inputs.py; the server
+killed mid-run is tests/test_server_faults_mid_run.py.)"""
 
 from __future__ import annotations
 
-import csv
 import io
-import json
 import os
 import resource
 import signal
 import subprocess
-import sys
 import time
 from pathlib import Path
 
@@ -30,25 +27,11 @@ from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 from sampleiqa.contracts import CROP, PIXELS, SCORE
 from sampleiqa.preprocessing import PreprocessError, decode_bgr
 
-from .conftest import SAMPLES, biq_images
+from .helpers import SAMPLEIQA, SAMPLES, biq_images, jsonl_rows, rows as csv_rows, score_cli
 
-pytestmark = pytest.mark.server
-SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli"]
+# Tests that ask for `server` or `client` are marked `server` by conftest; those that start
+# Triton themselves say so here.
 PORTRAIT = SAMPLES / "astronaut.jpg"
-
-
-def score_cli(*args, timeout=600, **kw) -> subprocess.CompletedProcess:
-    return subprocess.run(SAMPLEIQA + ["score", *map(str, args)], capture_output=True, text=True,
-                          timeout=timeout, **kw)
-
-
-def csv_rows(path: Path) -> list[dict]:
-    with open(path, newline="", encoding="utf-8", errors="surrogateescape") as f:
-        return list(csv.DictReader(f))
-
-
-def jsonl_rows(path: Path) -> list[dict]:
-    return [json.loads(line) for line in path.read_bytes().split(b"\n") if line.strip()]
 
 
 def rss_mib(pid: int) -> float:
@@ -63,6 +46,7 @@ def stub_of(server: TritonServer, model: str) -> int:
 
 # 1. A dead python-backend stub ---------------------------------------------------------
 
+@pytest.mark.server
 def test_a_killed_stub_is_replaced_and_the_bulk_run_ends_with_every_row_ok(tmp_path):
     """SIGKILL the scorer stub, then (after the restart) a preprocess stub, while
     `sampleiqa score` runs with 8 requests in flight (kills after 20 and 120 rows): the launcher restarts Triton each
@@ -144,6 +128,7 @@ def test_stub_shared_memory_and_logs_are_private_to_the_server_user(server, tmp_
         assert res.returncode != 0 and b"Permission denied" in res.stderr, res.stderr
 
 
+@pytest.mark.server
 def test_the_default_log_folder_is_private(tmp_path, monkeypatch):
     monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
     with TritonServer(DEFAULT_REPOSITORY, supervise=False) as server:
@@ -154,6 +139,7 @@ def test_the_default_log_folder_is_private(tmp_path, monkeypatch):
 
 # 4. Memory after big requests -----------------------------------------------------------
 
+@pytest.mark.server
 def test_memory_returns_after_a_batch_of_32_and_refused_payloads_stay_bounded(tmp_path):
     """Before: the scorer stub kept ~2.4 GB after one 32-photo request (ORT's arena keeps
     its peak). Now ORT runs at most 4 crops at a time (run_batch; issue 25), and the arena is
@@ -199,6 +185,7 @@ def _gif_screen_1x1_frame(size: int) -> bytes:
     return bytes(data)
 
 
+@pytest.mark.server
 def test_a_gif_frame_larger_than_its_screen_is_held_to_the_pixel_limit(tmp_path):
     gif = _gif_screen_1x1_frame(2000)  # 4 MP under a 1x1 header
     with pytest.raises(PreprocessError) as e:
@@ -229,6 +216,7 @@ def test_data_after_the_end_of_a_jpeg_is_ignored(client, tail):
 
 # 7. A plaintext server on every interface ----------------------------------------------
 
+@pytest.mark.server
 def test_serving_beyond_loopback_without_tls_warns():
     import selectors
 
@@ -389,6 +377,7 @@ def test_tritonclient_shared_memory_utilities_work_with_our_install(server):
 
 # 15. No shared memory left behind --------------------------------------------------------------
 
+@pytest.mark.server
 def test_a_killed_server_leaves_no_shared_memory_or_stub(tmp_path):
     server = TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log", supervise=False).start()
     regions = [stubs.SHM / r for r in server.regions if (stubs.SHM / r).exists()]
@@ -403,6 +392,7 @@ def test_a_killed_server_leaves_no_shared_memory_or_stub(tmp_path):
     assert not [p for p in pids if stubs.alive(p) or stubs.orphaned_stub(p)]
 
 
+@pytest.mark.server
 def test_a_triton_killed_while_loading_leaves_no_stub(tmp_path):
     """Triton SIGKILLed (or crashed) before it was ready: its stubs are orphans holding their
     models; the launcher, which saw them while it waited, stops them as the start fails."""
