@@ -73,15 +73,21 @@ class YuNetFaceDetector:
         _, found = self._detector(w, h).detect(np.ascontiguousarray(bgr))
         if found is None:
             return []
-        boxes = []
-        for x, y, bw, bh in found[:, :4]:  # boxes may reach past the border: clip to it
-            if not np.isfinite((x, y, bw, bh)).all():
-                continue
-            x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
-            x1, y1 = min(w, int(round(x + bw))), min(h, int(round(y + bh)))
-            if x1 > x0 and y1 > y0:
-                boxes.append(Box(x0, y0, x1 - x0, y1 - y0))
-        return boxes
+        return clip_boxes(found[:, :4], h, w)
+
+
+def clip_boxes(found, h: int, w: int) -> list[Box]:
+    """YuNet's float boxes (x, y, w, h), which may reach past the border, clipped to the
+    image and rounded; non-finite ones dropped."""
+    boxes = []
+    for x, y, bw, bh in found:
+        if not np.isfinite((x, y, bw, bh)).all():
+            continue
+        x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
+        x1, y1 = min(w, int(round(x + bw))), min(h, int(round(y + bh)))
+        if x1 > x0 and y1 > y0:
+            boxes.append(Box(x0, y0, x1 - x0, y1 - y0))
+    return boxes
 
 
 class HaarFaceDetector:
@@ -143,7 +149,11 @@ def find_face(bgr: np.ndarray, detector: FaceDetector | None = None) -> Box | No
     f = min(1.0, detector.max_side / max(h, w))
     small = bgr if f == 1.0 else cv2.resize(bgr, (max(1, round(w * f)), max(1, round(h * f))),
                                             interpolation=cv2.INTER_AREA)
-    boxes = detector.detect(small)
+    return largest_mapped_back(detector.detect(small), f, w, h)
+
+
+def largest_mapped_back(boxes: list[Box], f: float, w: int, h: int) -> Box | None:
+    """The largest box, from the detector's copy (f of full size) to full resolution."""
     if not boxes:
         return None
     b = max(boxes, key=lambda b: b.area)

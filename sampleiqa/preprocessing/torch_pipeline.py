@@ -27,7 +27,7 @@ from ..contracts import CROP, MAX_BYTES, MAX_PIXELS
 from .crops import CropPlan, plan_crop
 from .decode import check_encoded, decode_bgr
 from .errors import PreprocessError
-from .faces import Box, FaceDetector
+from .faces import Box, FaceDetector, largest_mapped_back
 from .torch_jpeg import orient, route_jpeg
 from .torch_resize import resize_uint8
 
@@ -57,16 +57,6 @@ def default_batch_detector(device: str):
     from .torch_yunet import TorchYuNetDetector
 
     return TorchYuNetDetector(device=device, max_side=256)
-
-
-def map_back(boxes: list[Box], f: float, w: int, h: int) -> Box | None:
-    """The largest box, from the detector's copy to full resolution: `faces.find_face`'s arithmetic."""
-    if not boxes:
-        return None
-    b = max(boxes, key=lambda b: b.area)
-    x0, y0 = int(b.x / f), int(b.y / f)
-    x1, y1 = min(w, int(round((b.x + b.w) / f))), min(h, int(round((b.y + b.h) / f)))
-    return Box(x0, y0, x1 - x0, y1 - y0)
 
 
 def cut(image: torch.Tensor, plan: CropPlan) -> torch.Tensor:
@@ -184,5 +174,5 @@ class TorchPreprocessor:
         faces: list = [None] * len(images)
         for i, boxes in zip(todo, found):
             h, w = images[i].shape[-2:]
-            faces[i] = map_back(boxes, scale[i], w, h)
+            faces[i] = largest_mapped_back(boxes, scale[i], w, h)
         return faces

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from sampleiqa.preprocessing.faces import MIN_SIDE, YUNET_MODEL, Box
+from sampleiqa.preprocessing.faces import MIN_SIDE, YUNET_MODEL, Box, clip_boxes
 
 STRIDES = (8, 16, 32)
 DIVISOR = 32  # OpenCV pads the input with zeros at right/bottom to a multiple of this
@@ -149,19 +149,6 @@ def _greedy_nms(rects: torch.Tensor, keep: torch.Tensor, threshold: float) -> to
     return keep
 
 
-def _clip(found: np.ndarray, h: int, w: int) -> list[Box]:
-    """As `faces.YuNetFaceDetector.detect` clips OpenCV's float32 boxes to the image."""
-    boxes = []
-    for x, y, bw, bh in found:
-        if not np.isfinite((x, y, bw, bh)).all():
-            continue
-        x0, y0 = max(0, int(round(x))), max(0, int(round(y)))
-        x1, y1 = min(w, int(round(x + bw))), min(h, int(round(y + bh)))
-        if x1 > x0 and y1 > y0:
-            boxes.append(Box(x0, y0, x1 - x0, y1 - y0))
-    return boxes
-
-
 class TorchYuNetDetector:
     """`faces.YuNetFaceDetector` in torch: same boxes, on `device`, for batches."""
 
@@ -215,7 +202,7 @@ class TorchYuNetDetector:
             found = self._decode(self.net(x), ph, pw).cpu().numpy()  # the boxes leave for Python here
             for j, i in enumerate(members):
                 rows = found[j][found[j][:, 4] > 0, :4]
-                results[i] = _clip(rows, *images[i].shape[1:])
+                results[i] = clip_boxes(rows, *images[i].shape[1:])
         return results
 
     def detect(self, bgr: np.ndarray) -> list[Box]:
