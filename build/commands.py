@@ -15,7 +15,7 @@ from sampleiqa.contracts import CPU_MAX_BATCH, GPU_MAX_BATCH
 
 def add_build_repository_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--target", choices=["cpu", "gpu-trt", "gpu-onnx", "gpu-torch"], default="cpu",
-                   help="where the scorer runs (README: Building repositories, GPU)")
+                   help="where the scorer runs (docs/serving.md, docs/gpu.md)")
     p.add_argument("--out", required=True, metavar="DIR", help="repository folder to write")
     src = p.add_mutually_exclusive_group()
     src.add_argument("--checkpoint", metavar="FILE.pt", help="training checkpoint (.pt)")
@@ -32,7 +32,7 @@ def add_build_repository_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--scorer-instances", type=int, default=None, metavar="N",
                    help="scorer model instances (default: 2 on a GPU, so one uploads while the other computes; 1 on CPU)")
     p.add_argument("--ort-threads", type=int, default=2, metavar="N", help="cpu: ONNX Runtime threads per scorer instance")
-    g = p.add_argument_group("back-pressure and memory (README: Memory under load)")
+    g = p.add_argument_group("back-pressure and memory (docs/serving.md: Memory under load)")
     g.add_argument("--crops-in-flight", type=int, default=None, metavar="N",
                    help="crops preprocessed but not yet scored, at most (default: 48 cpu, 256 gpu-torch; 0: no limit)")
     g.add_argument("--preprocess-max-queue", type=int, default=64, metavar="N",

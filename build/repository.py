@@ -12,7 +12,7 @@ its PIXELS then stay on the GPU between the steps.
 The python models' sources are the ones in this checkout's model_repository/. With
 `vendor=True` (the default) the preprocessing package is copied beside preprocess/1/model.py,
 so the repository also runs in a Triton container that has no sampleiqa installed (it still
-needs numpy<2, opencv-python-headless, Pillow and pillow-heif there: see README "Deploy on a
+needs numpy<2, opencv-python-headless, Pillow and pillow-heif there: see docs/gpu.md "Deploy on a
 GPU host").
 """
 

