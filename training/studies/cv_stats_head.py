@@ -1,9 +1,9 @@
 """Paired 5-fold cross-validation of the statistics head on BIQ2021 `train` (`val`
 untouched): which way of training it, and which statistics, generalise to new photos?
 
-    python training/results/cv_stats_head.py side        # the `stats` stage as shipped
-    python training/results/cv_stats_head.py independent # each MLP its own shuffled batches
-    python training/results/cv_stats_head.py side v1,all # the 406 statistics of v1 against all
+    python -m sampleiqa.training.studies.cv_stats_head side        # the `stats` stage as shipped
+    python -m sampleiqa.training.studies.cv_stats_head independent # each MLP its own shuffled batches
+    python -m sampleiqa.training.studies.cv_stats_head side v1,all # the 406 statistics of v1 against all
 
 Five MLPs, the default `stats` stage's settings, the same folds and seeds for every run;
 prints each fold's SROCC and the out-of-fold SROCC / PLCC over all 4,500 photos. 2-core CPU,

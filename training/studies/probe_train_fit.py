@@ -1,6 +1,6 @@
 """How a checkpoint scores training photos against `val` (a memorisation check).
 
-    python training/results/probe_train_fit.py [CHECKPOINT]
+    python -m sampleiqa.training.studies.probe_train_fit [CHECKPOINT]
 
 Scores the served crops of the first 500 BIQ2021 `train` and `val` photos. Before
 cross-fitting, the shipped model scored SROCC 0.934 / PLCC 0.974 on `train` against 0.741 /

@@ -1,6 +1,6 @@
 """Ridge probe on the scorer's pooled Swin features (see swin_feature_probe.md).
 
-Run from the repository root: python training/results/probe_swin_features.py CHECKPOINT|random
+Run from the repository root: python -m sampleiqa.training.studies.probe_swin_features CHECKPOINT|random
 """
 import sys, numpy as np, torch
 from sampleiqa.training.checkpoint import load_scorer

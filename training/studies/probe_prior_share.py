@@ -1,7 +1,7 @@
 """How much of a prior model's score comes from the Swin, and how much from the pooled
 statistics of the pretrained trunk.
 
-    python training/results/probe_prior_share.py [CHECKPOINT] [--data kind=biq2021 root=... split=val]
+    python -m sampleiqa.training.studies.probe_prior_share [CHECKPOINT] [--data kind=biq2021 root=... split=val]
 
 The head is linear over [Swin features, standardised pooled statistics], so the score is the
 sum of two parts. On the served crops (cached trunk outputs, view 0): each part's spread

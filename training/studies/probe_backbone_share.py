@@ -1,6 +1,6 @@
 """How much of a checkpoint's score comes from the backbone, and how much from the statistics.
 
-    python training/results/probe_backbone_share.py [CHECKPOINT]
+    python -m sampleiqa.training.studies.probe_backbone_share [CHECKPOINT]
 
 On the served crops of BIQ2021 `val`: the spread of the backbone's correction and of the
 statistics head's score (standardised units), and SROCC of the statistics head alone, of the
