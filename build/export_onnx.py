@@ -13,7 +13,6 @@ import logging
 import warnings
 from pathlib import Path
 
-
 from sampleiqa.contracts import CROP, PIXELS, SCORE
 
 from .onnx_files import save_onnx_atomic, tmp_path
@@ -85,9 +84,16 @@ def add_score_guard(model):
             if name == SCORE:
                 node.output[i] = raw
     consts = {"zero": 0.0, "one": 1.0, "huge": 1e30, "nan": float("nan")}
-    nodes = [helper.make_node("Constant", [], [f"{GUARD}{k}"], name=f"{GUARD}const_{k}",
-                              value=helper.make_tensor(f"{GUARD}{k}_value", TensorProto.FLOAT, [], [v]))
-             for k, v in consts.items()]
+    nodes = [
+        helper.make_node(
+            "Constant",
+            [],
+            [f"{GUARD}{k}"],
+            name=f"{GUARD}const_{k}",
+            value=helper.make_tensor(f"{GUARD}{k}_value", TensorProto.FLOAT, [], [v]),
+        )
+        for k, v in consts.items()
+    ]
 
     def node(op, inputs, out, **attrs):
         nodes.append(helper.make_node(op, inputs, [f"{GUARD}{out}"], name=f"{GUARD}{out}", **attrs))
@@ -117,8 +123,10 @@ def export_onnx(model, out_path: str | Path, opset: int = MIN_OPSET, fp16: bool 
     """Export a scorer network to ONNX (uint8 PIXELS in, dynamic batch), clean and check it.
     fp16: the FP16 copy instead (build/fp16.py)."""
     if opset < MIN_OPSET:
-        raise ValueError(f"opset {opset} < {MIN_OPSET}: LayerNormalization needs opset 17 "
-                         "(TensorRT overflows a decomposed FP16 LayerNorm)")
+        raise ValueError(
+            f"opset {opset} < {MIN_OPSET}: LayerNormalization needs opset 17 "
+            "(TensorRT overflows a decomposed FP16 LayerNorm)"
+        )
     import onnx
     import torch
 
@@ -140,8 +148,13 @@ def export_onnx(model, out_path: str | Path, opset: int = MIN_OPSET, fp16: bool 
             warnings.filterwarnings("ignore", category=torch.jit.TracerWarning)
             warnings.filterwarnings("ignore", category=DeprecationWarning, module=r"torch\.onnx")
             torch.onnx.export(
-                model, (dummy,), str(tmp), opset_version=opset, dynamo=False,
-                input_names=[PIXELS], output_names=[SCORE],
+                model,
+                (dummy,),
+                str(tmp),
+                opset_version=opset,
+                dynamo=False,
+                input_names=[PIXELS],
+                output_names=[SCORE],
                 dynamic_axes={PIXELS: {0: "N"}, SCORE: {0: "N"}},
             )
         clean_onnx(tmp)
@@ -158,8 +171,9 @@ def export_onnx(model, out_path: str | Path, opset: int = MIN_OPSET, fp16: bool 
     return out_path
 
 
-def export_checkpoint(checkpoint_path: str | Path, out_path: str | Path, opset: int = MIN_OPSET,
-                      fp16: bool = False) -> Path:
+def export_checkpoint(
+    checkpoint_path: str | Path, out_path: str | Path, opset: int = MIN_OPSET, fp16: bool = False
+) -> Path:
     from sampleiqa.training.checkpoint import load_scorer
 
     model, _ = load_scorer(checkpoint_path)

@@ -51,8 +51,14 @@ class _Conversion:
 
         self.graph, self.keep, self.scopes = graph, set(keep_ops), scopes
         self.f16, self.f32 = onnx.TensorProto.FLOAT16, onnx.TensorProto.FLOAT
-        self.kept_casts = {id(n) for n in graph.nodes if n.op == "Cast" and n.attrs.get("to") == self.f32
-                           and not self.scoped(n) and any(self.scoped(c) for t in n.outputs for c in t.outputs)}
+        self.kept_casts = {
+            id(n)
+            for n in graph.nodes
+            if n.op == "Cast"
+            and n.attrs.get("to") == self.f32
+            and not self.scoped(n)
+            and any(self.scoped(c) for t in n.outputs for c in t.outputs)
+        }
 
     def scoped(self, node) -> bool:
         return node.name.startswith(self.scopes)
@@ -127,8 +133,12 @@ class _Conversion:
         up: dict[str, gs.Variable] = {}
         for node in [n for n in self.graph.nodes if self.fp32_node(n)]:
             for i, t in enumerate(node.inputs):
-                if (isinstance(t, gs.Variable) and t.dtype == np.float32 and id(t) not in graph_inputs
-                        and not any(self.fp32_node(p) for p in t.inputs)):
+                if (
+                    isinstance(t, gs.Variable)
+                    and t.dtype == np.float32
+                    and id(t) not in graph_inputs
+                    and not any(self.fp32_node(p) for p in t.inputs)
+                ):
                     if t.name not in up:
                         up[t.name] = gs.Variable(f"{t.name}__fp32", dtype=np.float32)
                         self.cast(t, up[t.name], self.f32, f"{t.name}__cast_fp32")
@@ -169,8 +179,12 @@ class _Conversion:
         self.graph.cleanup().toposort()
 
 
-def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, ...] = FP32_OPS,
-                    keep_fp32_scopes: tuple[str, ...] = FP32_SCOPES) -> Path:
+def convert_to_fp16(
+    src: str | Path,
+    dst: str | Path,
+    keep_fp32_ops: tuple[str, ...] = FP32_OPS,
+    keep_fp32_scopes: tuple[str, ...] = FP32_SCOPES,
+) -> Path:
     """Write the FP16 copy of `src` to `dst` (they may be the same path). The result passes
     strict shape inference and the full checker."""
     import onnx
@@ -179,8 +193,14 @@ def convert_to_fp16(src: str | Path, dst: str | Path, keep_fp32_ops: tuple[str, 
     src, dst = Path(src), Path(dst)
     model = onnx.load(src)
     conversion = _Conversion(gs.import_onnx(model), keep_fp32_ops, keep_fp32_scopes)
-    for phase in (conversion.weights, conversion.attributes, conversion.islands, conversion.fp32_scopes,
-                  conversion.boundary, conversion.forget_types):
+    for phase in (
+        conversion.weights,
+        conversion.attributes,
+        conversion.islands,
+        conversion.fp32_scopes,
+        conversion.boundary,
+        conversion.forget_types,
+    ):
         phase()
     out_model = gs.export_onnx(conversion.graph)
     out_model.ir_version = model.ir_version  # older TensorRT parsers reject newer IR versions

@@ -70,6 +70,32 @@ def write_configs(out: Path, settings: RepositorySettings) -> None:
         (out / name / "config.pbtxt").write_text(to_pbtxt(config))
 
 
+def checked_settings(settings: RepositorySettings, onnx_path, engine_path, checkpoint) -> RepositorySettings:
+    """The target's scorer source is given; gpu-trt's max batch is its engine profile's."""
+    if settings.target == "gpu-torch":
+        if checkpoint is None:
+            raise ValueError(
+                "the gpu-torch target needs a training checkpoint (e.g. training/weights/biq2021_default.pt)"
+            )
+    elif settings.target == "gpu-trt":
+        if engine_path is None:
+            raise ValueError("the gpu-trt target needs a TensorRT engine (model.plan)")
+        from .tensorrt_engine import read_engine_profile
+
+        profile = read_engine_profile(engine_path)
+        if int(profile.get("min_batch", 1)) != 1:
+            raise ValueError(
+                f"{engine_path}: its profile starts at batch {profile['min_batch']}; Triton sends "
+                "batches from 1 up: rebuild it with min_batch=1"
+            )
+        # No preferred_batch_size: with one profile, Triton's batcher forms the largest batch
+        # it can (up to max_batch) instead of stopping at opt_batch.
+        settings = RepositorySettings(**{**settings.__dict__, "max_batch_size": int(profile["max_batch"])})
+    elif onnx_path is None:
+        raise ValueError(f"the {settings.target} target needs an ONNX scorer")
+    return settings
+
+
 def build_repository(
     out: str | Path,
     settings: RepositorySettings,
@@ -83,28 +109,14 @@ def build_repository(
     max_batch_size; gpu-torch takes the training `checkpoint` (its scorer needs sampleiqa,
     torch and timm where Triton runs)."""
     out = Path(out)
-    if settings.target == "gpu-torch":
-        if checkpoint is None:
-            raise ValueError("the gpu-torch target needs a training checkpoint (e.g. training/weights/biq2021_default.pt)")
-    elif settings.target == "gpu-trt":
-        if engine_path is None:
-            raise ValueError("the gpu-trt target needs a TensorRT engine (model.plan)")
-        from .tensorrt_engine import read_engine_profile
-
-        profile = read_engine_profile(engine_path)
-        if int(profile.get("min_batch", 1)) != 1:
-            raise ValueError(f"{engine_path}: its profile starts at batch {profile['min_batch']}; Triton sends "
-                             "batches from 1 up: rebuild it with min_batch=1")
-        # No preferred_batch_size: with one profile, Triton's batcher forms the largest batch
-        # it can (up to max_batch) instead of stopping at opt_batch.
-        settings = RepositorySettings(**{**settings.__dict__, "max_batch_size": int(profile["max_batch"])})
-    elif onnx_path is None:
-        raise ValueError(f"the {settings.target} target needs an ONNX scorer")
-
+    settings = checked_settings(settings, onnx_path, engine_path, checkpoint)
     write_configs(out, settings)
     write_warmup_inputs(out)
-    preprocess_source = (HERE / "torch_preprocess_model.py" if settings.torch_preprocess
-                         else SOURCE_REPOSITORY / PREPROCESS / "1" / "model.py")
+    preprocess_source = (
+        HERE / "torch_preprocess_model.py"
+        if settings.torch_preprocess
+        else SOURCE_REPOSITORY / PREPROCESS / "1" / "model.py"
+    )
     _copy(preprocess_source, out / PREPROCESS / "1" / "model.py")
     if vendor:
         vendor_preprocessing(out / PREPROCESS / "1")

@@ -48,8 +48,17 @@ GPU_HOST_COMMAND = (
     "--checkpoint CKPT --out model_repository_gpu"
 )
 PRECISIONS = ("fp16", "fp32")
-_PROFILE_KEYS = ("min_batch", "opt_batch", "max_batch", "precision", "strongly_typed",
-                 "tensorrt_version", "input", "output", "img_size")
+_PROFILE_KEYS = (
+    "min_batch",
+    "opt_batch",
+    "max_batch",
+    "precision",
+    "strongly_typed",
+    "tensorrt_version",
+    "input",
+    "output",
+    "img_size",
+)
 
 
 def tensorrt_available() -> bool:
@@ -141,8 +150,10 @@ def check_engine_version(plan_path: str | Path, runtime_version: str | None = No
     if runtime_version is None or built is None:
         return
     if _version_tuple(built)[:3] != _version_tuple(runtime_version)[:3]:
-        raise RuntimeError(f"{plan_path} was built with TensorRT {built}, but this host's TensorRT is "
-                           f"{runtime_version}: rebuild it here (engines do not move between versions)")
+        raise RuntimeError(
+            f"{plan_path} was built with TensorRT {built}, but this host's TensorRT is "
+            f"{runtime_version}: rebuild it here (engines do not move between versions)"
+        )
 
 
 def _onnx_has_fp16(onnx_path: Path) -> bool:
@@ -177,15 +188,19 @@ def _check_request(min_batch: int, opt_batch: int, max_batch: int, precision: st
     if not 1 <= min_batch <= opt_batch <= max_batch:
         raise ValueError(f"need 1 <= min_batch <= opt_batch <= max_batch, got {min_batch}, {opt_batch}, {max_batch}")
     if min_batch != 1:
-        raise ValueError(f"min_batch {min_batch}: Triton sends batches from 1 up, which an engine whose "
-                         "profile starts higher refuses; keep min_batch=1 (opt_batch sets the tuned size)")
+        raise ValueError(
+            f"min_batch {min_batch}: Triton sends batches from 1 up, which an engine whose "
+            "profile starts higher refuses; keep min_batch=1 (opt_batch sets the tuned size)"
+        )
 
 
 def _check_bindings(version: str) -> None:
     runtime = installed_tensorrt_version()
     if runtime is not None and _version_tuple(runtime)[:3] != _version_tuple(version)[:3]:
-        raise RuntimeError(f"the tensorrt Python bindings are {version} but this host's libnvinfer is {runtime}: "
-                           f"pip install tensorrt=={runtime}.* (the engine must match the server's TensorRT)")
+        raise RuntimeError(
+            f"the tensorrt Python bindings are {version} but this host's libnvinfer is {runtime}: "
+            f"pip install tensorrt=={runtime}.* (the engine must match the server's TensorRT)"
+        )
 
 
 def _typed_onnx(onnx_path: Path, plan_path: Path, precision: str) -> Path:
@@ -213,8 +228,9 @@ def _parse(trt, builder, logger, onnx_path: Path):
     inputs = {network.get_input(i).name: network.get_input(i) for i in range(network.num_inputs)}
     outputs = [network.get_output(i).name for i in range(network.num_outputs)]
     if PIXELS not in inputs or SCORE not in outputs:
-        raise RuntimeError(f"{onnx_path}: expected input {PIXELS} and output {SCORE}, "
-                           f"got {sorted(inputs)} -> {outputs}")
+        raise RuntimeError(
+            f"{onnx_path}: expected input {PIXELS} and output {SCORE}, got {sorted(inputs)} -> {outputs}"
+        )
     shape = tuple(inputs[PIXELS].shape)  # (-1, 3, H, W): only the batch is dynamic
     if len(shape) != 4 or any(d < 0 for d in shape[1:]):
         raise RuntimeError(f"{PIXELS} must be [N,3,H,W] with a static H and W, got {shape}")
@@ -234,15 +250,24 @@ def _builder_config(trt, builder, chw, batches: tuple[int, int, int], workspace_
         blob = cache_path.read_bytes() if cache_path.is_file() else b""
         # ignore_mismatch=False: a cache from another GPU/TensorRT is refused, not silently used.
         if not config.set_timing_cache(config.create_timing_cache(blob), ignore_mismatch=False):
-            raise RuntimeError(f"TensorRT refused timing cache {cache_path} (other GPU or TensorRT version?); "
-                               "delete it to start a fresh one")
+            raise RuntimeError(
+                f"TensorRT refused timing cache {cache_path} (other GPU or TensorRT version?); "
+                "delete it to start a fresh one"
+            )
         log.info("timing cache: %s (%d bytes)", cache_path, len(blob))
     return config
 
 
-def build_engine(onnx_path: str | Path, plan_path: str | Path, min_batch: int = 1, opt_batch: int = 16,
-                 max_batch: int = GPU_MAX_BATCH, precision: str = "fp16", timing_cache: str | Path | None = None,
-                 workspace_gib: float = 4.0) -> Path:
+def build_engine(
+    onnx_path: str | Path,
+    plan_path: str | Path,
+    min_batch: int = 1,
+    opt_batch: int = 16,
+    max_batch: int = GPU_MAX_BATCH,
+    precision: str = "fp16",
+    timing_cache: str | Path | None = None,
+    workspace_gib: float = 4.0,
+) -> Path:
     """Build a serialized TensorRT engine from the scorer's ONNX; writes the plan and its sidecar.
 
     Always strongly typed: for fp16 an FP32 ONNX is first converted to `<plan_stem>.fp16.onnx`
@@ -277,8 +302,17 @@ def build_engine(onnx_path: str | Path, plan_path: str | Path, min_batch: int = 
     if cache_path is not None:
         cache_path.parent.mkdir(parents=True, exist_ok=True)
         _write_atomic(cache_path, bytes(memoryview(config.get_timing_cache().serialize())))
-    write_engine_profile(plan_path, min_batch=min_batch, opt_batch=opt_batch, max_batch=max_batch,
-                         precision=precision, strongly_typed=True, tensorrt_version=trt.__version__,
-                         input=PIXELS, output=SCORE, img_size=int(chw[-1]))
+    write_engine_profile(
+        plan_path,
+        min_batch=min_batch,
+        opt_batch=opt_batch,
+        max_batch=max_batch,
+        precision=precision,
+        strongly_typed=True,
+        tensorrt_version=trt.__version__,
+        input=PIXELS,
+        output=SCORE,
+        img_size=int(chw[-1]),
+    )
     log.info("done: %s, %.1f MiB in %.0f s", plan_path, len(plan) / (1 << 20), time.monotonic() - t0)
     return plan_path

@@ -24,7 +24,8 @@ TOPK_MAX_K = 3840
 FP16_MAX = 65504.0
 OPSETS = (9, 20)
 # The ONNX-TensorRT parser's operators for TensorRT 10 (Y in onnx-tensorrt docs/operators.md).
-SUPPORTED_OPS = frozenset("""
+SUPPORTED_OPS = frozenset(
+    """
 Abs Acos Acosh Add And ArgMax ArgMin Asin Asinh Atan Atanh AveragePool BatchNormalization
 BlackmanWindow Cast CastLike Ceil Celu Clip Concat Constant ConstantOfShape Conv ConvTranspose Cos
 Cosh CumSum DFT DepthToSpace DequantizeLinear Div Dropout Einsum Elu Equal Erf Exp Expand EyeLike
@@ -39,7 +40,8 @@ ReduceSumSquare Relu Reshape Resize ReverseSequence RNN RoiAlign Round ScaledTan
 ScatterElements ScatterND Selu Shape Shrink Sigmoid Sign Sin Sinh Size Slice Softmax Softplus
 Softsign SpaceToDepth Split Sqrt Squeeze STFT Sub Sum Tan Tanh ThresholdedRelu Tile TopK Transpose
 Trilu Unsqueeze Upsample Where Xor
-""".split())
+""".split()
+)
 
 
 class TensorRTLimitError(ValueError):
@@ -73,8 +75,10 @@ def static_problems(model) -> list[str]:
             if k is None:
                 problems.append(f"{node.name}: TopK's K is computed at run time; TensorRT needs a constant")
             elif int(np.asarray(k).reshape(-1)[0]) > TOPK_MAX_K:
-                problems.append(f"{node.name}: TopK K = {int(np.asarray(k).reshape(-1)[0])} exceeds "
-                                f"TensorRT's maximum of {TOPK_MAX_K}")
+                problems.append(
+                    f"{node.name}: TopK K = {int(np.asarray(k).reshape(-1)[0])} exceeds "
+                    f"TensorRT's maximum of {TOPK_MAX_K}"
+                )
     return problems
 
 
@@ -87,8 +91,11 @@ def overflow_problems(model, pixels: np.ndarray, fp32_scopes: tuple[str, ...]) -
     from .fp16 import FP32_OPS
 
     inferred = onnx.shape_inference.infer_shapes(model)
-    floats = {v.name for v in list(inferred.graph.value_info) + list(inferred.graph.output)
-              if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT}
+    floats = {
+        v.name
+        for v in list(inferred.graph.value_info) + list(inferred.graph.output)
+        if v.type.tensor_type.elem_type == onnx.TensorProto.FLOAT
+    }
     watched = {}
     for node in model.graph.node:
         if node.name.startswith(fp32_scopes) or node.op_type in FP32_OPS or node.op_type == "Constant":
@@ -111,8 +118,10 @@ def overflow_problems(model, pixels: np.ndarray, fp32_scopes: tuple[str, ...]) -
         if name in watched and value.size:
             peak = float(np.nanmax(np.abs(value)))
             if peak > FP16_MAX:
-                problems.append(f"{watched[name]}: |{name}| reaches {peak:.3g} on the sample photos, past FP16's "
-                                f"{FP16_MAX:g}; keep it in an FP32 scope (build/fp16.py FP32_SCOPES)")
+                problems.append(
+                    f"{watched[name]}: |{name}| reaches {peak:.3g} on the sample photos, past FP16's "
+                    f"{FP16_MAX:g}; keep it in an FP32 scope (build/fp16.py FP32_SCOPES)"
+                )
     return problems
 
 
@@ -128,8 +137,9 @@ def check_onnx(path: str | Path, pixels: np.ndarray | None = None) -> None:
     if pixels is not None:
         problems += overflow_problems(model, pixels, FP32_SCOPES)
     if problems:
-        raise TensorRTLimitError(f"{path} would not build (or would overflow) in TensorRT 10:\n  "
-                                 + "\n  ".join(problems))
+        raise TensorRTLimitError(
+            f"{path} would not build (or would overflow) in TensorRT 10:\n  " + "\n  ".join(problems)
+        )
 
 
 def sample_pixels(folder: str | Path, n: int = 4) -> np.ndarray:

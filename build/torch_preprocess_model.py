@@ -47,15 +47,21 @@ class TritonPythonModel:
             bad = next((k for k in range(start, stop) if batch.errors[k]), None)
             if bad is None:
                 pixels = batch.pixels[start:stop]
-                responses.append(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor.from_dlpack(PIXELS, torch.utils.dlpack.to_dlpack(pixels)) if self.gpu
-                    else pb_utils.Tensor(PIXELS, pixels.numpy()),
-                    pb_utils.Tensor(FACE_BOX, batch.boxes[start:stop]),
-                    pb_utils.Tensor(FACE_FOUND, batch.found[start:stop].reshape(-1, 1)),
-                ]))
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[
+                            pb_utils.Tensor.from_dlpack(PIXELS, torch.utils.dlpack.to_dlpack(pixels))
+                            if self.gpu
+                            else pb_utils.Tensor(PIXELS, pixels.numpy()),
+                            pb_utils.Tensor(FACE_BOX, batch.boxes[start:stop]),
+                            pb_utils.Tensor(FACE_FOUND, batch.found[start:stop].reshape(-1, 1)),
+                        ]
+                    )
+                )
             else:
-                responses.append(pb_utils.InferenceResponse(
-                    error=pb_utils.TritonError(f"item {bad - start}: {batch.errors[bad]}")))
+                responses.append(
+                    pb_utils.InferenceResponse(error=pb_utils.TritonError(f"item {bad - start}: {batch.errors[bad]}"))
+                )
                 if self.credits:  # the scorer never sees a failed request
                     self.credits.give_back(stop - start)
             start = stop

@@ -92,8 +92,15 @@ def as_tensor(part: Pixels) -> torch.Tensor:
 class TorchScorer:
     """A loaded checkpoint, ready to score PIXELS on one device."""
 
-    def __init__(self, checkpoint: str | Path, device: str = "cuda", fp16: bool = True, cuda_graphs: bool = True,
-                 max_batch: int = GPU_MAX_BATCH, compile_mode: str | None = None):
+    def __init__(
+        self,
+        checkpoint: str | Path,
+        device: str = "cuda",
+        fp16: bool = True,
+        cuda_graphs: bool = True,
+        max_batch: int = GPU_MAX_BATCH,
+        compile_mode: str | None = None,
+    ):
         from sampleiqa.training.checkpoint import load_scorer
 
         self.device = torch.device(device)
@@ -150,14 +157,15 @@ class TorchScorer:
         parts = [pixels] if isinstance(pixels, (np.ndarray, torch.Tensor)) else list(pixels)
         total = sum(len(p) for p in parts)
         if not self.on_gpu:
-            return np.concatenate([self._run_cpu(run) for run in chunks(parts, self.max_batch)] or
-                                  [np.zeros((0, 1), np.float32)])
+            return np.concatenate(
+                [self._run_cpu(run) for run in chunks(parts, self.max_batch)] or [np.zeros((0, 1), np.float32)]
+            )
         if total > len(self.scores):
             self.scores = torch.empty((total, 1), dtype=torch.float32, pin_memory=True)
         done = 0
         for k, run in enumerate(chunks(parts, self.max_batch)):
             n = self._upload(run, k % 2)
-            self._compute(k % 2, n, self.scores[done:done + n])
+            self._compute(k % 2, n, self.scores[done : done + n])
             done += n
         self.compute_stream.synchronize()  # the one wait: for the scores
         return self.scores[:total].numpy().copy()
@@ -167,10 +175,10 @@ class TorchScorer:
             part, a, b = run[0]
             x = as_tensor(part[a:b])
         else:
-            x = self.staging[0][:sum(b - a for _, a, b in run)]
+            x = self.staging[0][: sum(b - a for _, a, b in run)]
             at = 0
             for part, a, b in run:
-                x[at:at + b - a].copy_(as_tensor(part[a:b]))
+                x[at : at + b - a].copy_(as_tensor(part[a:b]))
                 at += b - a
         return self.forward(x).numpy().astype(np.float32)
 

@@ -17,8 +17,8 @@ from contextlib import nullcontext
 for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.pathsep)):
     site.addsitedir(_dir)
 
-import triton_python_backend_utils as pb_utils
 import torch
+import triton_python_backend_utils as pb_utils
 
 from sampleiqa.admission import CropCredits, limit_from
 from sampleiqa.build.torch_runner import TorchScorer
@@ -41,10 +41,14 @@ class TritonPythonModel:
         gpu = args["model_instance_kind"] == "GPU"
         device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"
         path = os.path.join(args["model_repository"], args["model_version"], "model.pt")
-        self.scorer = TorchScorer(path, device=device, fp16=parameters.get("precision", "fp16") == "fp16",
-                                  cuda_graphs=parameters.get("cuda_graphs", "1") == "1",
-                                  max_batch=max(1, int(parameters.get("run_batch", config.get("max_batch_size", 64)))),
-                                  compile_mode=parameters.get("torch_compile") or None)
+        self.scorer = TorchScorer(
+            path,
+            device=device,
+            fp16=parameters.get("precision", "fp16") == "fp16",
+            cuda_graphs=parameters.get("cuda_graphs", "1") == "1",
+            max_batch=max(1, int(parameters.get("run_batch", config.get("max_batch_size", 64)))),
+            compile_mode=parameters.get("torch_compile") or None,
+        )
 
     def execute(self, requests):
         batches = request_tensors(requests)

@@ -13,8 +13,18 @@ from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
 from sampleiqa.admission import PARAMETER as CROPS_IN_FLIGHT
-from sampleiqa.contracts import (CPU_MAX_BATCH, CROP, ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, PIXELS, PREPROCESS,
-                                 SCORE, SCORER)
+from sampleiqa.contracts import (
+    CPU_MAX_BATCH,
+    CROP,
+    ENSEMBLE,
+    FACE_BOX,
+    FACE_FOUND,
+    IMAGE,
+    PIXELS,
+    PREPROCESS,
+    SCORE,
+    SCORER,
+)
 
 TARGETS = ("cpu", "gpu-trt", "gpu-onnx", "gpu-torch")
 # Warm-up: one batch of 1 per instance before the model reports READY, so the first client
@@ -31,11 +41,18 @@ class RepositorySettings:
     preprocess_instances: int = 2
     scorer_instances: int = 1
     ort_threads: int = 2  # cpu scorer: ONNX Runtime intra-op threads per instance
-    ort_spinning: bool = False  # cpu scorer: busy-waiting ORT threads burn the cores preprocess needs (perf/results/tuning.md)
-    ort_run_batch: int = 4  # scorers on CPU (ORT; torch with torch_device cpu): crops per run; memory grows with it, speed per crop does not
+    ort_spinning: bool = (
+        False  # cpu scorer: busy-waiting ORT threads burn the cores preprocess needs (perf/results/tuning.md)
+    )
+    # scorers on CPU (ORT; torch with torch_device cpu): crops per run; memory grows with it, speed per crop does not
+    ort_run_batch: int = 4
     ort_arena_keep_batch: int = 1  # cpu scorer: ORT's arena is shrunk back after a larger run (memory bound) ...
-    ort_arena_shrink_after_s: float = 5.0  # ... once none has run for this long (not after each: perf/results/arena-under-load.md)
-    torch_device: str = "gpu"  # torch models (gpu-torch scorer, torch preprocess): "cpu" runs them on CPU (CI, dry runs)
+    ort_arena_shrink_after_s: float = (
+        5.0  # ... once none has run for this long (not after each: perf/results/arena-under-load.md)
+    )
+    torch_device: str = (
+        "gpu"  # torch models (gpu-torch scorer, torch preprocess): "cpu" runs them on CPU (CI, dry runs)
+    )
     cuda_graphs: bool = True  # gpu-torch: one CUDA graph per batch bucket
     torch_compile: str = ""  # gpu-torch: a torch.compile mode for the scorer ("" eager: perf/gpu_run.py measures both)
     # "torch": the GPU preprocessing model (nvJPEG, YuNet in torch, crops on the device; PIXELS
@@ -49,7 +66,9 @@ class RepositorySettings:
     # the scorer not yet scored (sampleiqa.admission); None: the target's default, 0: no limit
     # (gpu-trt and gpu-onnx scorers are not python models and cannot give credits back).
     crops_in_flight: int | None = None
-    preprocess_max_queue: int = 64  # requests waiting for preprocess; more are refused at once (UNAVAILABLE); 0: no bound
+    preprocess_max_queue: int = (
+        64  # requests waiting for preprocess; more are refused at once (UNAVAILABLE); 0: no bound
+    )
     scorer_max_queue: int = 128  # requests waiting for the scorer: a bound for direct callers and gpu-trt/onnx
     # preprocess takes small batches, so that its credits come a few at a time (a request of
     # more images still goes as one batch); 0: as large as the queue allows
@@ -64,9 +83,19 @@ class RepositorySettings:
             raise ValueError("the cpu target preprocesses with OpenCV; --preprocess torch is for the gpu targets")
         if self.max_batch_size < 1:
             raise ValueError("max_batch_size must be positive")
-        if self.ort_run_batch < 1 or min(self.preprocess_max_queue, self.scorer_max_queue,
-                                         self.preprocess_preferred_batch, self.crops_in_flight or 0) < 0:
-            raise ValueError("the ORT run batch must be positive; queue bounds, preferred batch and crops in flight >= 0")
+        if (
+            self.ort_run_batch < 1
+            or min(
+                self.preprocess_max_queue,
+                self.scorer_max_queue,
+                self.preprocess_preferred_batch,
+                self.crops_in_flight or 0,
+            )
+            < 0
+        ):
+            raise ValueError(
+                "the ORT run batch must be positive; queue bounds, preferred batch and crops in flight >= 0"
+            )
 
     @property
     def torch_preprocess(self) -> bool:

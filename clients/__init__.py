@@ -6,8 +6,13 @@ importing `sampleiqa.progress` does not need tritonclient.
 
 from importlib import import_module
 
-_EXPORTS = {"ScoringClient": ".client", "RetryPolicy": ".protocol", "ScoreResult": ".protocol",
-            "TLSConfig": ".protocol", "TransportError": ".protocol"}
+_EXPORTS = {
+    "ScoringClient": ".client",
+    "RetryPolicy": ".protocol",
+    "ScoreResult": ".protocol",
+    "TLSConfig": ".protocol",
+    "TransportError": ".protocol",
+}
 
 __all__ = sorted(_EXPORTS)
 

@@ -15,14 +15,31 @@ from typing import AsyncIterator, Hashable, Iterable, Sequence
 import tritonclient.grpc.aio as grpcaio
 from tritonclient.utils import InferenceServerException
 
-from .protocol import (ENSEMBLE, Attempt, ClientBase, RetryPolicy, ScoreResult, TLSConfig, TransportError,
-                       build_inputs, classify, failure_outcome, parse_result)
+from .protocol import (
+    ENSEMBLE,
+    Attempt,
+    ClientBase,
+    RetryPolicy,
+    ScoreResult,
+    TLSConfig,
+    TransportError,
+    build_inputs,
+    classify,
+    failure_outcome,
+    parse_result,
+)
 
 
 class AsyncScoringClient(ClientBase):
-    def __init__(self, urls: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 60.0,
-                 retry: RetryPolicy = RetryPolicy(), tls: TLSConfig | None = None, model: str = ENSEMBLE,
-                 refresh_s: float | None = None):
+    def __init__(
+        self,
+        urls: str | Sequence[str] = "127.0.0.1:8001",
+        timeout_s: float = 60.0,
+        retry: RetryPolicy = RetryPolicy(),
+        tls: TLSConfig | None = None,
+        model: str = ENSEMBLE,
+        refresh_s: float | None = None,
+    ):
         super().__init__(grpcaio, urls, timeout_s, retry, tls, model, refresh_s)
 
     async def close(self) -> None:
@@ -73,13 +90,14 @@ class AsyncScoringClient(ClientBase):
             bad, failed = failure_outcome(exc, len(images))
             if bad is None:
                 return [failed] * len(images)
-            return await self.score_batch(images[:bad]) + [failed] + await self.score_batch(images[bad + 1:])
+            return await self.score_batch(images[:bad]) + [failed] + await self.score_batch(images[bad + 1 :])
 
     async def score(self, image: bytes) -> ScoreResult:
         return (await self.score_batch([image]))[0]
 
-    async def score_many(self, items: Iterable[tuple[Hashable, bytes]],
-                         concurrency: int = 8) -> AsyncIterator[tuple[Hashable, ScoreResult]]:
+    async def score_many(
+        self, items: Iterable[tuple[Hashable, bytes]], concurrency: int = 8
+    ) -> AsyncIterator[tuple[Hashable, ScoreResult]]:
         """(key, result) pairs as they complete, at most `concurrency` in flight."""
         iterator = iter(items)
         pending: set[asyncio.Task] = set()

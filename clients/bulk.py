@@ -16,11 +16,12 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from sampleiqa.contracts import RETRIED_CODES
+from sampleiqa.progress import Progress
 
 from .files import FileRefused, not_done, read_image_file
-from sampleiqa.progress import Progress
 from .protocol import ScoreResult, TransportError
 from .rows import OutputError, RowWriter, check_output, read_done, to_row
+
 
 @dataclass
 class Summary:
@@ -77,9 +78,11 @@ class Summary:
         rate = self.scored / self.seconds if self.seconds else 0.0
         ok = self.scored - sum(self.errors.values())
         again = f" ({self.retrying} of them again after a transient error)" if self.retrying else ""
-        lines = [f"{self.total} files: {ok} scored ok ({self.faces} with a face), "
-                 f"{sum(self.errors.values())} errors, {self.skipped} already in {out}",
-                 f"{self.scored} rows written{again} in {self.seconds:.1f}s ({rate:.1f} images/s)"]
+        lines = [
+            f"{self.total} files: {ok} scored ok ({self.faces} with a face), "
+            f"{sum(self.errors.values())} errors, {self.skipped} already in {out}",
+            f"{self.scored} rows written{again} in {self.seconds:.1f}s ({rate:.1f} images/s)",
+        ]
         if self.errors:
             lines.append("errors: " + ", ".join(f"{k} {v}" for k, v in self.errors.most_common()))
         if self.refused:
@@ -89,8 +92,10 @@ class Summary:
         elif self.to_retry or self.failed:
             why = []
             if self.to_retry:
-                why.append(f"{self.to_retry} files failed on the server's or the storage's side "
-                           f"({', '.join(sorted(RETRIED_CODES))}), not because of the image")
+                why.append(
+                    f"{self.to_retry} files failed on the server's or the storage's side "
+                    f"({', '.join(sorted(RETRIED_CODES))}), not because of the image"
+                )
             if self.failed:
                 why.append(f"{self.failed} shards failed and have no rows yet (first: {self.failure})")
             lines.append(f"NOT FINISHED: {'; '.join(why)}; rerun with --resume to score them again.")
@@ -120,8 +125,16 @@ class _Rows:
             self.summary.record(result)
 
 
-def score_files(client, paths: list[str], out: str | Path, fmt: str = "csv", resume: bool = False,
-                concurrency: int = 8, batch_size: int = 1, progress_stream=sys.stderr) -> Summary:
+def score_files(
+    client,
+    paths: list[str],
+    out: str | Path,
+    fmt: str = "csv",
+    resume: bool = False,
+    concurrency: int = 8,
+    batch_size: int = 1,
+    progress_stream=sys.stderr,
+) -> Summary:
     """Score `paths` with a ScoringClient, writing one row per file to `out`."""
     out = Path(out)
     check_output(out, resume)

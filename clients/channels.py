@@ -81,8 +81,14 @@ class Channels:
     `refresh_s`: how often, at most, to re-resolve (None: REFRESH_S, read now so that tests
     can set it; math.inf: only after a request found no server). Settable afterwards."""
 
-    def __init__(self, module, urls: str | Sequence[str], client_kwargs: dict, timeout_s: float | None,
-                 refresh_s: float | None = None):
+    def __init__(
+        self,
+        module,
+        urls: str | Sequence[str],
+        client_kwargs: dict,
+        timeout_s: float | None,
+        refresh_s: float | None = None,
+    ):
         self.urls = [urls] if isinstance(urls, str) else list(urls)
         if not self.urls:
             raise ValueError("no server endpoint given")

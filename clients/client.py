@@ -18,14 +18,31 @@ from typing import Hashable, Iterable, Iterator, Sequence
 import tritonclient.grpc as grpcclient
 from tritonclient.utils import InferenceServerException
 
-from .protocol import (ENSEMBLE, Attempt, ClientBase, InFlightWindow, RetryPolicy, ScoreResult, TLSConfig,
-                       build_inputs, classify, failure_outcome, parse_result)
+from .protocol import (
+    ENSEMBLE,
+    Attempt,
+    ClientBase,
+    InFlightWindow,
+    RetryPolicy,
+    ScoreResult,
+    TLSConfig,
+    build_inputs,
+    classify,
+    failure_outcome,
+    parse_result,
+)
 
 
 class ScoringClient(ClientBase):
-    def __init__(self, urls: str | Sequence[str] = "127.0.0.1:8001", timeout_s: float = 60.0,
-                 retry: RetryPolicy = RetryPolicy(), tls: TLSConfig | None = None, model: str = ENSEMBLE,
-                 refresh_s: float | None = None):
+    def __init__(
+        self,
+        urls: str | Sequence[str] = "127.0.0.1:8001",
+        timeout_s: float = 60.0,
+        retry: RetryPolicy = RetryPolicy(),
+        tls: TLSConfig | None = None,
+        model: str = ENSEMBLE,
+        refresh_s: float | None = None,
+    ):
         super().__init__(grpcclient, urls, timeout_s, retry, tls, model, refresh_s)
         self._window: InFlightWindow | None = None  # set by score_many
 
@@ -90,13 +107,14 @@ class ScoringClient(ClientBase):
             bad, failed = failure_outcome(exc, len(images))
             if bad is None:
                 return [failed] * len(images)
-            return self.score_batch(images[:bad]) + [failed] + self.score_batch(images[bad + 1:])
+            return self.score_batch(images[:bad]) + [failed] + self.score_batch(images[bad + 1 :])
 
     def score(self, image: bytes) -> ScoreResult:
         return self.score_batch([image])[0]
 
-    def score_many(self, items: Iterable[tuple[Hashable, bytes]], concurrency: int = 8,
-                   batch_size: int = 1) -> Iterator[tuple[Hashable, ScoreResult]]:
+    def score_many(
+        self, items: Iterable[tuple[Hashable, bytes]], concurrency: int = 8, batch_size: int = 1
+    ) -> Iterator[tuple[Hashable, ScoreResult]]:
         """Score (key, bytes) pairs with at most `concurrency` requests in flight; yields
         (key, result) as they complete. Items are read from the iterable lazily.
         Raises TransportError when the server stays unreachable."""

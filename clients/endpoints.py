@@ -39,5 +39,8 @@ def say_if_waiting(urls: list[str], args) -> None:
         except Exception:  # refused, unreachable, TLS mismatch: the client's retries will tell which
             pass
     until = time.strftime("%H:%M:%S", time.localtime(time.time() + args.retry_seconds))
-    print(f"sampleiqa score: no ready server at {urls[0]} yet; retrying until {until} "
-          f"(--retry-seconds {args.retry_seconds:g})", file=sys.stderr)
+    print(
+        f"sampleiqa score: no ready server at {urls[0]} yet; retrying until {until} "
+        f"(--retry-seconds {args.retry_seconds:g})",
+        file=sys.stderr,
+    )

@@ -28,8 +28,12 @@ class OutputBusy(RuntimeError):
 
 
 def _owner() -> dict:
-    return {"pid": os.getpid(), "host": socket.gethostname(),
-            "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "run": uuid.uuid4().hex}
+    return {
+        "pid": os.getpid(),
+        "host": socket.gethostname(),
+        "started": time.strftime("%Y-%m-%d %H:%M:%S %Z"),
+        "run": uuid.uuid4().hex,
+    }
 
 
 def _describe(owner: dict) -> str:
@@ -53,8 +57,9 @@ class LocalLock:
         except BlockingIOError:
             owner = _holder(fd)
             os.close(fd)
-            raise OutputBusy(f"{what} is being written by another run ({owner}); "
-                             "wait for it, or choose another --out") from None
+            raise OutputBusy(
+                f"{what} is being written by another run ({owner}); wait for it, or choose another --out"
+            ) from None
         os.ftruncate(fd, 0)
         os.pwrite(fd, json.dumps(_owner()).encode(), 0)
         self.fd = fd
@@ -121,9 +126,11 @@ class Lease:
 
     def _refuse(self, holder: dict) -> OutputBusy:
         age = time.time() - float(holder.get("beat", 0))
-        return OutputBusy(f"{self.output.uri} is being written by another run ({_describe(holder)}; "
-                          f"its last heartbeat {age:.0f}s ago, it expires {self.TTL_S:.0f}s after the last); "
-                          "wait for it, or choose another --out")
+        return OutputBusy(
+            f"{self.output.uri} is being written by another run ({_describe(holder)}; "
+            f"its last heartbeat {age:.0f}s ago, it expires {self.TTL_S:.0f}s after the last); "
+            "wait for it, or choose another --out"
+        )
 
     def acquire(self) -> "Lease":
         holder = self._read()

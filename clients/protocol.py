@@ -71,7 +71,7 @@ class RetryPolicy:
         deadline = None if self.seconds is None else time.monotonic() + self.seconds
         k = 0
         while k < self.attempts - 1 if deadline is None else time.monotonic() < deadline:
-            delay = random.uniform(0, min(self.max_s, self.base_s * 2**min(k, 30)))
+            delay = random.uniform(0, min(self.max_s, self.base_s * 2 ** min(k, 30)))
             yield delay if deadline is None else min(delay, max(0.0, deadline - time.monotonic()))
             k += 1
 
@@ -88,8 +88,12 @@ class TLSConfig:
     certificate_chain: str | None = None
 
     def client_kwargs(self) -> dict:
-        return dict(ssl=True, root_certificates=self.root_certificates, private_key=self.private_key,
-                    certificate_chain=self.certificate_chain)
+        return dict(
+            ssl=True,
+            root_certificates=self.root_certificates,
+            private_key=self.private_key,
+            certificate_chain=self.certificate_chain,
+        )
 
 
 def build_inputs(module, images: Sequence[bytes]):
@@ -108,8 +112,12 @@ def parse_result(result, n: int) -> list[ScoreResult]:
     scores = result.as_numpy(SCORE).reshape(n)
     boxes = result.as_numpy(FACE_BOX).reshape(n, 4)
     found = result.as_numpy(FACE_FOUND).reshape(n)
-    return [ScoreResult(float(scores[i]), bool(found[i]), tuple(int(v) for v in boxes[i]))
-            if np.isfinite(scores[i]) else NON_FINITE for i in range(n)]
+    return [
+        ScoreResult(float(scores[i]), bool(found[i]), tuple(int(v) for v in boxes[i]))
+        if np.isfinite(scores[i])
+        else NON_FINITE
+        for i in range(n)
+    ]
 
 
 def classify(exc: Exception) -> tuple[str, str, int | None]:
@@ -138,8 +146,16 @@ def classify(exc: Exception) -> tuple[str, str, int | None]:
 class ClientBase:
     """Construction shared by the sync and asyncio clients; `module` is tritonclient.grpc or .grpc.aio."""
 
-    def __init__(self, module, urls: str | Sequence[str], timeout_s: float, retry: RetryPolicy,
-                 tls: TLSConfig | None, model: str, refresh_s: float | None = None):
+    def __init__(
+        self,
+        module,
+        urls: str | Sequence[str],
+        timeout_s: float,
+        retry: RetryPolicy,
+        tls: TLSConfig | None,
+        model: str,
+        refresh_s: float | None = None,
+    ):
         """`refresh_s`: how often, at most, the endpoints are re-resolved (see Channels)."""
         self.timeout_s = timeout_s
         self.retry = retry
@@ -168,7 +184,7 @@ class ClientBase:
             with self._count_lock:
                 self.refusals += 1
             attempt.busy += 1
-            return random.uniform(0, min(self.retry.busy_max_s, self.retry.busy_base_s * 2**min(attempt.busy, 30)))
+            return random.uniform(0, min(self.retry.busy_max_s, self.retry.busy_base_s * 2 ** min(attempt.busy, 30)))
         if kind in ("timeout", "error"):  # answered, but not about the image: a few more tries
             attempt.failed += 1
             if attempt.failed >= self.retry.failed_attempts:
@@ -242,5 +258,20 @@ def split_code(message: str) -> str:
     return m.group(1) if m else "server"
 
 
-__all__ = ["ENSEMBLE", "REFRESH_S", "Attempt", "ClientBase", "RetryPolicy", "ScoreResult", "TLSConfig", "TransportError",
-           "build_inputs", "channel_args", "channel_target", "classify", "failure_outcome", "parse_result", "split_code"]
+__all__ = [
+    "ENSEMBLE",
+    "REFRESH_S",
+    "Attempt",
+    "ClientBase",
+    "RetryPolicy",
+    "ScoreResult",
+    "TLSConfig",
+    "TransportError",
+    "build_inputs",
+    "channel_args",
+    "channel_target",
+    "classify",
+    "failure_outcome",
+    "parse_result",
+    "split_code",
+]

@@ -26,8 +26,9 @@ def score_on_ray(args) -> int:
         from .lock import Lease, OutputBusy
         from .shards import FORMATS, Job, Output
     except ImportError as exc:
-        print(f"sampleiqa score: --engine ray needs the ray extra (pip install 'sampleiqa[ray]'): {exc}",
-              file=sys.stderr)
+        print(
+            f"sampleiqa score: --engine ray needs the ray extra (pip install 'sampleiqa[ray]'): {exc}", file=sys.stderr
+        )
         return 2
     out = args.out or "scores"
     fmt = args.format or next((f for f in FORMATS if out.rstrip("/").endswith("." + f)), "parquet")
@@ -55,8 +56,9 @@ def _score(args, output, wanted, stop) -> int:
     from .ray_engine import Listing, plan, todo_shards
 
     out = output.uri
-    refused = FileExistsError(f"{out} already has rows: pass --resume to continue it, --overwrite to start again, "
-                              "or choose another --out")
+    refused = FileExistsError(
+        f"{out} already has rows: pass --resume to continue it, --overwrite to start again, or choose another --out"
+    )
     try:
         listing = None
         if args.overwrite:  # the inputs are found, and not empty, before anything is dropped
@@ -83,8 +85,11 @@ def _score(args, output, wanted, stop) -> int:
         print(f"sampleiqa score: {exc}", file=sys.stderr)
         return 2
     if not todo and rest is None:
-        print(f"sampleiqa score: all {job.files} files already have a row in {out}; nothing to do "
-              "(--overwrite scores them again)", file=sys.stderr)
+        print(
+            f"sampleiqa score: all {job.files} files already have a row in {out}; nothing to do "
+            "(--overwrite scores them again)",
+            file=sys.stderr,
+        )
         return 0
     listing = None if rest is None else Listing(output, job, rest, stop)
     return _run(args, output, job, todo, listing, Summary(skipped=final_rows), stop)
@@ -98,19 +103,22 @@ def _run(args, output, job, todo: list[int], listing, summary: Summary, stop) ->
     server, urls = server_urls(args)
     if not urls:
         return 1
-    scoring = Scoring(tuple(urls), args.timeout, args.retry_seconds, tls_config(args), args.concurrency,
-                      args.batch_size)
+    scoring = Scoring(
+        tuple(urls), args.timeout, args.retry_seconds, tls_config(args), args.concurrency, args.batch_size
+    )
     start = time.monotonic()
     try:
         connect(args.ray_address)
         listed = f"{len(todo)} shards" + (", and more as the listing goes on" if listing else "")
-        print(f"sampleiqa score: Ray ready in {time.monotonic() - start:.1f}s; scoring {listed} "
-              f"with {args.ray_actors} actors over {len(urls)} endpoint(s)", file=sys.stderr)
+        print(
+            f"sampleiqa score: Ray ready in {time.monotonic() - start:.1f}s; scoring {listed} "
+            f"with {args.ray_actors} actors over {len(urls)} endpoint(s)",
+            file=sys.stderr,
+        )
         start = time.monotonic()  # the rate in the summary is the scoring's, as the local CLI's
         if listing:
             listing.start()
-        run_shards(output.uri, job.format, todo, scoring, args.ray_actors, args.ray_actor_cpus, summary, stop,
-                   listing)
+        run_shards(output.uri, job.format, todo, scoring, args.ray_actors, args.ray_actor_cpus, summary, stop, listing)
         if stop.is_set() and not summary.aborted:
             summary.aborted = f"another run took {output.uri} over (this run's lease expired)"
     except KeyboardInterrupt:

@@ -25,9 +25,9 @@ import queue
 import sys
 import threading
 import time
+from collections import deque
 from concurrent.futures import ThreadPoolExecutor
 from contextlib import nullcontext
-from collections import deque
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
@@ -60,8 +60,15 @@ class Scoring:
     batch_size: int = 1
 
 
-def score_shard(shard: int, output: Output, fmt: str, client: ScoringClient, reader: Reader,
-                scoring: Scoring, pool: ThreadPoolExecutor | None = None) -> Summary:
+def score_shard(
+    shard: int,
+    output: Output,
+    fmt: str,
+    client: ScoringClient,
+    reader: Reader,
+    scoring: Scoring,
+    pool: ThreadPoolExecutor | None = None,
+) -> Summary:
     """Makes shard `shard` whole: its earlier final rows kept (skipped), every other file
     scored; the shard's part of the run's summary."""
     entries = output.manifest(shard)
@@ -81,8 +88,9 @@ def score_shard(shard: int, output: Output, fmt: str, client: ScoringClient, rea
                     results[path] = data.result
 
     try:
-        for path, result in client.score_many(readable(), concurrency=scoring.concurrency,
-                                              batch_size=scoring.batch_size):
+        for path, result in client.score_many(
+            readable(), concurrency=scoring.concurrency, batch_size=scoring.batch_size
+        ):
             results[path] = result
     except TransportError as exc:  # no row for this shard: a rerun with --resume scores it
         stats.aborted = str(exc)
@@ -131,12 +139,27 @@ def connect(address: str | None) -> None:
     import ray
 
     env = {k: v for k, v in os.environ.items() if k.startswith(FORWARDED_ENV)}
-    ray.init(address=address, runtime_env={"env_vars": env} if env else None, logging_level=logging.WARNING,
-             include_dashboard=False, configure_logging=True, log_to_driver=True)
+    ray.init(
+        address=address,
+        runtime_env={"env_vars": env} if env else None,
+        logging_level=logging.WARNING,
+        include_dashboard=False,
+        configure_logging=True,
+        log_to_driver=True,
+    )
 
 
-def run_shards(out: str, fmt: str, shards: Sequence[int], scoring: Scoring, actors: int, actor_cpus: float,
-               summary: Summary, stop: threading.Event, listing: Listing | None = None) -> None:
+def run_shards(
+    out: str,
+    fmt: str,
+    shards: Sequence[int],
+    scoring: Scoring,
+    actors: int,
+    actor_cpus: float,
+    summary: Summary,
+    stop: threading.Event,
+    listing: Listing | None = None,
+) -> None:
     """Scores `shards`, then those `listing` adds as it goes, on the connected cluster,
     adding each finished shard to `summary`. Stops at the first shard that could not reach a
     server, or when `stop` is set, within POLL_S.
@@ -217,12 +240,13 @@ def plan(output: Output, job: Job, listing=None, stream=sys.stderr) -> tuple[Job
     existing = output.job()
     if existing:
         if not existing.same_inputs(job):
-            raise ValueError(f"{output.uri} holds a run over other inputs ({' '.join(existing.inputs)}, "
-                             f"{existing.format}): choose another --out, or --overwrite it")
+            raise ValueError(
+                f"{output.uri} holds a run over other inputs ({' '.join(existing.inputs)}, "
+                f"{existing.format}): choose another --out, or --overwrite it"
+            )
         if existing.listed:
             return existing, None
-        print(f"sampleiqa score: resuming the listing after the {existing.files} files listed before",
-              file=stream)
+        print(f"sampleiqa score: resuming the listing after the {existing.files} files listed before", file=stream)
         job, listing = existing, _resumed(existing, iter_inputs(existing.inputs, existing.recursive))
     else:
         listing = iter_inputs(job.inputs, job.recursive) if listing is None else listing
@@ -239,8 +263,10 @@ def _resumed(job: Job, entries: Iterator) -> Iterator:
     for _, last in zip(range(job.files), entries):
         pass
     if job.files and (last is None or last[0] != job.last):
-        raise ValueError(f"the inputs changed since this output's listing began (file {job.files} was "
-                         f"{job.last}, is now {last[0] if last else 'missing'}): --overwrite to list them again")
+        raise ValueError(
+            f"the inputs changed since this output's listing began (file {job.files} was "
+            f"{job.last}, is now {last[0] if last else 'missing'}): --overwrite to list them again"
+        )
     return entries
 
 
@@ -261,8 +287,12 @@ class Listing(threading.Thread):
     def run(self) -> None:
         try:
             self.output.write_listing(self.job, self.entries, on_file=self._count, on_shard=self.shards.put)
-            print(f"sampleiqa score: listed {self.job.files} files into {self.job.shards} shards of up to "
-                  f"{self.job.shard_size}", file=self.stream, flush=True)
+            print(
+                f"sampleiqa score: listed {self.job.files} files into {self.job.shards} shards of up to "
+                f"{self.job.shard_size}",
+                file=self.stream,
+                flush=True,
+            )
             self.shards.put(None)
         except BaseException as exc:  # noqa: BLE001 (handed to the dispatcher)
             self.shards.put(exc)

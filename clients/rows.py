@@ -31,7 +31,10 @@ def to_row(path: str, r: ScoreResult) -> dict:
         "path": path,
         "score": None if r.score is None else round(r.score, 6),
         "face_found": r.face_found,
-        "face_x": box[0], "face_y": box[1], "face_w": box[2], "face_h": box[3],
+        "face_x": box[0],
+        "face_y": box[1],
+        "face_w": box[2],
+        "face_h": box[3],
         "status": r.status,
         "error": r.error,
     }
@@ -58,7 +61,7 @@ class RowWriter:
         start = os.fstat(self.fd).st_size
         try:
             while data:
-                data = data[os.write(self.fd, data):]
+                data = data[os.write(self.fd, data) :]
         except OSError as exc:
             try:
                 os.ftruncate(self.fd, start)
@@ -119,8 +122,10 @@ def parse_rows(data: bytes, fmt: str, name: str) -> list[dict]:
         rows = [json.loads(line) for line in text.split("\n") if line.strip()]  # not splitlines(): U+2028
     missing = [c for c in ("path", "status", "error") if rows and c not in rows[0]]
     if missing:
-        raise ValueError(f"{name} is not a sampleiqa score output (no {', '.join(missing)} column): "
-                         "choose another --out, or --overwrite it")
+        raise ValueError(
+            f"{name} is not a sampleiqa score output (no {', '.join(missing)} column): "
+            "choose another --out, or --overwrite it"
+        )
     return rows
 
 
@@ -153,8 +158,10 @@ def check_output(path: str | Path, resume: bool) -> None:
     was not asked for (a silent append would mix two runs; an overwrite would lose one)."""
     path = Path(path)
     if not resume and path.is_file() and path.stat().st_size > 0:
-        raise FileExistsError(f"{path} already has rows: pass --resume to continue it, --overwrite to start "
-                              "again, or choose another --out")
+        raise FileExistsError(
+            f"{path} already has rows: pass --resume to continue it, --overwrite to start "
+            "again, or choose another --out"
+        )
     parent = path.parent
     if path.is_dir():
         raise PermissionError(f"output {path} is a folder")

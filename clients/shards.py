@@ -87,6 +87,7 @@ class Output:
         def read():
             with self.fs.open_input_stream(self._path(*parts)) as f:
                 return f.read()
+
         try:
             return self._call(read, "read", *parts)
         except FileNotFoundError:
@@ -104,6 +105,7 @@ class Output:
             with self.fs.open_output_stream(tmp) as f:
                 f.write(data)
             self.fs.move(tmp, self._path(*parts))
+
         self._call(write, "write", *parts)
 
     def delete(self, *parts: str) -> None:
@@ -156,8 +158,14 @@ class Output:
         data = self.read(META, "job.json")
         return Job(**json.loads(data)) if data else None
 
-    def write_listing(self, job: Job, entries: Iterable[tuple[str, str]], on_file=lambda: None,
-                      on_shard=lambda shard: None, save_s: float = 5.0) -> Job:
+    def write_listing(
+        self,
+        job: Job,
+        entries: Iterable[tuple[str, str]],
+        on_file=lambda: None,
+        on_shard=lambda shard: None,
+        save_s: float = 5.0,
+    ) -> Job:
         """Writes the manifest shard by shard as the listing streams in, calling on_shard(i)
         once shard i's manifest is written. job.json is saved with the listing's progress
         every `save_s` and once whole; an empty listing is not a job (listed again next time)."""
@@ -210,7 +218,9 @@ class Output:
             self.delete(META, "done", _marker(shard, len(replaces), sum(map(retried, replaces))))
             self.delete(META, "done", f"{shard:06d}.json")  # written before the counts went into names
         self.write(encode_rows(rows, fmt), shard_name(shard, fmt))
-        self.write(json.dumps({"rows": len(rows), "retry": retry}).encode(), META, "done", _marker(shard, len(rows), retry))
+        self.write(
+            json.dumps({"rows": len(rows), "retry": retry}).encode(), META, "done", _marker(shard, len(rows), retry)
+        )
 
     def done(self) -> dict[int, dict]:
         """{shard: its counts} for every shard whose rows are whole: one listing. Should a
@@ -239,7 +249,7 @@ def _write_durably(data: bytes, tmp: str, final: str) -> None:
     try:
         view = memoryview(data)
         while view:
-            view = view[os.write(fd, view):]
+            view = view[os.write(fd, view) :]
         os.fsync(fd)
     finally:
         os.close(fd)
@@ -258,8 +268,14 @@ def shard_name(shard: int, fmt: str) -> str:
 def _schema():
     import pyarrow as pa
 
-    types = {"score": pa.float64(), "face_found": pa.bool_(), "status": pa.string(), "error": pa.string(),
-             "path": pa.string(), **{c: pa.int32() for c in ("face_x", "face_y", "face_w", "face_h")}}
+    types = {
+        "score": pa.float64(),
+        "face_found": pa.bool_(),
+        "status": pa.string(),
+        "error": pa.string(),
+        "path": pa.string(),
+        **{c: pa.int32() for c in ("face_x", "face_y", "face_w", "face_h")},
+    }
     return pa.schema([(c, types[c]) for c in CSV_COLUMNS])
 
 

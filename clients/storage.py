@@ -27,9 +27,21 @@ from .listing import is_uri
 T = TypeVar("T")
 OBJECT_STORES = ("s3", "gs", "gcs")
 # Beyond Ray Data's list: what a long job sees too. Matched as substrings of the message.
-MORE_TRANSIENT = ("AWS Error NETWORK_CONNECTION", "Connection reset", "connection reset", "ExpiredToken",
-                  "RequestTimeout", "curlCode: 28", "curlCode: 52", "curlCode: 56", "HTTP status 500",
-                  "HTTP status 502", "HTTP status 503", "HTTP status 504", "Broken pipe")
+MORE_TRANSIENT = (
+    "AWS Error NETWORK_CONNECTION",
+    "Connection reset",
+    "connection reset",
+    "ExpiredToken",
+    "RequestTimeout",
+    "curlCode: 28",
+    "curlCode: 52",
+    "curlCode: 56",
+    "HTTP status 500",
+    "HTTP status 502",
+    "HTTP status 503",
+    "HTTP status 504",
+    "Broken pipe",
+)
 
 
 def transient_patterns() -> tuple[str, ...]:
@@ -38,8 +50,13 @@ def transient_patterns() -> tuple[str, ...]:
 
         ray_data = tuple(DataContext.get_current().retried_io_errors)
     except ImportError:  # the ray extra is not installed: Ray Data's defaults, as of 2.60
-        ray_data = ("AWS Error INTERNAL_FAILURE", "AWS Error NETWORK_CONNECTION", "AWS Error SLOW_DOWN",
-                    "AWS Error UNKNOWN (HTTP status 503)", "AWS Error SERVICE_UNAVAILABLE")
+        ray_data = (
+            "AWS Error INTERNAL_FAILURE",
+            "AWS Error NETWORK_CONNECTION",
+            "AWS Error SLOW_DOWN",
+            "AWS Error UNKNOWN (HTTP status 503)",
+            "AWS Error SERVICE_UNAVAILABLE",
+        )
     return (*ray_data, *MORE_TRANSIENT)
 
 
@@ -78,10 +95,11 @@ class Retries:
                 if isinstance(exc, FileNotFoundError) or not is_transient(exc, self.patterns):
                     raise
                 if attempt + 1 == self.attempts:
-                    raise StorageError(f"{what}: still failing after {self.attempts} tries: "
-                                       f"{str(exc).splitlines()[0]}") from None
+                    raise StorageError(
+                        f"{what}: still failing after {self.attempts} tries: {str(exc).splitlines()[0]}"
+                    ) from None
                 self.retried += 1
-                self.sleep(random.uniform(0, min(self.max_s, self.base_s * 2 ** attempt)))
+                self.sleep(random.uniform(0, min(self.max_s, self.base_s * 2**attempt)))
         raise AssertionError("unreachable")
 
 
@@ -129,10 +147,12 @@ class Reader:
         return self._filesystems[key], path
 
 
-def read_ahead(read: Callable[[str], bytes], items: Iterable[tuple[str, str]], pool: ThreadPoolExecutor,
-               depth: int) -> Iterator[tuple[str, bytes | FileRefused]]:
+def read_ahead(
+    read: Callable[[str], bytes], items: Iterable[tuple[str, str]], pool: ThreadPoolExecutor, depth: int
+) -> Iterator[tuple[str, bytes | FileRefused]]:
     """(name, bytes or the FileRefused) for each (name, location), in order, with up to
     `depth` reads in flight on `pool`."""
+
     def one(location: str):
         try:
             return read(location)

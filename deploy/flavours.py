@@ -38,9 +38,21 @@ class Flavour:
     tolerations: tuple[dict, ...] = ()
 
     def serve_args(self) -> list[str]:
-        return ["serve", "--repository", self.repository, "--host", "0.0.0.0",
-                "--grpc-port", str(layout.GRPC_PORT), "--http-port", str(layout.HTTP_PORT),
-                "--metrics-port", str(layout.METRICS_PORT), "--log-file", layout.LOG_FILE]
+        return [
+            "serve",
+            "--repository",
+            self.repository,
+            "--host",
+            "0.0.0.0",
+            "--grpc-port",
+            str(layout.GRPC_PORT),
+            "--http-port",
+            str(layout.HTTP_PORT),
+            "--metrics-port",
+            str(layout.METRICS_PORT),
+            "--log-file",
+            layout.LOG_FILE,
+        ]
 
 
 # The CPU pod's memory comes from the measured concurrency sweep of the shipped repository
@@ -84,8 +96,10 @@ GPU = Flavour(
     name="gpu",
     image=f"sampleiqa-gpu:{__version__}",
     repository=layout.GPU_REPOSITORY,
-    resources={"requests": {"cpu": "8", "memory": "8Gi"},
-               "limits": {"cpu": "8", "memory": "8Gi", "nvidia.com/gpu": "1"}},
+    resources={
+        "requests": {"cpu": "8", "memory": "8Gi"},
+        "limits": {"cpu": "8", "memory": "8Gi", "nvidia.com/gpu": "1"},
+    },
     startup_budget_s=600,
     shm_size="2Gi",
     # Two at least: with one, a node drain or a lost node stops scoring for the minutes a new pod
@@ -97,9 +111,23 @@ GPU = Flavour(
     # An engine runs only on the GPU architecture and TensorRT that built it: build it on the
     # node that serves it (docker build has no GPU). The timing cache sits beside it, so a
     # restarted pod on the same node rebuilds faster (an emptyDir lives as long as the pod).
-    init_args=("build-repository", "--target", "gpu-trt", "--onnx", layout.SCORER_ONNX,
-               "--out", layout.GPU_REPOSITORY, "--max-batch", "64", "--opt-batch", "16",
-               "--preprocess-instances", str(GPU_PREPROCESS_INSTANCES), "--timing-cache", "/models/trt.cache"),
+    init_args=(
+        "build-repository",
+        "--target",
+        "gpu-trt",
+        "--onnx",
+        layout.SCORER_ONNX,
+        "--out",
+        layout.GPU_REPOSITORY,
+        "--max-batch",
+        "64",
+        "--opt-batch",
+        "16",
+        "--preprocess-instances",
+        str(GPU_PREPROCESS_INSTANCES),
+        "--timing-cache",
+        "/models/trt.cache",
+    ),
     tolerations=({"key": "nvidia.com/gpu", "operator": "Exists", "effect": "NoSchedule"},),
 )
 

@@ -30,7 +30,12 @@ def adapter_values() -> dict:
 
 def service_monitor() -> dict:
     port = next(p["name"] for p in service()["spec"]["ports"] if p["port"] == layout.METRICS_PORT)
-    return {"apiVersion": "monitoring.coreos.com/v1", "kind": "ServiceMonitor",
-            "metadata": {"name": layout.APP, "labels": dict(layout.LABELS)},
-            "spec": {"selector": {"matchLabels": dict(layout.LABELS)},
-                     "endpoints": [{"port": port, "path": "/metrics", "interval": "15s"}]}}
+    return {
+        "apiVersion": "monitoring.coreos.com/v1",
+        "kind": "ServiceMonitor",
+        "metadata": {"name": layout.APP, "labels": dict(layout.LABELS)},
+        "spec": {
+            "selector": {"matchLabels": dict(layout.LABELS)},
+            "endpoints": [{"port": port, "path": "/metrics", "interval": "15s"}],
+        },
+    }

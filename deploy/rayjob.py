@@ -34,9 +34,25 @@ def entrypoint_args() -> list[str]:
     # The headless Service: each actor's round_robin client spreads over every ready pod. A
     # short name, as the job runs in the server's namespace (from another: sampleiqa-pods.<namespace>.svc).
     url = f"{cluster.pods_service()['metadata']['name']}:{layout.GRPC_PORT}"
-    return ["sampleiqa", "score", INPUTS, "--recursive", "--engine", "ray", "--ray-address", "auto",
-            "--url", url, "--out", OUTPUT, "--ray-actors", str(ACTORS), "--concurrency", str(CONCURRENCY),
-            "--resume"]  # a retried or re-applied job scores only what is missing
+    return [
+        "sampleiqa",
+        "score",
+        INPUTS,
+        "--recursive",
+        "--engine",
+        "ray",
+        "--ray-address",
+        "auto",
+        "--url",
+        url,
+        "--out",
+        OUTPUT,
+        "--ray-actors",
+        str(ACTORS),
+        "--concurrency",
+        str(CONCURRENCY),
+        "--resume",
+    ]  # a retried or re-applied job scores only what is missing
 
 
 def _env() -> list[dict]:
@@ -48,8 +64,13 @@ def _env() -> list[dict]:
 
 def _container(name: str, resources: dict, ports: dict[str, int] | None = None) -> dict:
     # No command: KubeRay adds `ray start` to the head and workers, `ray job submit` to the submitter.
-    container = {"name": name, "image": IMAGE, "env": _env(), "resources": {"requests": resources, "limits": resources},
-                 "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}}}
+    container = {
+        "name": name,
+        "image": IMAGE,
+        "env": _env(),
+        "resources": {"requests": resources, "limits": resources},
+        "securityContext": {"allowPrivilegeEscalation": False, "capabilities": {"drop": ["ALL"]}},
+    }
     if ports:
         container["ports"] = [{"name": n, "containerPort": p, "protocol": "TCP"} for n, p in ports.items()]
     return container
@@ -57,9 +78,15 @@ def _container(name: str, resources: dict, ports: dict[str, int] | None = None) 
 
 def _pod(container: dict, ray_node: bool) -> dict:
     """A PodTemplateSpec: a Ray node (head, worker) or the submitter Job's pod."""
-    spec = {"automountServiceAccountToken": False,  # nothing here calls the API server
-            "securityContext": {"runAsNonRoot": True, "runAsUser": layout.RAY_USER_ID,
-                                "runAsGroup": layout.RAY_GROUP_ID, "seccompProfile": {"type": "RuntimeDefault"}}}
+    spec = {
+        "automountServiceAccountToken": False,  # nothing here calls the API server
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": layout.RAY_USER_ID,
+            "runAsGroup": layout.RAY_GROUP_ID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
+    }
     if ray_node:  # the ServiceAccount whose cloud role reads the photos and writes the shards
         spec["serviceAccountName"] = layout.RAY_SERVICE_ACCOUNT
         # Ray's object store lives in /dev/shm (the runtime's 64 MB would push it to disk); it
@@ -76,18 +103,28 @@ def _pod(container: dict, ray_node: bool) -> dict:
 def cluster_spec() -> dict:
     # The head runs GCS, the dashboard and the driver (listing, manifest: ~100 MiB for a million
     # files); num-cpus 0 keeps the scoring actors on the workers.
-    head = _container("ray-head", {"cpu": "2", "memory": "4Gi"},
-                      {"gcs-server": 6379, "dashboard": 8265, "client": 10001})
-    workers = {"groupName": "scorers", "replicas": WORKERS, "minReplicas": WORKERS, "maxReplicas": WORKERS,
-               "rayStartParams": {}, "template": _pod(_container("ray-worker", WORKER_RESOURCES), ray_node=True)}
-    return {"rayVersion": RAY_VERSION,
-            "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": _pod(head, ray_node=True)},
-            "workerGroupSpecs": [workers]}
+    head = _container(
+        "ray-head", {"cpu": "2", "memory": "4Gi"}, {"gcs-server": 6379, "dashboard": 8265, "client": 10001}
+    )
+    workers = {
+        "groupName": "scorers",
+        "replicas": WORKERS,
+        "minReplicas": WORKERS,
+        "maxReplicas": WORKERS,
+        "rayStartParams": {},
+        "template": _pod(_container("ray-worker", WORKER_RESOURCES), ray_node=True),
+    }
+    return {
+        "rayVersion": RAY_VERSION,
+        "headGroupSpec": {"rayStartParams": {"num-cpus": "0"}, "template": _pod(head, ray_node=True)},
+        "workerGroupSpecs": [workers],
+    }
 
 
 def ray_job() -> dict:
     return {
-        "apiVersion": "ray.io/v1", "kind": "RayJob",
+        "apiVersion": "ray.io/v1",
+        "kind": "RayJob",
         "metadata": {"name": NAME, "labels": dict(layout.RAY_LABELS)},
         "spec": {
             "entrypoint": shlex.join(entrypoint_args()),
@@ -95,8 +132,9 @@ def ray_job() -> dict:
             "ttlSecondsAfterFinished": 600,  # the finished cluster stays 10 minutes for its logs
             "rayClusterSpec": cluster_spec(),
             # Only to give `ray job submit` the token.
-            "submitterPodTemplate": _pod(_container("ray-job-submitter", {"cpu": "500m", "memory": "1Gi"}),
-                                         ray_node=False),
+            "submitterPodTemplate": _pod(
+                _container("ray-job-submitter", {"cpu": "500m", "memory": "1Gi"}), ray_node=False
+            ),
         },
     }
 
@@ -104,6 +142,9 @@ def ray_job() -> dict:
 def service_account() -> dict:
     """The head's and workers' identity; the cloud role is an annotation in your overlay
     (eks.amazonaws.com/role-arn, iam.gke.io/gcp-service-account) or an EKS Pod Identity association."""
-    return {"apiVersion": "v1", "kind": "ServiceAccount",
-            "metadata": {"name": layout.RAY_SERVICE_ACCOUNT, "labels": dict(layout.RAY_LABELS)},
-            "automountServiceAccountToken": False}
+    return {
+        "apiVersion": "v1",
+        "kind": "ServiceAccount",
+        "metadata": {"name": layout.RAY_SERVICE_ACCOUNT, "labels": dict(layout.RAY_LABELS)},
+        "automountServiceAccountToken": False,
+    }

@@ -38,8 +38,10 @@ def check_args(flavour: Flavour) -> None:
     from sampleiqa.build.commands import add_build_repository_arguments
     from sampleiqa.clients.commands import add_serve_arguments
 
-    for args, add in ((flavour.serve_args()[1:], add_serve_arguments),
-                      (list(flavour.init_args[1:]), add_build_repository_arguments)):
+    for args, add in (
+        (flavour.serve_args()[1:], add_serve_arguments),
+        (list(flavour.init_args[1:]), add_build_repository_arguments),
+    ):
         if args:
             parser = argparse.ArgumentParser(exit_on_error=False)
             add(parser)
@@ -48,12 +50,17 @@ def check_args(flavour: Flavour) -> None:
 
 def flavour_files(flavour: Flavour) -> dict[str, object]:
     check_args(flavour)
-    objects = {"deployment.yaml": workload.deployment(flavour), "service.yaml": cluster.service(),
-               "service-pods.yaml": cluster.pods_service(),
-               "poddisruptionbudget.yaml": cluster.disruption_budget(), "hpa.yaml": cluster.autoscaler(flavour),
-               "networkpolicy.yaml": cluster.network_policy()}
+    objects = {
+        "deployment.yaml": workload.deployment(flavour),
+        "service.yaml": cluster.service(),
+        "service-pods.yaml": cluster.pods_service(),
+        "poddisruptionbudget.yaml": cluster.disruption_budget(),
+        "hpa.yaml": cluster.autoscaler(flavour),
+        "networkpolicy.yaml": cluster.network_policy(),
+    }
     return {f"{flavour.name}/{name}": obj for name, obj in objects.items()} | {
-        f"{flavour.name}/kustomization.yaml": cluster.kustomization(list(objects))}
+        f"{flavour.name}/kustomization.yaml": cluster.kustomization(list(objects))
+    }
 
 
 def check_entrypoint(job: dict) -> None:
@@ -73,7 +80,8 @@ def ray_files() -> dict[str, object]:
     check_entrypoint(job)
     objects = {"serviceaccount.yaml": rayjob.service_account(), "rayjob.yaml": job}
     return {f"ray/{name}": obj for name, obj in objects.items()} | {
-        "ray/kustomization.yaml": cluster.kustomization(list(objects))}
+        "ray/kustomization.yaml": cluster.kustomization(list(objects))
+    }
 
 
 def all_files() -> dict[str, str]:

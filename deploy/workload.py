@@ -13,8 +13,12 @@ PERIOD_S = 5
 
 
 def _http_probe(path: str, period_s: int, failures: int) -> dict:
-    return {"httpGet": {"path": path, "port": "http-health"}, "periodSeconds": period_s,
-            "timeoutSeconds": 3, "failureThreshold": failures}
+    return {
+        "httpGet": {"path": path, "port": "http-health"},
+        "periodSeconds": period_s,
+        "timeoutSeconds": 3,
+        "failureThreshold": failures,
+    }
 
 
 def probes(flavour: Flavour) -> dict:
@@ -30,21 +34,36 @@ def probes(flavour: Flavour) -> dict:
 
 
 def _env(flavour: Flavour) -> list[dict]:
-    admin = {"name": ADMIN_KEY_ENV, "valueFrom": {"secretKeyRef": {
-        # optional: without the Secret the launcher picks a random key per start, so the admin
-        # APIs stay closed (inference never needs them).
-        "name": layout.ADMIN_SECRET, "key": layout.ADMIN_SECRET_KEY, "optional": True}}}
+    admin = {
+        "name": ADMIN_KEY_ENV,
+        "valueFrom": {
+            "secretKeyRef": {
+                # optional: without the Secret the launcher picks a random key per start, so the admin
+                # APIs stay closed (inference never needs them).
+                "name": layout.ADMIN_SECRET,
+                "key": layout.ADMIN_SECRET_KEY,
+                "optional": True,
+            }
+        },
+    }
     plain = {HTTP_OPEN_ENV: layout.HTTP_OPEN, "HOME": "/tmp", "XDG_CACHE_HOME": "/tmp/cache", **flavour.env}
     return [admin] + [{"name": k, "value": v} for k, v in plain.items()]
 
 
-SECURITY = {"allowPrivilegeEscalation": False, "readOnlyRootFilesystem": True, "runAsNonRoot": True,
-            "capabilities": {"drop": ["ALL"]}}
+SECURITY = {
+    "allowPrivilegeEscalation": False,
+    "readOnlyRootFilesystem": True,
+    "runAsNonRoot": True,
+    "capabilities": {"drop": ["ALL"]},
+}
 
 
 def _mounts(flavour: Flavour) -> list[dict]:
-    mounts = [{"name": "dshm", "mountPath": "/dev/shm"}, {"name": "tmp", "mountPath": "/tmp"},
-              {"name": "logs", "mountPath": layout.LOG_DIR}]
+    mounts = [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "tmp", "mountPath": "/tmp"},
+        {"name": "logs", "mountPath": layout.LOG_DIR},
+    ]
     return mounts + ([{"name": "models", "mountPath": "/models"}] if flavour.init_args else [])
 
 
@@ -63,23 +82,36 @@ def server_container(flavour: Flavour) -> dict:
 
 
 def engine_container(flavour: Flavour) -> dict:
-    return {"name": "build-engine", "image": flavour.image, "args": list(flavour.init_args),
-            "env": [{"name": "HOME", "value": "/tmp"}], "resources": flavour.resources,
-            "securityContext": SECURITY, "volumeMounts": _mounts(flavour)}
+    return {
+        "name": "build-engine",
+        "image": flavour.image,
+        "args": list(flavour.init_args),
+        "env": [{"name": "HOME", "value": "/tmp"}],
+        "resources": flavour.resources,
+        "securityContext": SECURITY,
+        "volumeMounts": _mounts(flavour),
+    }
 
 
 def _volumes(flavour: Flavour) -> list[dict]:
-    volumes = [{"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": flavour.shm_size}},
-               {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
-               {"name": "logs", "emptyDir": {"sizeLimit": "1Gi"}}]
+    volumes = [
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": flavour.shm_size}},
+        {"name": "tmp", "emptyDir": {"sizeLimit": "1Gi"}},
+        {"name": "logs", "emptyDir": {"sizeLimit": "1Gi"}},
+    ]
     return volumes + ([{"name": "models", "emptyDir": {"sizeLimit": "4Gi"}}] if flavour.init_args else [])
 
 
 def pod_spec(flavour: Flavour) -> dict:
     spec = {
         "automountServiceAccountToken": False,  # it never talks to the API server
-        "securityContext": {"runAsNonRoot": True, "runAsUser": layout.USER_ID, "runAsGroup": layout.USER_ID,
-                            "fsGroup": layout.USER_ID, "seccompProfile": {"type": "RuntimeDefault"}},
+        "securityContext": {
+            "runAsNonRoot": True,
+            "runAsUser": layout.USER_ID,
+            "runAsGroup": layout.USER_ID,
+            "fsGroup": layout.USER_ID,
+            "seccompProfile": {"type": "RuntimeDefault"},
+        },
         # Triton's exit timeout (10 s) for in-flight requests, then the launcher's cleanup.
         "terminationGracePeriodSeconds": 30,
     }
@@ -93,16 +125,22 @@ def pod_spec(flavour: Flavour) -> dict:
 
 
 def deployment(flavour: Flavour) -> dict:
-    annotations = {"prometheus.io/scrape": "true", "prometheus.io/port": str(layout.METRICS_PORT),
-                   "prometheus.io/path": "/metrics"}
+    annotations = {
+        "prometheus.io/scrape": "true",
+        "prometheus.io/port": str(layout.METRICS_PORT),
+        "prometheus.io/path": "/metrics",
+    }
     return {
-        "apiVersion": "apps/v1", "kind": "Deployment",
+        "apiVersion": "apps/v1",
+        "kind": "Deployment",
         "metadata": {"name": layout.APP, "labels": dict(layout.LABELS)},
         "spec": {
             # No `replicas`: the HPA owns it, and a re-apply must not reset its choice.
             "selector": {"matchLabels": dict(layout.LABELS)},
             "strategy": {"type": "RollingUpdate", "rollingUpdate": dict(flavour.rolling)},
-            "template": {"metadata": {"labels": dict(layout.LABELS), "annotations": annotations},
-                         "spec": pod_spec(flavour)},
+            "template": {
+                "metadata": {"labels": dict(layout.LABELS), "annotations": annotations},
+                "spec": pod_spec(flavour),
+            },
         },
     }

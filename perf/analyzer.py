@@ -114,8 +114,13 @@ def check_start(env: dict[str, str] | None = None, timeout_s: float = 30.0) -> s
     """`perf_analyzer --version` with environment(): its version line, or PerfAnalyzerError
     with the loader's words (a missing library shows here, not in the middle of a sweep)."""
     binary = perf_analyzer_binary()
-    done = subprocess.run([binary, "--version"], capture_output=True, text=True, timeout=timeout_s,
-                          env=environment() if env is None else env)
+    done = subprocess.run(
+        [binary, "--version"],
+        capture_output=True,
+        text=True,
+        timeout=timeout_s,
+        env=environment() if env is None else env,
+    )
     text = (done.stdout + done.stderr).strip()
     if done.returncode != 0 or "Perf Analyzer Version" not in text:
         raise PerfAnalyzerError(f"{binary} does not start (exit {done.returncode}): {text[-600:]}")
@@ -123,8 +128,21 @@ def check_start(env: dict[str, str] | None = None, timeout_s: float = 30.0) -> s
 
 
 # Bytes per element of Triton's fixed-size datatypes.
-DTYPE_BYTES = {"BOOL": 1, "UINT8": 1, "INT8": 1, "UINT16": 2, "INT16": 2, "FP16": 2, "BF16": 2,
-               "UINT32": 4, "INT32": 4, "FP32": 4, "UINT64": 8, "INT64": 8, "FP64": 8}
+DTYPE_BYTES = {
+    "BOOL": 1,
+    "UINT8": 1,
+    "INT8": 1,
+    "UINT16": 2,
+    "INT16": 2,
+    "FP16": 2,
+    "BF16": 2,
+    "UINT32": 4,
+    "INT32": 4,
+    "FP32": 4,
+    "UINT64": 8,
+    "INT64": 8,
+    "FP64": 8,
+}
 
 
 def largest_output_bytes(url: str, model: str) -> int | None:
@@ -140,7 +158,7 @@ def largest_output_bytes(url: str, model: str) -> int | None:
         client.close()
     sizes = []
     for out in meta["outputs"]:
-        shape = [int(d) for d in out["shape"]][1 if batching else 0:]
+        shape = [int(d) for d in out["shape"]][1 if batching else 0 :]
         if out["datatype"] not in DTYPE_BYTES or any(d < 0 for d in shape):
             return None
         sizes.append(math.prod(shape) * DTYPE_BYTES[out["datatype"]])
@@ -192,8 +210,16 @@ def parse_csv(text: str, model: str, load: Load) -> Measurement:
         return float(row.get(column) or 0) / 1000.0  # perf_analyzer reports microseconds
 
     compute = sum(ms(c) for c in ("Server Compute Input", "Server Compute Infer", "Server Compute Output"))
-    return Measurement(model, load, float(row["Inferences/Second"]), ms("p50 latency"), ms("p95 latency"),
-                       ms("p99 latency"), ms("Server Queue"), compute)
+    return Measurement(
+        model,
+        load,
+        float(row["Inferences/Second"]),
+        ms("p50 latency"),
+        ms("p95 latency"),
+        ms("p99 latency"),
+        ms("Server Queue"),
+        compute,
+    )
 
 
 @dataclasses.dataclass(frozen=True)
@@ -209,8 +235,15 @@ class UnstableMeasurement(PerfAnalyzerError):
     pass
 
 
-def measure(url: str, model: str, input_json: str | Path, load: Load, settings: AnalyzerSettings,
-            shared_memory: bool = False, output_shm_bytes: int | None = None) -> Measurement:
+def measure(
+    url: str,
+    model: str,
+    input_json: str | Path,
+    load: Load,
+    settings: AnalyzerSettings,
+    shared_memory: bool = False,
+    output_shm_bytes: int | None = None,
+) -> Measurement:
     """perf_analyzer at one level; if the machine is too noisy to settle within the stability
     percentage, once more at 100% (max/min of the last 3 windows within 2x) before giving up.
 
@@ -230,14 +263,39 @@ def measure(url: str, model: str, input_json: str | Path, load: Load, settings: 
         return _measure_once(url, model, input_json, load, looser, shared_memory, output_shm_bytes)
 
 
-def _measure_once(url: str, model: str, input_json: str | Path, load: Load, settings: AnalyzerSettings,
-                  shared_memory: bool, output_shm_bytes: int | None = None) -> Measurement:
+def _measure_once(
+    url: str,
+    model: str,
+    input_json: str | Path,
+    load: Load,
+    settings: AnalyzerSettings,
+    shared_memory: bool,
+    output_shm_bytes: int | None = None,
+) -> Measurement:
     with tempfile.TemporaryDirectory(prefix="sampleiqa-pa-") as scratch:
         out = Path(scratch) / "pa.csv"
-        cmd = [perf_analyzer_binary(), "-m", model, "-u", url, "-i", "grpc", "-b", "1",
-               "--input-data", str(input_json), *load.flags(),
-               "--measurement-interval", str(settings.measurement_ms),
-               "-s", str(settings.stability_percent), "-r", str(settings.max_trials), "-f", str(out)]
+        cmd = [
+            perf_analyzer_binary(),
+            "-m",
+            model,
+            "-u",
+            url,
+            "-i",
+            "grpc",
+            "-b",
+            "1",
+            "--input-data",
+            str(input_json),
+            *load.flags(),
+            "--measurement-interval",
+            str(settings.measurement_ms),
+            "-s",
+            str(settings.stability_percent),
+            "-r",
+            str(settings.max_trials),
+            "-f",
+            str(out),
+        ]
         if settings.request_count:
             cmd += ["--request-count", str(settings.request_count)]
         if shared_memory:  # the client writes tensors into system shared memory, not the gRPC message
@@ -245,11 +303,16 @@ def _measure_once(url: str, model: str, input_json: str | Path, load: Load, sett
         try:
             done = subprocess.run(cmd, capture_output=True, text=True, env=environment(), timeout=settings.timeout_s)
         except subprocess.TimeoutExpired:
-            raise PerfAnalyzerError(f"perf_analyzer ran past {settings.timeout_s:.0f}s on {model} {load.label}") from None
+            raise PerfAnalyzerError(
+                f"perf_analyzer ran past {settings.timeout_s:.0f}s on {model} {load.label}"
+            ) from None
         if done.returncode != 0 or not out.exists():
             # (its clean-up lines, one per region, would push the error itself out of the tail)
-            lines = [line for line in (done.stdout + done.stderr).strip().splitlines()
-                     if not line.startswith(("Unable to unlink shared memory", "Unable to unregister all shared"))]
+            lines = [
+                line
+                for line in (done.stdout + done.stderr).strip().splitlines()
+                if not line.startswith(("Unable to unlink shared memory", "Unable to unregister all shared"))
+            ]
             tail = "\n".join(lines[-8:])
             error = UnstableMeasurement if "stable measurement" in tail else PerfAnalyzerError
             if "protocol is restricted" in tail:

@@ -77,23 +77,30 @@ def main(argv=None) -> int:
     random.Random(1).shuffle(paths)
     photos = [decode_bgr(path.read_bytes()) for path in paths[: args.count]]
     n_faces = sum(b is not None for b in marks.values())
-    lines = [f"# Face detectors: {n_faces} marked faces, {len(marks) - n_faces} marked photos without one, "
-             f"{len(photos)} BIQ2021 ss03 photos", "",
-             f"Marks: `{MARKED.relative_to(REPO_ROOT)}`. Speed: one thread, mean over the ss03 photos "
-             "(512x512), copy + detection.", "",
-             "| detector | marked faces hit | false positives on no-face photos | ss03 photos with a face | ms/photo |",
-             "|---|---|---|---|---|"]
+    lines = [
+        f"# Face detectors: {n_faces} marked faces, {len(marks) - n_faces} marked photos without one, "
+        f"{len(photos)} BIQ2021 ss03 photos",
+        "",
+        f"Marks: `{MARKED.relative_to(REPO_ROOT)}`. Speed: one thread, mean over the ss03 photos "
+        "(512x512), copy + detection.",
+        "",
+        "| detector | marked faces hit | false positives on no-face photos | ss03 photos with a face | ms/photo |",
+        "|---|---|---|---|---|",
+    ]
     for label, name, settings in CANDIDATES:
         det = create_detector(name, **settings)
         found = {path: find_face(img, det) for path, img in marked.items()}
-        hits = sum(b is not None and face is not None and on_face(b, face) for b, face in
-                   ((found[p], marks[p]) for p in marks))
+        hits = sum(
+            b is not None and face is not None and on_face(b, face) for b, face in ((found[p], marks[p]) for p in marks)
+        )
         false = sum(found[p] is not None for p in marks if marks[p] is None)
         find_face(photos[0], det)  # load the model outside the timing
         t0 = time.perf_counter()
         with_face = sum(find_face(img, det) is not None for img in photos)
         ms = (time.perf_counter() - t0) / max(1, len(photos)) * 1000
-        lines.append(f"| {label} | {hits}/{n_faces} | {false}/{len(marks) - n_faces} | {with_face}/{len(photos)} | {ms:.1f} |")
+        lines.append(
+            f"| {label} | {hits}/{n_faces} | {false}/{len(marks) - n_faces} | {with_face}/{len(photos)} | {ms:.1f} |"
+        )
         print(lines[-1], flush=True)
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
     Path(args.out).write_text("\n".join(lines) + "\n")

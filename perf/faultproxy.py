@@ -1,7 +1,8 @@
 """A fault-injecting HTTP/1.1 proxy on loopback, in front of a real S3 server (moto).
 
 Requests for objects (GET and HEAD of a key) can be delayed (`latency_s`), listings too
-(`list_latency_s`: a slow listing of a large bucket), and a share of object requests (`fail_rate`) fail the way an object store fails under load, in turn:
+(`list_latency_s`: a slow listing of a large bucket), and a share of object requests
+(`fail_rate`) fail the way an object store fails under load, in turn:
 - `reset`: the TCP connection is reset (RST) before any answer;
 - `slowdown`: 503 with S3's `SlowDown` error body;
 - `stall`: no answer for `stall_s`, then the connection is closed.
@@ -20,14 +21,23 @@ import threading
 import time
 from collections import Counter
 
-SLOWDOWN = (b"<?xml version=\"1.0\" encoding=\"UTF-8\"?>\n<Error><Code>SlowDown</Code>"
-            b"<Message>Please reduce your request rate.</Message><RequestId>fault</RequestId></Error>")
+SLOWDOWN = (
+    b'<?xml version="1.0" encoding="UTF-8"?>\n<Error><Code>SlowDown</Code>'
+    b"<Message>Please reduce your request rate.</Message><RequestId>fault</RequestId></Error>"
+)
 KINDS = ("reset", "slowdown", "stall")
 
 
 class FaultProxy:
-    def __init__(self, upstream_port: int, fail_rate: float = 0.0, latency_s: float = 0.0, stall_s: float = 5.0,
-                 seed: int = 0, list_latency_s: float = 0.0):
+    def __init__(
+        self,
+        upstream_port: int,
+        fail_rate: float = 0.0,
+        latency_s: float = 0.0,
+        stall_s: float = 5.0,
+        seed: int = 0,
+        list_latency_s: float = 0.0,
+    ):
         self.upstream_port, self.fail_rate, self.latency_s, self.stall_s = upstream_port, fail_rate, latency_s, stall_s
         self.list_latency_s = list_latency_s
         self.random = random.Random(seed)
@@ -85,8 +95,11 @@ class FaultProxy:
                 upstream.request(method, target, body=body, headers=headers)
                 answer = upstream.getresponse()
                 data = answer.read()
-                kept = {k: v for k, v in answer.getheaders()
-                        if k.lower() not in ("transfer-encoding", "connection", "content-length")}
+                kept = {
+                    k: v
+                    for k, v in answer.getheaders()
+                    if k.lower() not in ("transfer-encoding", "connection", "content-length")
+                }
                 if method == "HEAD":  # a HEAD's length is the object's, with no body
                     kept["Content-Length"] = answer.getheader("Content-Length", "0")
                 client.sendall(_response(answer.status, answer.reason, kept, data, head=method == "HEAD"))

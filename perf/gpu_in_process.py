@@ -37,8 +37,10 @@ def in_process(device: str, batches: list[int], seconds: float, photos: list[byt
     on_device = pageable.to(device)
     rows = {}
     for b in batches:
-        row = {"host_input_img_s": rate(lambda: scorer(host[:b]), b, seconds, device),
-               "gpu_input_img_s": rate(lambda: scorer(on_device[:b]), b, seconds, device)}
+        row = {
+            "host_input_img_s": rate(lambda: scorer(host[:b]), b, seconds, device),
+            "gpu_input_img_s": rate(lambda: scorer(on_device[:b]), b, seconds, device),
+        }
         if b in scorer.graphs:
             graph, static_in, _ = scorer.graphs[b]
             static_in.copy_(on_device[:b])
@@ -49,18 +51,24 @@ def in_process(device: str, batches: list[int], seconds: float, photos: list[byt
         uploads = upload_rates(pageable[:b], device, min(seconds, 1.0))
         row.update({f"upload_{k}": v for k, v in uploads.items() if k.startswith(("pageable", "pinned"))})
         rows[b] = row
-    result = {"pixels": f"{host.dtype} {list(host.shape[1:])}, {host[0].nbytes / 1e6:.2f} MB per image",
-              "cuda_graphs": sorted(scorer.graphs), "by_batch": rows}
+    result = {
+        "pixels": f"{host.dtype} {list(host.shape[1:])}, {host[0].nbytes / 1e6:.2f} MB per image",
+        "cuda_graphs": sorted(scorer.graphs),
+        "by_batch": rows,
+    }
     if device != "cuda":
-        result["note"] = (f"upload_pinned: {PINNED_SKIPPED}; upload_pageable on CPU is a host-to-host copy, "
-                          "and compute_only is the forward on a prepared CPU tensor")
+        result["note"] = (
+            f"upload_pinned: {PINNED_SKIPPED}; upload_pageable on CPU is a host-to-host copy, "
+            "and compute_only is the forward on a prepared CPU tensor"
+        )
     flops = flops_per_image(scorer.model, device, example=on_device[:1])
     result["gflops_per_image"] = flops / 1e9
     if device == "cuda":
         peak = peak_tflops(torch.cuda.get_device_name(0))
         if peak:
-            result["fp16_peak_fraction_compute_only"] = {b: r["compute_only_img_s"] * flops / (peak * 1e12)
-                                                         for b, r in rows.items()}
+            result["fp16_peak_fraction_compute_only"] = {
+                b: r["compute_only_img_s"] * flops / (peak * 1e12) for b, r in rows.items()
+            }
     return result
 
 
@@ -137,12 +145,19 @@ def gpu_preprocess(device: str, photos: list[bytes], batch: int, seconds: float)
         diffs.append(abs(float(scores[0]) - float(scores[1])))
     chunk = (photos * (batch // len(photos) + 1))[:batch]
     n = len(diffs)
-    return {"photos": len(photos), "compared": n, "errors": sum(bool(e) for e in got.errors),
-            "same_face_decision": decisions / n if n else None, "min_face_iou": min(ious, default=None),
-            "scores_within_1e-2": sum(d <= 1e-2 for d in diffs) / n if n else None,
-            "max_score_diff": max(diffs, default=None), "mean_abs_pixel_diff": float(np.mean(pixel_diffs)) if n else None,
-            "torch_img_s": rate(lambda: pre(chunk), batch, seconds, device), "batch": batch,
-            "opencv_one_core_img_s": rate(lambda: [preprocess_bytes(d) for d in photos], len(photos), seconds, "cpu")}
+    return {
+        "photos": len(photos),
+        "compared": n,
+        "errors": sum(bool(e) for e in got.errors),
+        "same_face_decision": decisions / n if n else None,
+        "min_face_iou": min(ious, default=None),
+        "scores_within_1e-2": sum(d <= 1e-2 for d in diffs) / n if n else None,
+        "max_score_diff": max(diffs, default=None),
+        "mean_abs_pixel_diff": float(np.mean(pixel_diffs)) if n else None,
+        "torch_img_s": rate(lambda: pre(chunk), batch, seconds, device),
+        "batch": batch,
+        "opencv_one_core_img_s": rate(lambda: [preprocess_bytes(d) for d in photos], len(photos), seconds, "cpu"),
+    }
 
 
 def jpeg_decode(device: str, photos: list[bytes], seconds: float) -> dict:

@@ -44,13 +44,13 @@ def run_torch(blobs: list[bytes], device: str, batch: int) -> dict:
     from sampleiqa.preprocessing.torch_pipeline import TorchPreprocessor
 
     pre = TorchPreprocessor(device=device)
-    pre(blobs[:min(batch, 8)])  # warm-up: model load, kernels, weight caches
+    pre(blobs[: min(batch, 8)])  # warm-up: model load, kernels, weight caches
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     pixels, boxes, found, errors, fallback = [], [], [], [], []
     sync()
     t0 = time.perf_counter()
     for k in range(0, len(blobs), batch):
-        out = pre(blobs[k:k + batch])
+        out = pre(blobs[k : k + batch])
         pixels.append(out.pixels.cpu().numpy())  # the host copy is part of the cost (the scorer is on CPU here)
         boxes.append(out.boxes)
         found.append(out.found)
@@ -59,8 +59,14 @@ def run_torch(blobs: list[bytes], device: str, batch: int) -> dict:
         print(f"  torch: {min(k + batch, len(blobs))}/{len(blobs)}", flush=True)
     sync()
     seconds = time.perf_counter() - t0
-    return dict(pixels=np.concatenate(pixels), boxes=np.concatenate(boxes), found=np.concatenate(found),
-                errors=errors, fallback=fallback, seconds=seconds)
+    return dict(
+        pixels=np.concatenate(pixels),
+        boxes=np.concatenate(boxes),
+        found=np.concatenate(found),
+        errors=errors,
+        fallback=fallback,
+        seconds=seconds,
+    )
 
 
 def run_cpu(blobs: list[bytes]) -> dict:
@@ -85,8 +91,9 @@ def run_cpu(blobs: list[bytes]) -> dict:
 
 def score(pixels: np.ndarray, batch: int = 32) -> np.ndarray:
     session = cpu_session(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx")
-    return np.concatenate([session.run(None, {"PIXELS": pixels[k:k + batch]})[0][:, 0]
-                           for k in range(0, len(pixels), batch)])
+    return np.concatenate(
+        [session.run(None, {"PIXELS": pixels[k : k + batch]})[0][:, 0] for k in range(0, len(pixels), batch)]
+    )
 
 
 def compare(t: dict, c: dict, st: np.ndarray, sc: np.ndarray, mos: np.ndarray) -> dict:
@@ -100,42 +107,57 @@ def compare(t: dict, c: dict, st: np.ndarray, sc: np.ndarray, mos: np.ndarray) -
     pix = np.abs(t["pixels"][ok].astype(np.int16) - c["pixels"][ok].astype(np.int16))
     s_t, s_c = float(spearmanr(st[ok], mos[ok])[0]), float(spearmanr(sc[ok], mos[ok])[0])
     return {
-        "photos": n, "scored": int(ok.sum()), "same_errors": t["errors"] == c["errors"],
-        "faces_cpu": int(c["found"].sum()), "faces_torch": int(t["found"].sum()),
+        "photos": n,
+        "scored": int(ok.sum()),
+        "same_errors": t["errors"] == c["errors"],
+        "faces_cpu": int(c["found"].sum()),
+        "faces_torch": int(t["found"].sum()),
         "same_decision_pct": 100.0 * float((t["found"] == c["found"])[ok].mean()),
         "both_found": int(both.sum()),
         "iou_min": float(ious.min()) if len(ious) else None,
         "iou_median": float(np.median(ious)) if len(ious) else None,
         "iou_ge_0.9_pct": 100.0 * float((ious >= 0.9).mean()) if len(ious) else None,
-        "within_1e-2_pct": 100.0 * float((diff <= 1e-2).mean()), "max_score_diff": float(diff.max()),
+        "within_1e-2_pct": 100.0 * float((diff <= 1e-2).mean()),
+        "max_score_diff": float(diff.max()),
         "mean_score_diff": float(diff.mean()),
-        "pixels_max_abs_diff": int(pix.max()), "pixels_mean_abs_diff": float(pix.mean()),
+        "pixels_max_abs_diff": int(pix.max()),
+        "pixels_mean_abs_diff": float(pix.mean()),
         "pixels_identical_pct": 100.0 * float((pix.reshape(len(pix), -1).max(1) == 0).mean()),
-        "srocc_torch": s_t, "srocc_cpu": s_c, "srocc_delta": abs(s_t - s_c),
+        "srocc_torch": s_t,
+        "srocc_cpu": s_c,
+        "srocc_delta": abs(s_t - s_c),
         "fallback": dict(Counter(f for f in t["fallback"] if f is not None)),
-        "images_per_s_torch": n / t["seconds"], "images_per_s_cpu": n / c["seconds"],
+        "images_per_s_torch": n / t["seconds"],
+        "images_per_s_cpu": n / c["seconds"],
     }
 
 
 def passed(r: dict) -> dict:
-    return {"same_decision": r["same_decision_pct"] >= TARGETS["same_decision_pct"],
-            "iou": r["iou_min"] is None or r["iou_min"] >= TARGETS["iou_min"],
-            "scores": r["within_1e-2_pct"] >= TARGETS["within_1e-2_pct"],
-            "srocc": r["srocc_delta"] <= TARGETS["srocc_delta"], "errors": r["same_errors"]}
+    return {
+        "same_decision": r["same_decision_pct"] >= TARGETS["same_decision_pct"],
+        "iou": r["iou_min"] is None or r["iou_min"] >= TARGETS["iou_min"],
+        "scores": r["within_1e-2_pct"] >= TARGETS["within_1e-2_pct"],
+        "srocc": r["srocc_delta"] <= TARGETS["srocc_delta"],
+        "errors": r["same_errors"],
+    }
 
 
 def markdown(r: dict, device: str, batch: int) -> str:
     fmt = lambda v, p=3: "n/a" if v is None else f"{v:.{p}f}"  # noqa: E731
     ok = passed(r)
     lines = [
-        f"# Torch preprocessing vs the CPU path, device {device}", "",
+        f"# Torch preprocessing vs the CPU path, device {device}",
+        "",
         f"`python -m sampleiqa.perf.gpu_preprocess_parity --device {device}`: {r['photos']} BIQ2021 `val` photos "
         f"({r['scored']} scored by both), TorchPreprocessor in batches of {batch} vs `preprocess_bytes`; both "
-        "crops scored by the shipped ONNX scorer (ONNX Runtime, CPU).", "",
-        "| figure | value | target |", "|---|---|---|",
+        "crops scored by the shipped ONNX scorer (ONNX Runtime, CPU).",
+        "",
+        "| figure | value | target |",
+        "|---|---|---|",
         f"| same face decision | {r['same_decision_pct']:.1f}% ({r['faces_cpu']} faces CPU, {r['faces_torch']} torch) "
         f"| >= 99% {'ok' if ok['same_decision'] else 'MISSED'} |",
-        f"| face IoU where both found one ({r['both_found']}) | min {fmt(r['iou_min'])}, median {fmt(r['iou_median'])}, "
+        f"| face IoU where both found one ({r['both_found']}) | min {fmt(r['iou_min'])}, "
+        f"median {fmt(r['iou_median'])}, "
         f"{fmt(r['iou_ge_0.9_pct'], 1)}% >= 0.9 | >= 0.9 {'ok' if ok['iou'] else 'MISSED'} |",
         f"| scores within 1e-2 | {r['within_1e-2_pct']:.1f}% (max diff {r['max_score_diff']:.2e}, "
         f"mean {r['mean_score_diff']:.2e}) | >= 99% {'ok' if ok['scores'] else 'MISSED'} |",
@@ -149,8 +171,11 @@ def markdown(r: dict, device: str, batch: int) -> str:
         "",
     ]
     if device == "cpu":
-        lines += ["On CPU the torch path exists so that CI checks it; its speed here is not the GPU's "
-                  "(YuNet's convolutions in torch on CPU take most of its time).", ""]
+        lines += [
+            "On CPU the torch path exists so that CI checks it; its speed here is not the GPU's "
+            "(YuNet's convolutions in torch on CPU take most of its time).",
+            "",
+        ]
     return "\n".join(lines)
 
 

@@ -39,6 +39,7 @@ from pathlib import Path
 from .gpu_in_process import CHECKPOINT, compiled, gpu_preprocess, in_process, jpeg_decode
 from .gpu_served import Served, cpu_reference
 
+
 class Run:
     def __init__(self, out: Path, budget_s: float):
         self.out, self.deadline = out, time.monotonic() + budget_s
@@ -73,11 +74,20 @@ def host(device: str) -> dict:
 
     from .analyzer import check_start, environment
 
-    info = {"python": platform.python_version(), "torch": torch.__version__, "numpy": np.__version__,
-            "cores": os.cpu_count(), "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()), "device": device}
+    info = {
+        "python": platform.python_version(),
+        "torch": torch.__version__,
+        "numpy": np.__version__,
+        "cores": os.cpu_count(),
+        "date": time.strftime("%Y-%m-%d %H:%M UTC", time.gmtime()),
+        "device": device,
+    }
     if device == "cuda":
-        info.update(gpu=torch.cuda.get_device_name(0), cuda=torch.version.cuda,
-                    memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1))
+        info.update(
+            gpu=torch.cuda.get_device_name(0),
+            cuda=torch.version.cuda,
+            memory_gib=round(torch.cuda.get_device_properties(0).total_memory / 2**30, 1),
+        )
     try:  # a missing library shows here, before the perf steps
         info["perf_analyzer"] = check_start()
         info["perf_analyzer_ld_library_path"] = environment()["LD_LIBRARY_PATH"]
@@ -90,12 +100,23 @@ def build(out: Path, device: str, preprocess_instances: int, max_batch: int) -> 
     from sampleiqa.build.repository import build_repository
     from sampleiqa.build.triton_config import RepositorySettings
 
-    settings = RepositorySettings(target="gpu-torch", torch_device="gpu" if device == "cuda" else "cpu",
-                                  preprocess_instances=preprocess_instances, scorer_instances=2,
-                                  max_batch_size=max_batch, preprocess_preferred_batch=max_batch // 2)
+    settings = RepositorySettings(
+        target="gpu-torch",
+        torch_device="gpu" if device == "cuda" else "cpu",
+        preprocess_instances=preprocess_instances,
+        scorer_instances=2,
+        max_batch_size=max_batch,
+        preprocess_preferred_batch=max_batch // 2,
+    )
     build_repository(out, settings, checkpoint=CHECKPOINT, vendor=False)
-    return {"repository": str(out), "preprocess": "torch", "preprocess_instances": preprocess_instances,
-            "scorer_instances": 2, "max_batch": max_batch, "crops_in_flight": settings.credits}
+    return {
+        "repository": str(out),
+        "preprocess": "torch",
+        "preprocess_instances": preprocess_instances,
+        "scorer_instances": 2,
+        "max_batch": max_batch,
+        "crops_in_flight": settings.credits,
+    }
 
 
 TARGETS = (  # (what, figure's path in the results, target, how it compares)
@@ -129,14 +150,21 @@ def targets(results: dict) -> list[dict]:
         value = found
         for key in path:
             value = value.get(key) if isinstance(value, dict) else None
-        rows.append({"what": what, "figure": value, "target": target,
-                     "met": None if value is None else value >= target})
+        rows.append(
+            {"what": what, "figure": value, "target": target, "met": None if value is None else value >= target}
+        )
     return rows
 
 
 def markdown(results: dict) -> str:
-    lines = ["# gpu_run", "", "`python -m sampleiqa.perf.gpu_run` (perf/gpu_run.sh); raw figures in gpu_run.json.", "",
-             "| target | figure | wanted | met |", "|---|---|---|---|"]
+    lines = [
+        "# gpu_run",
+        "",
+        "`python -m sampleiqa.perf.gpu_run` (perf/gpu_run.sh); raw figures in gpu_run.json.",
+        "",
+        "| target | figure | wanted | met |",
+        "|---|---|---|---|",
+    ]
     for t in results.get("targets", []):
         figure = "not measured" if t["figure"] is None else f"{t['figure']:,.2f}"
         met = "" if t["met"] is None else ("yes" if t["met"] else "**no**")
@@ -146,10 +174,36 @@ def markdown(results: dict) -> str:
         lines.append(f"## {name} ({step.get('seconds', 0)} s)")
         lines.append("")
         if "error" in step or "skipped" in step:
-            lines += [f"**{'failed' if 'error' in step else 'skipped'}**: {step.get('error') or step.get('skipped')}", ""]
+            lines += [
+                f"**{'failed' if 'error' in step else 'skipped'}**: {step.get('error') or step.get('skipped')}",
+                "",
+            ]
             continue
         lines += ["```", json.dumps(step["result"], indent=2, default=str)[:4000], "```", ""]
     return "\n".join(lines)
+
+
+def served_steps(run: Run, served: Served, photos: list[bytes], quick: bool, out: Path) -> None:
+    """One GPU server: its scores against the CPU reference, perf_analyzer, its stop."""
+    from .inputs import preprocessed
+
+    reference = run.get("CPU reference, in process")
+    run.step("GPU server start", served.start)
+    try:
+        if served.server is not None and reference is not None:
+            run.step("scores: GPU repository against the CPU path", served.compare, photos, reference)
+            levels = (
+                {"sampleiqa": 4, "preprocess": 4, "scorer": 4}
+                if quick
+                else {"sampleiqa": 256, "preprocess": 256, "scorer": 128}
+            )
+            run.step(
+                "served figures", served.figures, photos, preprocessed(photos[:8]), out, levels, 1000 if quick else 2000
+            )
+    finally:
+        run.step("GPU server stop", served.stop)
+        if served.server is not None:  # the step was skipped (time budget): stop it all the same
+            served.stop()
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -159,15 +213,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true", help="small settings for the CPU rehearsal")
     p.add_argument("--budget-s", type=float, default=130.0, help="steps that would start later are skipped")
     p.add_argument("--photos", type=int, default=32)
-    p.add_argument("--images", default=None,
-                   help="folder of photos (default: BIQ2021's in ../shared, which a device call does not carry)")
+    p.add_argument(
+        "--images",
+        default=None,
+        help="folder of photos (default: BIQ2021's in ../shared, which a device call does not carry)",
+    )
     args = p.parse_args(argv)
     out = Path(args.out).resolve()
     run = Run(out, args.budget_s)
     quick = args.quick
     instances = 1 if args.device == "cpu" else 4  # GPU preprocess instances: the device does the work
     max_batch = 8 if quick else 64
-    from .inputs import DEFAULT_IMAGES, pick_photos, preprocessed
+    from .inputs import DEFAULT_IMAGES, pick_photos
 
     images = Path(args.images or DEFAULT_IMAGES).resolve()
     photos = [p.read_bytes() for p in pick_photos(images, args.photos)]
@@ -176,26 +233,33 @@ def main(argv: list[str] | None = None) -> int:
     run.step("host", host, args.device)
     run.step("build gpu-torch repository", build, repo, args.device, instances, max_batch)
     run.step("CPU reference, in process", cpu_reference, photos)
-    reference = run.get("CPU reference, in process")
-    run.step("GPU server start", served.start)
-    try:
-        if served.server is not None and reference is not None:
-            run.step("scores: GPU repository against the CPU path", served.compare, photos, reference)
-            levels = {"sampleiqa": 4, "preprocess": 4, "scorer": 4} if quick else \
-                {"sampleiqa": 256, "preprocess": 256, "scorer": 128}
-            run.step("served figures", served.figures, photos, preprocessed(photos[:8]), out, levels,
-                     1000 if quick else 2000)
-    finally:
-        run.step("GPU server stop", served.stop)
-        if served.server is not None:  # the step was skipped (time budget): stop it all the same
-            served.stop()
-    run.step("in-process scorer (TorchScorer)", in_process, args.device, [1, 4] if quick else [8, 32, 64],
-             0.5 if quick else 1.0, photos)
-    run.step("GPU preprocessing against the CPU path", gpu_preprocess, args.device, photos, 8 if quick else 64,
-             0.5 if quick else 1.5)
+    served_steps(run, served, photos, quick, out)
+    run.step(
+        "in-process scorer (TorchScorer)",
+        in_process,
+        args.device,
+        [1, 4] if quick else [8, 32, 64],
+        0.5 if quick else 1.0,
+        photos,
+    )
+    run.step(
+        "GPU preprocessing against the CPU path",
+        gpu_preprocess,
+        args.device,
+        photos,
+        8 if quick else 64,
+        0.5 if quick else 1.5,
+    )
     run.step("JPEG decoding: GPU (nvJPEG) against OpenCV", jpeg_decode, args.device, photos, 0.5 if quick else 1.5)
-    run.step("torch.compile against eager", compiled, args.device, 2 if quick else max_batch, 0.5 if quick else 1.5,
-             "aot_eager" if args.device == "cpu" else "inductor", min_left_s=20 if quick else 60)
+    run.step(
+        "torch.compile against eager",
+        compiled,
+        args.device,
+        2 if quick else max_batch,
+        0.5 if quick else 1.5,
+        "aot_eager" if args.device == "cpu" else "inductor",
+        min_left_s=20 if quick else 60,
+    )
     run.results["targets"] = targets(run.results)
     run.save()
     failed = [n for n, s in run.results["steps"].items() if "error" in s]

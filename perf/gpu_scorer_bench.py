@@ -34,11 +34,20 @@ from sampleiqa.training.models.swin import create_model
 from .plots import new_axes, save
 
 # Dense FP16 tensor-core peaks (TFLOP/s, no sparsity) from NVIDIA's datasheets.
-PEAK_FP16_TFLOPS = {"H200": 989.4, "H100 SXM": 989.4, "H100 NVL": 835.0, "H100 PCIe": 756.0, "H100": 989.4,
-                    "A100": 312.0, "L40S": 362.0, "L4": 121.0}
+PEAK_FP16_TFLOPS = {
+    "H200": 989.4,
+    "H100 SXM": 989.4,
+    "H100 NVL": 835.0,
+    "H100 PCIe": 756.0,
+    "H100": 989.4,
+    "A100": 312.0,
+    "L40S": 362.0,
+    "L4": 121.0,
+}
 ANCHORS = """\
 Anchors to compare against:
-- FasterTransformer Swin-T FP16 at 224 on A100: ~6,180 img/s at batch 64 (at ~4.5 GFLOP/img that is ~28 TFLOP/s, ~9% of the A100's 312).
+- FasterTransformer Swin-T FP16 at 224 on A100: ~6,180 img/s at batch 64 (at ~4.5 GFLOP/img
+  that is ~28 TFLOP/s, ~9% of the A100's 312).
 - Swin-T at 448 is ~36 GFLOP per image, so ~27k img/s is the H100 SXM ceiling (989 TFLOP/s dense FP16).
 Run `--model swin_tiny_448` to put this card next to them."""
 
@@ -138,18 +147,9 @@ def variants(name: str, device: str, modes: list[str]):
             raise ValueError(f"unknown mode {mode}")
 
 
-def run(args, measured=lambda results: None) -> dict:
-    """Measure every (mode, batch); `measured(results)` runs after each point, so a run
-    stopped by a caller's timeout keeps what it measured."""
-    device = args.device
-    card = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
-    peak = args.peak_tflops or (peak_tflops(card) if device.startswith("cuda") else None)
-    deadline = time.monotonic() + args.budget_s
-    torch.backends.cuda.matmul.allow_tf32 = False  # FP32 means FP32 here
-    flops = flops_per_image(create_model(args.model).eval().to(device), device)
-    results = {"card": card, "model": args.model, "flops_per_image": flops, "peak_fp16_tflops": peak,
-               "torch": torch.__version__, "rows": [], "uploads": [], "skipped": []}
-    # The served path uploads PIXELS (the contract's dtype, uint8); each mode here feeds its own.
+def measure_uploads(args, device: str, deadline: float, results: dict) -> None:
+    """Host-to-device copies per dtype and batch. The served path uploads PIXELS (the
+    contract's dtype, uint8); each mode here feeds its own."""
     dtypes = {torch.uint8, *(torch.float32 if m == "fp32" else torch.float16 for m in args.modes)}
     for dtype in sorted(dtypes, key=lambda d: torch.empty(0, dtype=d).element_size()):
         for batch in args.batches if args.upload_seconds > 0 else []:
@@ -162,6 +162,28 @@ def run(args, measured=lambda results: None) -> dict:
             except torch.OutOfMemoryError:
                 results["skipped"].append(f"upload {dtype} batch {batch}: out of memory")
             del host
+
+
+def run(args, measured=lambda results: None) -> dict:
+    """Measure every (mode, batch); `measured(results)` runs after each point, so a run
+    stopped by a caller's timeout keeps what it measured."""
+    device = args.device
+    card = torch.cuda.get_device_name() if device.startswith("cuda") else "cpu"
+    peak = args.peak_tflops or (peak_tflops(card) if device.startswith("cuda") else None)
+    deadline = time.monotonic() + args.budget_s
+    torch.backends.cuda.matmul.allow_tf32 = False  # FP32 means FP32 here
+    flops = flops_per_image(create_model(args.model).eval().to(device), device)
+    results = {
+        "card": card,
+        "model": args.model,
+        "flops_per_image": flops,
+        "peak_fp16_tflops": peak,
+        "torch": torch.__version__,
+        "rows": [],
+        "uploads": [],
+        "skipped": [],
+    }
+    measure_uploads(args, device, deadline, results)
     if results["uploads"]:
         measured(results)
     for mode, model, dtype in variants(args.model, device, args.modes):
@@ -176,11 +198,19 @@ def run(args, measured=lambda results: None) -> dict:
                 torch.cuda.empty_cache()
                 continue
             tflops = ips * flops / 1e12
-            row = {"mode": mode, "batch": batch, "img_s": ips, "tflops": tflops,
-                   "fraction_of_fp16_peak": tflops / peak if peak else None}
+            row = {
+                "mode": mode,
+                "batch": batch,
+                "img_s": ips,
+                "tflops": tflops,
+                "fraction_of_fp16_peak": tflops / peak if peak else None,
+            }
             results["rows"].append(row)
-            print(f"{mode:13s} batch {batch:4d}: {ips:10.1f} img/s  {tflops:7.2f} TFLOP/s"
-                  + (f"  {row['fraction_of_fp16_peak']:.1%} of FP16 peak" if peak else ""), flush=True)
+            print(
+                f"{mode:13s} batch {batch:4d}: {ips:10.1f} img/s  {tflops:7.2f} TFLOP/s"
+                + (f"  {row['fraction_of_fp16_peak']:.1%} of FP16 peak" if peak else ""),
+                flush=True,
+            )
             measured(results)
         del model
         if device.startswith("cuda"):
@@ -190,26 +220,39 @@ def run(args, measured=lambda results: None) -> dict:
 
 def markdown(r: dict, command: str) -> str:
     peak = f"{r['peak_fp16_tflops']} TFLOP/s dense FP16" if r["peak_fp16_tflops"] else "unknown (no fraction shown)"
-    lines = [f"# Scorer `{r['model']}` at 448 on {r['card']}", "",
-             f"- command: `{command}`; torch {r['torch']}",
-             f"- FLOPs per image (torch.utils.flop_counter, matmul/conv, 2 per MAC): {r['flops_per_image'] / 1e9:.2f} GFLOP",
-             f"- peak used: {peak}",
-             "- the input is made on the device: these figures hold no copy (uploads: below)", "",
-             "| mode | batch | img/s | TFLOP/s | fraction of FP16 peak |", "|---|---|---|---|---|"]
+    lines = [
+        f"# Scorer `{r['model']}` at 448 on {r['card']}",
+        "",
+        f"- command: `{command}`; torch {r['torch']}",
+        f"- FLOPs per image (torch.utils.flop_counter, matmul/conv, 2 per MAC): {r['flops_per_image'] / 1e9:.2f} GFLOP",
+        f"- peak used: {peak}",
+        "- the input is made on the device: these figures hold no copy (uploads: below)",
+        "",
+        "| mode | batch | img/s | TFLOP/s | fraction of FP16 peak |",
+        "|---|---|---|---|---|",
+    ]
     for row in r["rows"]:
         frac = f"{row['fraction_of_fp16_peak']:.2%}" if row["fraction_of_fp16_peak"] is not None else "n/a"
         lines.append(f"| {row['mode']} | {row['batch']} | {row['img_s']:.1f} | {row['tflops']:.2f} | {frac} |")
     uploads = r.get("uploads") or []
     if uploads:
-        lines += ["", "Host-to-device uploads alone (a batch into a device tensor made once; "
-                  "on CPU a host copy):", "",
-                  "| dtype | batch | MB/image | pageable img/s | pageable GB/s | pinned img/s | pinned GB/s |",
-                  "|---|---|---|---|---|---|---|"]
+        lines += [
+            "",
+            "Host-to-device uploads alone (a batch into a device tensor made once; on CPU a host copy):",
+            "",
+            "| dtype | batch | MB/image | pageable img/s | pageable GB/s | pinned img/s | pinned GB/s |",
+            "|---|---|---|---|---|---|---|",
+        ]
         for u in uploads:
-            pinned = (f"{u['pinned_img_s']:.1f} | {u['pinned_gb_s']:.2f}" if "pinned_img_s" in u
-                      else f"{u.get('pinned', 'n/a')} | n/a")
-            lines.append(f"| {u['dtype']} | {u['batch']} | {u['mb_per_image']:.2f} | {u['pageable_img_s']:.1f} | "
-                         f"{u['pageable_gb_s']:.2f} | {pinned} |")
+            pinned = (
+                f"{u['pinned_img_s']:.1f} | {u['pinned_gb_s']:.2f}"
+                if "pinned_img_s" in u
+                else f"{u.get('pinned', 'n/a')} | n/a"
+            )
+            lines.append(
+                f"| {u['dtype']} | {u['batch']} | {u['mb_per_image']:.2f} | {u['pageable_img_s']:.1f} | "
+                f"{u['pageable_gb_s']:.2f} | {pinned} |"
+            )
     if r["skipped"]:
         lines += ["", "Skipped: " + "; ".join(r["skipped"])]
     return "\n".join(lines + ["", ANCHORS]) + "\n"
@@ -236,8 +279,12 @@ def main(argv=None) -> int:
     p.add_argument("--batches", default="1,2,4,8,16,32,64,128,256")
     p.add_argument("--modes", default="fp32,fp16,compile-fp16")
     p.add_argument("--seconds", type=float, default=2.0, help="timed seconds per point")
-    p.add_argument("--upload-seconds", type=float, default=0.3,
-                   help="timed seconds per upload figure (pageable, pinned); 0: no upload figures")
+    p.add_argument(
+        "--upload-seconds",
+        type=float,
+        default=0.3,
+        help="timed seconds per upload figure (pageable, pinned); 0: no upload figures",
+    )
     p.add_argument("--budget-s", type=float, default=450.0, help="stop measuring after this long")
     p.add_argument("--peak-tflops", type=float, help="override the card's dense FP16 peak")
     p.add_argument("--out", default=str(RESULTS))

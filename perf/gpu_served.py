@@ -41,12 +41,18 @@ def stop_server(server, log: Path) -> dict:
         logger.removeHandler(grab)
     seconds = time.monotonic() - start
     text = log.read_bytes()[offset:].decode(errors="replace") if log.exists() else ""
-    lines = [line[line.find("] ") + 2:] if "] " in line else line for line in text.splitlines()
-             if re.search(r"Timeout \d+: Found [1-9]|unloaded|Exit timeout|failed to stop|Signal", line)]
-    return {"stop_s": round(seconds, 1), "exit_timeout_s": server.exit_timeout_s,
-            "exit_timeout_expired": "Exit timeout expired" in text,
-            "stubs_killed_by_launcher": sum("left by a killed Triton" in w for w in warnings),
-            "triton_exit_lines": lines[-16:]}
+    lines = [
+        line[line.find("] ") + 2 :] if "] " in line else line
+        for line in text.splitlines()
+        if re.search(r"Timeout \d+: Found [1-9]|unloaded|Exit timeout|failed to stop|Signal", line)
+    ]
+    return {
+        "stop_s": round(seconds, 1),
+        "exit_timeout_s": server.exit_timeout_s,
+        "exit_timeout_expired": "Exit timeout expired" in text,
+        "stubs_killed_by_launcher": sum("left by a killed Triton" in w for w in warnings),
+        "triton_exit_lines": lines[-16:],
+    }
 
 
 def cpu_reference(photos: list[bytes]) -> list[dict]:
@@ -82,8 +88,13 @@ class Served:
 
         start = time.monotonic()
         # Shared memory open: perf_analyzer registers regions for the tensors (loopback only).
-        self.server = TritonServer(self.repository, log_file=self.log, supervise=False, open_apis=("shared-memory",),
-                                   exit_timeout_s=exit_timeout_s(self.instances)).start(timeout_s=300)
+        self.server = TritonServer(
+            self.repository,
+            log_file=self.log,
+            supervise=False,
+            open_apis=("shared-memory",),
+            exit_timeout_s=exit_timeout_s(self.instances),
+        ).start(timeout_s=300)
         return {"start_s": round(time.monotonic() - start, 1), "cuda_pool": cuda_pool_args(self.repository)}
 
     def stop(self) -> dict:
@@ -109,13 +120,20 @@ class Served:
             if r.face_found and ref["face_found"]:
                 ious.append(iou(r.face_box, ref["face_box"]))
         scored = len(diffs)
-        return {"photos": len(photos), "mismatched_errors": errors, "max_abs_diff": max(diffs, default=None),
-                "within_tolerance": sum(d <= FP16_TOLERANCE for d in diffs) / scored if scored else None,
-                "same_face_decision": decisions / scored if scored else None,
-                "min_face_iou": min(ious, default=None), "tolerance": FP16_TOLERANCE,
-                "same_scores": bool(scored and not errors and max(diffs) <= FP16_TOLERANCE)}
+        return {
+            "photos": len(photos),
+            "mismatched_errors": errors,
+            "max_abs_diff": max(diffs, default=None),
+            "within_tolerance": sum(d <= FP16_TOLERANCE for d in diffs) / scored if scored else None,
+            "same_face_decision": decisions / scored if scored else None,
+            "min_face_iou": min(ious, default=None),
+            "tolerance": FP16_TOLERANCE,
+            "same_scores": bool(scored and not errors and max(diffs) <= FP16_TOLERANCE),
+        }
 
-    def figures(self, photos: list[bytes], pixels: list, out: Path, levels: dict[str, int], measurement_ms: int) -> dict:
+    def figures(
+        self, photos: list[bytes], pixels: list, out: Path, levels: dict[str, int], measurement_ms: int
+    ) -> dict:
         """Each model alone and the ensemble, at one level each, with every tensor through
         system shared memory (the steps' own figures, not gRPC's transfer of crops), and the
         batch sizes Triton formed meanwhile."""
@@ -133,12 +151,19 @@ class Served:
         try:
             for model, concurrency in levels.items():
                 before = batch_executions(client, model)
-                m = measure(self.server.url, model, inputs[model], Load(concurrency=concurrency), settings,
-                            shared_memory=True)
+                m = measure(
+                    self.server.url, model, inputs[model], Load(concurrency=concurrency), settings, shared_memory=True
+                )
                 batches = executed_between(before, batch_executions(client, model))
-                rows[model] = {"concurrency": concurrency, "img_s": m.throughput, "p50_ms": m.p50_ms,
-                               "p99_ms": m.p99_ms, "server_queue_ms": m.server_queue_ms,
-                               "server_compute_ms": m.server_compute_ms, "mean_batch": round(mean_batch(batches), 1)}
+                rows[model] = {
+                    "concurrency": concurrency,
+                    "img_s": m.throughput,
+                    "p50_ms": m.p50_ms,
+                    "p99_ms": m.p99_ms,
+                    "server_queue_ms": m.server_queue_ms,
+                    "server_compute_ms": m.server_compute_ms,
+                    "mean_batch": round(mean_batch(batches), 1),
+                }
         finally:
             client.close()
             for path in data.values():

@@ -30,8 +30,11 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     from .inputs import DEFAULT_IMAGES
 
     p.add_argument("--url", help="server HOST:PORT (default: start the embedded server for the run)")
-    p.add_argument("--repository", default=str(DEFAULT_REPOSITORY),
-                   help="repository for the embedded server; its scorer/1/model.onnx is the baselines' model")
+    p.add_argument(
+        "--repository",
+        default=str(DEFAULT_REPOSITORY),
+        help="repository for the embedded server; its scorer/1/model.onnx is the baselines' model",
+    )
     p.add_argument("--onnx", help="scorer ONNX for the in-process baselines (default: the repository's)")
     p.add_argument("--images", default=str(DEFAULT_IMAGES), help="folder of real photos")
     p.add_argument("--photos", type=int, default=64, help="photos drawn from --images")
@@ -41,16 +44,29 @@ def add_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--request-rate", type=_floats, default=[], help="comma-separated requests/s levels (optional)")
     p.add_argument("--measurement-ms", type=int, default=4000, help="perf_analyzer's measurement window")
     p.add_argument("--stability", type=int, default=25, help="perf_analyzer's stability percentage")
-    p.add_argument("--max-trials", type=int, default=6, help="perf_analyzer's trials per level before it gives up on stability")
-    p.add_argument("--request-count", type=int, default=0,
-                   help="measure exactly N requests per level instead of waiting for stability (noisy machines)")
+    p.add_argument(
+        "--max-trials", type=int, default=6, help="perf_analyzer's trials per level before it gives up on stability"
+    )
+    p.add_argument(
+        "--request-count",
+        type=int,
+        default=0,
+        help="measure exactly N requests per level instead of waiting for stability (noisy machines)",
+    )
     p.add_argument("--batches", type=_ints, default=[1, 4, 8, 16], help="in-process batch sizes tried")
     p.add_argument("--baseline-seconds", type=float, default=5.0, help="seconds per in-process figure")
-    p.add_argument("--threads", type=int, default=os.cpu_count() or 1,
-                   help="in-process thread budget (preprocessing pool and ORT intra-op threads)")
+    p.add_argument(
+        "--threads",
+        type=int,
+        default=os.cpu_count() or 1,
+        help="in-process thread budget (preprocessing pool and ORT intra-op threads)",
+    )
     p.add_argument("--repeats", type=int, default=1, help="whole runs; the report quotes medians")
-    p.add_argument("--no-shared-memory", action="store_true",
-                   help="send the scorer's tensors over gRPC (default: system shared memory on loopback)")
+    p.add_argument(
+        "--no-shared-memory",
+        action="store_true",
+        help="send the scorer's tensors over gRPC (default: system shared memory on loopback)",
+    )
     p.add_argument("--name", default=time.strftime("run-%Y%m%d-%H%M"), help="report name")
     p.add_argument("--out-dir", default=str(RESULTS), help="where the report and plots go")
     p.add_argument("--note", default="", help="free text for the report (what was changed)")

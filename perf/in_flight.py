@@ -33,13 +33,31 @@ def measure(repository: Path, in_flight: list[int], photos: Path, rounds: int, w
         for r in range(rounds):
             for k in in_flight:
                 before = process_tree_cpu_s(server.process.pid)
-                res = subprocess.run([sys.executable, "-m", "sampleiqa.cli", "score", str(photos), "--url", server.url,
-                                      "--out", str(work / f"{repository.name}-{k}-{r}.csv"), "--concurrency", str(k)],
-                                     capture_output=True, text=True, check=True)
+                res = subprocess.run(
+                    [
+                        sys.executable,
+                        "-m",
+                        "sampleiqa.cli",
+                        "score",
+                        str(photos),
+                        "--url",
+                        server.url,
+                        "--out",
+                        str(work / f"{repository.name}-{k}-{r}.csv"),
+                        "--concurrency",
+                        str(k),
+                    ],
+                    capture_output=True,
+                    text=True,
+                    check=True,
+                )
                 rate = float(re.search(r"\(([\d.]+) images/s\)", res.stderr).group(1))
                 runs[k].append((rate, 1000 * (process_tree_cpu_s(server.process.pid) - before) / n))
-                print(f"{repository}: {k} in flight: {rate:.1f} images/s, {runs[k][-1][1]:.1f} server CPU ms/image",
-                      file=sys.stderr, flush=True)
+                print(
+                    f"{repository}: {k} in flight: {rate:.1f} images/s, {runs[k][-1][1]:.1f} server CPU ms/image",
+                    file=sys.stderr,
+                    flush=True,
+                )
     return {k: (statistics.median(x for x, _ in v), statistics.median(c for _, c in v)) for k, v in runs.items()}
 
 
@@ -53,19 +71,24 @@ def main(argv=None) -> int:
     p.add_argument("--report", type=Path)
     args = p.parse_args(argv)
     labels = args.label or [str(r) for r in args.repository]
-    lines = [f"| repository | {' | '.join(f'{k} in flight: images/s, server CPU ms/image' for k in args.in_flight)} |",
-             "|---|" + "---|" * len(args.in_flight)]
+    lines = [
+        f"| repository | {' | '.join(f'{k} in flight: images/s, server CPU ms/image' for k in args.in_flight)} |",
+        "|---|" + "---|" * len(args.in_flight),
+    ]
     with tempfile.TemporaryDirectory(prefix="sampleiqa-in-flight-") as tmp:
         photos = copy_photos(Path(tmp) / "photos", args.photos)
         for label, repository in zip(labels, args.repository):
             result = measure(repository, args.in_flight, photos, args.rounds, Path(tmp))
-            lines.append(f"| {label} | " + " | ".join(f"{result[k][0]:.1f}, {result[k][1]:.1f}" for k in args.in_flight)
-                         + " |")
+            lines.append(
+                f"| {label} | " + " | ".join(f"{result[k][0]:.1f}, {result[k][1]:.1f}" for k in args.in_flight) + " |"
+            )
     table = "\n".join(lines)
     print(table)
     if args.report:
-        args.report.write_text(f"# Requests in flight ({args.photos} BIQ2021 photos, medians of {args.rounds} rounds)\n\n"
-                               f"`python -m sampleiqa.perf.in_flight {' '.join(argv or sys.argv[1:])}`\n\n{table}\n")
+        args.report.write_text(
+            f"# Requests in flight ({args.photos} BIQ2021 photos, medians of {args.rounds} rounds)\n\n"
+            f"`python -m sampleiqa.perf.in_flight {' '.join(argv or sys.argv[1:])}`\n\n{table}\n"
+        )
     return 0
 
 

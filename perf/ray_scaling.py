@@ -59,8 +59,12 @@ def timed_run(args: list[str], server_pid: int, client_roots) -> dict:
         raise RuntimeError(f"{' '.join(args)} failed:\n{res.stderr[-3000:]}")
     after = resource.getrusage(resource.RUSAGE_CHILDREN)
     cli_cpu = after.ru_utime + after.ru_stime - children.ru_utime - children.ru_stime
-    return {"rate": rate_of(res.stderr), "wall_s": wall, "server_cpu_s": process_tree_cpu_s(server_pid) - server_cpu,
-            "client_cpu_s": cli_cpu + _cpu(client_roots()) - client_cpu}
+    return {
+        "rate": rate_of(res.stderr),
+        "wall_s": wall,
+        "server_cpu_s": process_tree_cpu_s(server_pid) - server_cpu,
+        "client_cpu_s": cli_cpu + _cpu(client_roots()) - client_cpu,
+    }
 
 
 def _cpu(roots: list[int]) -> float:
@@ -75,9 +79,25 @@ def cluster_roots(temp: Path) -> list[int]:
 def ray_cluster(temp: Path) -> str:
     ray = str(Path(sys.executable).parent / "ray")
     port = free_port()
-    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--include-dashboard", "false", "--temp-dir", str(temp), "--disable-usage-stats"],
-                   check=True, capture_output=True, env={**os.environ, **RAY_ENV})
+    subprocess.run(
+        [
+            ray,
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--include-dashboard",
+            "false",
+            "--temp-dir",
+            str(temp),
+            "--disable-usage-stats",
+        ],
+        check=True,
+        capture_output=True,
+        env={**os.environ, **RAY_ENV},
+    )
     return f"127.0.0.1:{port}"
 
 
@@ -90,22 +110,56 @@ def throughput(photos: int, rounds: int, concurrency: int, actors: int, shard_si
             common = [str(folder), "--url", server.url]
             pid = server.process.pid
             for r in range(rounds):
-                runs["local"].append(timed_run(SAMPLEIQA + common + [
-                    "--out", str(work / f"local-{r}.csv"), "--concurrency", str(concurrency)], pid, list))
-                runs["ray"].append(timed_run(SAMPLEIQA + common + [  # the same flags: --concurrency per actor
-                    "--out", str(work / f"ray-{r}"), "--engine", "ray", "--ray-address", address,
-                    "--ray-actors", str(actors), "--concurrency", str(concurrency),
-                    "--shard-size", str(shard_size)], pid, lambda: cluster_roots(work / "ray")))
-                print(f"round {r + 1}/{rounds}: local {runs['local'][-1]['rate']:.1f}, ray {runs['ray'][-1]['rate']:.1f} "
-                      "images/s", file=sys.stderr, flush=True)
+                runs["local"].append(
+                    timed_run(
+                        SAMPLEIQA + common + ["--out", str(work / f"local-{r}.csv"), "--concurrency", str(concurrency)],
+                        pid,
+                        list,
+                    )
+                )
+                runs["ray"].append(
+                    timed_run(
+                        SAMPLEIQA
+                        + common
+                        + [  # the same flags: --concurrency per actor
+                            "--out",
+                            str(work / f"ray-{r}"),
+                            "--engine",
+                            "ray",
+                            "--ray-address",
+                            address,
+                            "--ray-actors",
+                            str(actors),
+                            "--concurrency",
+                            str(concurrency),
+                            "--shard-size",
+                            str(shard_size),
+                        ],
+                        pid,
+                        lambda: cluster_roots(work / "ray"),
+                    )
+                )
+                print(
+                    f"round {r + 1}/{rounds}: local {runs['local'][-1]['rate']:.1f}, ray {runs['ray'][-1]['rate']:.1f} "
+                    "images/s",
+                    file=sys.stderr,
+                    flush=True,
+                )
         finally:
             subprocess.run([str(Path(sys.executable).parent / "ray"), "stop", "--force"], capture_output=True)
     med = {k: {m: statistics.median(run[m] for run in v) for m in v[0]} for k, v in runs.items()}
     sizes = [p.stat().st_size for p in folder.iterdir()]
-    return {"photos": photos, "rounds": rounds, "concurrency": concurrency, "actors": actors,
-            "shard_size": shard_size, "runs": runs, "median": med,
-            "ratio_ray_to_local": med["ray"]["rate"] / med["local"]["rate"],
-            "mean_photo_bytes": sum(sizes) / len(sizes)}
+    return {
+        "photos": photos,
+        "rounds": rounds,
+        "concurrency": concurrency,
+        "actors": actors,
+        "shard_size": shard_size,
+        "runs": runs,
+        "median": med,
+        "ratio_ray_to_local": med["ray"]["rate"] / med["local"]["rate"],
+        "mean_photo_bytes": sum(sizes) / len(sizes),
+    }
 
 
 def make_keys(root: Path, keys: int, per_folder: int = 1000) -> None:
@@ -157,11 +211,19 @@ def listing_memory(keys: int, work: Path) -> dict:
     result = {"keys": keys}
     for name, body in LISTERS.items():
         code = PROBE.format(body=body)
-        res = subprocess.run([sys.executable, "-c", code, str(root), str(work / f"out-{name}"), str(max(1, keys // 20))],
-                             capture_output=True, text=True, check=True)
+        res = subprocess.run(
+            [sys.executable, "-c", code, str(root), str(work / f"out-{name}"), str(max(1, keys // 20))],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
         result[name] = json.loads(res.stdout)
-        print(f"{name}: peak {result[name]['peak_rss_mib']:.0f} MiB over {result[name]['files']} files "
-              f"in {result[name]['seconds']:.0f}s", file=sys.stderr, flush=True)
+        print(
+            f"{name}: peak {result[name]['peak_rss_mib']:.0f} MiB over {result[name]['files']} files "
+            f"in {result[name]['seconds']:.0f}s",
+            file=sys.stderr,
+            flush=True,
+        )
     return result
 
 
@@ -180,8 +242,9 @@ def main(argv=None) -> int:
     with tempfile.TemporaryDirectory(prefix="sampleiqa-ray-") as tmp:
         if "throughput" not in args.skip:
             (Path(tmp) / "t").mkdir()
-            results["throughput"] = throughput(args.photos, args.rounds, args.concurrency, args.actors,
-                                               args.shard_size, Path(tmp) / "t")
+            results["throughput"] = throughput(
+                args.photos, args.rounds, args.concurrency, args.actors, args.shard_size, Path(tmp) / "t"
+            )
         if "listing" not in args.skip:
             (Path(tmp) / "l").mkdir()
             results["listing"] = listing_memory(args.keys, Path(tmp) / "l")

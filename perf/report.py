@@ -13,8 +13,8 @@ from pathlib import Path
 
 from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
 
-from .plots import new_axes, save
 from .batch_stats import mean_batch
+from .plots import new_axes, save
 from .sweep import Report
 
 # (what the issue asks, figure, threshold, True when the figure must reach at least the threshold)
@@ -50,7 +50,9 @@ FIGURES = {
 def _passes(value: float, threshold: float, at_least: bool) -> bool:
     if math.isnan(value):
         return False
-    return value > threshold if at_least and threshold == 1.0 else (value >= threshold if at_least else value <= threshold)
+    return (
+        value > threshold if at_least and threshold == 1.0 else (value >= threshold if at_least else value <= threshold)
+    )
 
 
 def summary_lines(report: Report) -> list[str]:
@@ -102,20 +104,31 @@ def markdown(report: Report, name: str, plots: list[str]) -> str:
     plan = report.plan
     runs = report.runs
     loads = [f"{lo:.1f}->{hi:.1f}" for lo, hi in (r.load_average for r in runs)]
-    out = [f"# Perf run `{name}`", "",
-           f"- command: `{plan.command}`",
-           f"- when: {time.strftime('%Y-%m-%d %H:%M')}; machine: {platform.node()}, {platform.processor() or platform.machine()}, "
-           f"{__import__('os').cpu_count()} cores; 1-min load average per run (start->end): {', '.join(loads)}",
-           f"- photos: {plan.photos} from `{plan.images}`; scorer alone fed {plan.tensors} real preprocessed tensors"
-           f"{' through system shared memory' if plan.shared_memory else ' over gRPC'}",
-           (f"- perf_analyzer: {plan.analyzer.request_count} requests per level, " if plan.analyzer.request_count else
-            f"- perf_analyzer: {plan.analyzer.measurement_ms} ms windows, stability {plan.analyzer.stability_percent}%, ") +
-           f"batch 1 per request; repeats: {plan.repeats} (figures are medians; ratios are taken within each run)",
-           f"- in-process baselines: {plan.threads} threads, batches {list(plan.batches)}, scorer `{plan.onnx}`, "
-           "the faster of ORT spinning on and off at each batch",
-           "- server settings: " + "; ".join(f"{m}: {s['instances']} instance(s), queue delay {s['queue_delay_us']} us"
-                                              + (f", {s['parameters']}" if s["parameters"] else "")
-                                              for m, s in report.settings.items())]
+    out = [
+        f"# Perf run `{name}`",
+        "",
+        f"- command: `{plan.command}`",
+        f"- when: {time.strftime('%Y-%m-%d %H:%M')}; "
+        f"machine: {platform.node()}, {platform.processor() or platform.machine()}, "
+        f"{__import__('os').cpu_count()} cores; 1-min load average per run (start->end): {', '.join(loads)}",
+        f"- photos: {plan.photos} from `{plan.images}`; scorer alone fed {plan.tensors} real preprocessed tensors"
+        f"{' through system shared memory' if plan.shared_memory else ' over gRPC'}",
+        (
+            f"- perf_analyzer: {plan.analyzer.request_count} requests per level, "
+            if plan.analyzer.request_count
+            else f"- perf_analyzer: {plan.analyzer.measurement_ms} ms windows, "
+            f"stability {plan.analyzer.stability_percent}%, "
+        )
+        + f"batch 1 per request; repeats: {plan.repeats} (figures are medians; ratios are taken within each run)",
+        f"- in-process baselines: {plan.threads} threads, batches {list(plan.batches)}, scorer `{plan.onnx}`, "
+        "the faster of ORT spinning on and off at each batch",
+        "- server settings: "
+        + "; ".join(
+            f"{m}: {s['instances']} instance(s), queue delay {s['queue_delay_us']} us"
+            + (f", {s['parameters']}" if s["parameters"] else "")
+            for m, s in report.settings.items()
+        ),
+    ]
     left_out = [f"run {k + 1}: {', '.join(r.left_out)}" for k, r in enumerate(runs) if r.left_out]
     if left_out:
         out += [f"- left out (no stable measurement even at 100% stability): {'; '.join(left_out)}"]
@@ -128,21 +141,44 @@ def markdown(report: Report, name: str, plots: list[str]) -> str:
     for label, key, threshold, at_least in TARGETS:
         v = report.median(key)
         out.append(f"| {label} | {v:.3g} | {'holds' if _passes(v, threshold, at_least) else 'misses'} |")
-    out += ["", "## perf_analyzer sweeps (medians)", "",
-            "| model | level | img/s | p50 ms | p95 ms | p99 ms | server queue ms | server compute ms | server CPU ms/img | executed batches (size: count) | mean batch |",
-            "|---|---|---|---|---|---|---|---|---|---|---|"]
-    for (model, level), v in median_points(report).items():
-        batches = ", ".join(f"{s}: {n}" for s, n in v["batches"].items())
-        out.append(f"| {model} | {level} | {v['throughput']:.1f} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | {v['p99_ms']:.1f} | "
-                   f"{v['server_queue_ms']:.1f} | {v['server_compute_ms']:.1f} | {v['server_core_ms']:.1f} | {v['batch_model']}: {batches} | "
-                   f"{mean_batch(v['batches']):.2f} |")
-    out += ["", "## In-process baselines (images/s per batch size, per run)", "", "| batch | model only img/s | pipeline img/s | model only CPU ms/img | pipeline CPU ms/img |", "|---|---|---|---|---|"]
-    for b in plan.batches:
-        bl = [r.baselines for r in runs]
-        out.append(f"| {b} | {_fmt(x.model_only[b] for x in bl)} | {_fmt(x.pipeline[b] for x in bl)} | "
-                   f"{_fmt(x.model_core_ms[b] for x in bl)} | {_fmt(x.pipeline_core_ms[b] for x in bl)} |")
+    out += _tables(report)
     out += ["", "## Plots", ""] + [f"![{p}]({p})" for p in plots]
     return "\n".join(out) + "\n"
+
+
+def _tables(report: Report) -> list[str]:
+    """The sweeps' medians and the in-process baselines, as Markdown tables."""
+    plan, runs = report.plan, report.runs
+    out = [
+        "",
+        "## perf_analyzer sweeps (medians)",
+        "",
+        "| model | level | img/s | p50 ms | p95 ms | p99 ms | server queue ms | server compute ms "
+        "| server CPU ms/img | executed batches (size: count) | mean batch |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for (model, level), v in median_points(report).items():
+        batches = ", ".join(f"{s}: {n}" for s, n in v["batches"].items())
+        out.append(
+            f"| {model} | {level} | {v['throughput']:.1f} | {v['p50_ms']:.1f} | {v['p95_ms']:.1f} | "
+            f"{v['p99_ms']:.1f} | {v['server_queue_ms']:.1f} | {v['server_compute_ms']:.1f} | "
+            f"{v['server_core_ms']:.1f} | {v['batch_model']}: {batches} | "
+            f"{mean_batch(v['batches']):.2f} |"
+        )
+    out += [
+        "",
+        "## In-process baselines (images/s per batch size, per run)",
+        "",
+        "| batch | model only img/s | pipeline img/s | model only CPU ms/img | pipeline CPU ms/img |",
+        "|---|---|---|---|---|",
+    ]
+    for b in plan.batches:
+        bl = [r.baselines for r in runs]
+        out.append(
+            f"| {b} | {_fmt(x.model_only[b] for x in bl)} | {_fmt(x.pipeline[b] for x in bl)} | "
+            f"{_fmt(x.model_core_ms[b] for x in bl)} | {_fmt(x.pipeline_core_ms[b] for x in bl)} |"
+        )
+    return out
 
 
 def write_report(report: Report, out_dir: Path, name: str) -> Path:
@@ -155,7 +191,10 @@ def write_report(report: Report, out_dir: Path, name: str) -> Path:
             plots.append(png)
     md = out_dir / f"{name}.md"
     md.write_text(markdown(report, name, plots))
-    raw = {"plan": {k: str(v) for k, v in asdict(report.plan).items()}, "settings": report.settings,
-           "runs": [{"figures": r.figures(), **asdict(r)} for r in report.runs]}
+    raw = {
+        "plan": {k: str(v) for k, v in asdict(report.plan).items()},
+        "settings": report.settings,
+        "runs": [{"figures": r.figures(), **asdict(r)} for r in report.runs],
+    }
     (out_dir / f"{name}.json").write_text(json.dumps(raw, indent=1, default=str))
     return md

@@ -47,8 +47,12 @@ def one_run(repository: Path, env: dict, folder: Path, photos: Path, tmp: Path) 
         out = tmp / "scores.csv"
         out.unlink(missing_ok=True)
         cpu0 = process_tree_cpu_s(server.process.pid)
-        res = subprocess.run([sys.executable, "-m", "sampleiqa.cli", "score", str(photos), "--url", server.url,
-                              "--out", str(out)], capture_output=True, text=True, timeout=1800)
+        res = subprocess.run(
+            [sys.executable, "-m", "sampleiqa.cli", "score", str(photos), "--url", server.url, "--out", str(out)],
+            capture_output=True,
+            text=True,
+            timeout=1800,
+        )
         cpu = process_tree_cpu_s(server.process.pid) - cpu0
     n = len(list(photos.iterdir()))
     if res.returncode != 0 or not (m := RATE.search(res.stderr)) or f"{n} scored ok" not in res.stderr:
@@ -64,23 +68,35 @@ def main(argv=None) -> int:
     p.add_argument("--report", type=Path, default=None)
     args = p.parse_args(argv)
     site_dirs = os.pathsep.join([str(args.before.resolve()), stub_environment()[environment.SITE_DIRS]])
-    sides = {"before": (args.before / "model_repository", {environment.SITE_DIRS: site_dirs}, args.before.resolve()),
-             "after": (DEFAULT_REPOSITORY, {}, Path.cwd())}
+    sides = {
+        "before": (args.before / "model_repository", {environment.SITE_DIRS: site_dirs}, args.before.resolve()),
+        "after": (DEFAULT_REPOSITORY, {}, Path.cwd()),
+    }
     runs: dict[str, list[tuple[float, float]]] = {k: [] for k in sides}
     with tempfile.TemporaryDirectory() as tmp:
         photos = copy_photos(Path(tmp) / "photos", args.photos)
         for r in range(args.rounds):
-            for name in (list(sides) if r % 2 == 0 else list(reversed(sides))):
+            for name in list(sides) if r % 2 == 0 else list(reversed(sides)):
                 runs[name].append(one_run(*sides[name], photos, Path(tmp)))
-                print(f"round {r + 1}: {name}: {runs[name][-1][0]:.1f} images/s, "
-                      f"{runs[name][-1][1]:.0f} server CPU ms/photo", flush=True)
+                print(
+                    f"round {r + 1}: {name}: {runs[name][-1][0]:.1f} images/s, "
+                    f"{runs[name][-1][1]:.0f} server CPU ms/photo",
+                    flush=True,
+                )
     med = {k: (statistics.median(v[0] for v in rs), statistics.median(v[1] for v in rs)) for k, rs in runs.items()}
-    lines = [f"# Two repositories end to end, interleaved ({args.photos} BIQ2021 photos, {args.rounds} rounds)", "",
-             f"`python -m sampleiqa.perf.repository_ab --before {args.before} --photos {args.photos} "
-             f"--rounds {args.rounds}`: `sampleiqa score --url` against one server at a time.", "",
-             "| repository | median images/s | each round | median server CPU ms/photo |", "|---|---|---|---|"]
+    lines = [
+        f"# Two repositories end to end, interleaved ({args.photos} BIQ2021 photos, {args.rounds} rounds)",
+        "",
+        f"`python -m sampleiqa.perf.repository_ab --before {args.before} --photos {args.photos} "
+        f"--rounds {args.rounds}`: `sampleiqa score --url` against one server at a time.",
+        "",
+        "| repository | median images/s | each round | median server CPU ms/photo |",
+        "|---|---|---|---|",
+    ]
     for k, (rate, cpu) in med.items():
-        lines.append(f"| {k} (`{sides[k][0]}`) | {rate:.1f} | {', '.join(f'{v[0]:.1f}' for v in runs[k])} | {cpu:.0f} |")
+        lines.append(
+            f"| {k} (`{sides[k][0]}`) | {rate:.1f} | {', '.join(f'{v[0]:.1f}' for v in runs[k])} | {cpu:.0f} |"
+        )
     lines += ["", f"**after / before: {med['after'][0] / med['before'][0]:.2f}** (images/s, same run)"]
     text = "\n".join(lines) + "\n"
     print(text)

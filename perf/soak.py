@@ -24,8 +24,8 @@ from pathlib import Path
 import numpy as np
 
 from sampleiqa import environment
-from sampleiqa.procfs import child_pids, rss_kib
 from sampleiqa.paths import SAMPLES, SHARED_DATA
+from sampleiqa.procfs import child_pids, rss_kib
 
 DATA = Path(os.environ.get(environment.DATA, SHARED_DATA)) / "biq2021" / "images"
 # After warm-up ONNX Runtime's arena may still extend once, by a chunk of ~85 MiB with the
@@ -79,8 +79,9 @@ def _client_loop(url: str, items, stop_at: float, tally: Tally, offset: int, min
             t0 = time.monotonic()
             try:
                 r = client.score(data)
-                problem = ("" if r.error_code == expected
-                           else f"expected {expected or 'a score'}, got {r.error or 'a score'}")
+                problem = (
+                    "" if r.error_code == expected else f"expected {expected or 'a score'}, got {r.error or 'a score'}"
+                )
             except Exception as exc:  # transport failures count as errors, never stop the soak
                 problem = f"{type(exc).__name__}: {exc}"
             dt = time.monotonic() - t0
@@ -96,8 +97,12 @@ def load(url: str, items, clients: int, seconds: float, min_requests: int = 0) -
     """Each client sends for `seconds`, and at least `min_requests` requests."""
     tally = Tally()
     start = time.monotonic()
-    threads = [threading.Thread(target=_client_loop, args=(url, items, start + seconds, tally, i * 7, min_requests),
-                                daemon=True) for i in range(clients)]
+    threads = [
+        threading.Thread(
+            target=_client_loop, args=(url, items, start + seconds, tally, i * 7, min_requests), daemon=True
+        )
+        for i in range(clients)
+    ]
     for t in threads:
         t.start()
     for t in threads:
@@ -133,12 +138,14 @@ class SoakResult:
 
     @property
     def passed(self) -> bool:
-        return (self.errors == 0 and self.growth_mib <= self.max_growth_mib
-                and self.late_growth_mib <= MAX_LATE_GROWTH_MIB)
+        return (
+            self.errors == 0 and self.growth_mib <= self.max_growth_mib and self.late_growth_mib <= MAX_LATE_GROWTH_MIB
+        )
 
     def report(self, command: str = "") -> str:
         lines = [
-            "| figure | value |", "|---|---|",
+            "| figure | value |",
+            "|---|---|",
             f"| clients x seconds | {self.clients} x {self.seconds:.0f} s (after warm-up) |",
             f"| requests | {self.requests} ({self.item_errors} of them the bad inputs, each with its expected error) |",
             f"| errors | {self.errors} |",
@@ -159,9 +166,16 @@ class SoakResult:
         return "\n".join(lines)
 
 
-def soak(clients: int = 4, seconds: float = 60, warmup_s: float = 10, images: int = 32,
-         max_growth_mib: float = MAX_GROWTH_MIB, log_file: str | Path | None = None,
-         sample_every_s: float = 10, every_image: bool = False) -> SoakResult:
+def soak(
+    clients: int = 4,
+    seconds: float = 60,
+    warmup_s: float = 10,
+    images: int = 32,
+    max_growth_mib: float = MAX_GROWTH_MIB,
+    log_file: str | Path | None = None,
+    sample_every_s: float = 10,
+    every_image: bool = False,
+) -> SoakResult:
     """Start the embedded server, warm it up, then soak it. `every_image`: in the warm-up and
     in the soak, each client also sends the whole image set at least once, however slow the
     machine. Call from the main
@@ -189,12 +203,20 @@ def soak(clients: int = 4, seconds: float = 60, warmup_s: float = 10, images: in
         samples.append(rss_end)
     lat = np.array(tally.latencies) * 1000
     return SoakResult(
-        clients=clients, seconds=elapsed, requests=len(lat), errors=len(tally.errors),
-        item_errors=tally.item_errors, throughput=len(lat) / elapsed,
+        clients=clients,
+        seconds=elapsed,
+        requests=len(lat),
+        errors=len(tally.errors),
+        item_errors=tally.item_errors,
+        throughput=len(lat) / elapsed,
         p50_ms=float(np.percentile(lat, 50)) if len(lat) else 0.0,
         p99_ms=float(np.percentile(lat, 99)) if len(lat) else 0.0,
-        rss_start_mib=rss_start, rss_end_mib=rss_end, rss_samples=samples, processes=processes,
-        max_growth_mib=max_growth_mib, error_examples=tally.errors[:5],
+        rss_start_mib=rss_start,
+        rss_end_mib=rss_end,
+        rss_samples=samples,
+        processes=processes,
+        max_growth_mib=max_growth_mib,
+        error_examples=tally.errors[:5],
     )
 
 

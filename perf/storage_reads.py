@@ -61,22 +61,36 @@ def measure(files: int, latency_s: float, rounds: int, fail_rate: float) -> dict
                     print(f"round {r + 1}: depth {depth:2d}: {rates[depth][-1]:6.1f} files/s", flush=True)
         finally:
             proxy.close()
-    return {"files": files, "latency_ms": latency_s * 1000, "fail_rate": fail_rate, "rounds": rounds,
-            "faults": dict(proxy.counts), "files_per_s": {str(d): v for d, v in rates.items()}}
+    return {
+        "files": files,
+        "latency_ms": latency_s * 1000,
+        "fail_rate": fail_rate,
+        "rounds": rounds,
+        "faults": dict(proxy.counts),
+        "files_per_s": {str(d): v for d, v in rates.items()},
+    }
 
 
 def markdown(result: dict, plot: str | None) -> str:
     rates = {int(d): statistics.median(v) for d, v in result["files_per_s"].items()}
-    lines = [f"# One actor's object-store reads by reads in flight ({result['latency_ms']:.0f} ms per request)", "",
-             f"`python -m sampleiqa.perf.storage_reads --files {result['files']} --latency-ms "
-             f"{result['latency_ms']:.0f} --rounds {result['rounds']}`: real photos in a real S3 server (moto) "
-             "on loopback behind a latency proxy; the reader of `--engine ray` (clients/storage.py). "
-             "A read is a HEAD and a GET.", "",
-             "| reads in flight (`--concurrency`) | median files/s | vs 1 |", "|---|---|---|"]
+    lines = [
+        f"# One actor's object-store reads by reads in flight ({result['latency_ms']:.0f} ms per request)",
+        "",
+        f"`python -m sampleiqa.perf.storage_reads --files {result['files']} --latency-ms "
+        f"{result['latency_ms']:.0f} --rounds {result['rounds']}`: real photos in a real S3 server (moto) "
+        "on loopback behind a latency proxy; the reader of `--engine ray` (clients/storage.py). "
+        "A read is a HEAD and a GET.",
+        "",
+        "| reads in flight (`--concurrency`) | median files/s | vs 1 |",
+        "|---|---|---|",
+    ]
     lines += [f"| {d} | {r:.1f} | {r / rates[1]:.2f}x |" for d, r in rates.items()]
     if result["fail_rate"]:
-        lines += ["", f"{result['fail_rate']:.0%} of object requests failed transiently: {result['faults']}; "
-                      "every read came back right."]
+        lines += [
+            "",
+            f"{result['fail_rate']:.0%} of object requests failed transiently: {result['faults']}; "
+            "every read came back right.",
+        ]
     if plot:
         lines += ["", f"![files/s by reads in flight]({plot})"]
     return "\n".join(lines) + "\n"

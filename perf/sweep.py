@@ -39,13 +39,22 @@ class SweepPlan:
     def from_args(cls, args) -> "SweepPlan":
         loads = [Load(concurrency=c) for c in args.concurrency] + [Load(rate=r) for r in args.request_rate]
         loopback = not args.url or args.url.rsplit(":", 1)[0] in ("127.0.0.1", "localhost", "[::1]")
-        return cls(Path(args.images), args.photos, args.tensors, tuple(args.models.split(",")), tuple(loads),
-                   AnalyzerSettings(args.measurement_ms, args.stability, args.max_trials, args.request_count),
-                   tuple(args.batches), args.baseline_seconds, args.threads, args.repeats,
-                   Path(args.onnx or Path(args.repository) / SCORER / "1" / "model.onnx"),
-                   loopback and not args.no_shared_memory,
-                   "sampleiqa perf " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["perf"] else sys.argv[1:]),
-                   args.note)
+        return cls(
+            Path(args.images),
+            args.photos,
+            args.tensors,
+            tuple(args.models.split(",")),
+            tuple(loads),
+            AnalyzerSettings(args.measurement_ms, args.stability, args.max_trials, args.request_count),
+            tuple(args.batches),
+            args.baseline_seconds,
+            args.threads,
+            args.repeats,
+            Path(args.onnx or Path(args.repository) / SCORER / "1" / "model.onnx"),
+            loopback and not args.no_shared_memory,
+            "sampleiqa perf " + shlex.join(sys.argv[2:] if sys.argv[1:2] == ["perf"] else sys.argv[1:]),
+            args.note,
+        )
 
 
 @dataclass(frozen=True)
@@ -76,7 +85,9 @@ class RunResult:
     left_out: list[str] = field(default_factory=list)  # levels perf_analyzer could not measure stably
 
     def best(self, model: str) -> float:
-        return max((p.measurement.throughput for p in self.points if p.measurement.model == model), default=float("nan"))
+        return max(
+            (p.measurement.throughput for p in self.points if p.measurement.model == model), default=float("nan")
+        )
 
     def scorer_mean_batch(self, model: str, min_concurrency: int = 4) -> float:
         """Mean executed scorer batch over the levels of `model` with concurrency >= min_concurrency."""
@@ -135,12 +146,19 @@ def run_baselines(plan: SweepPlan, photos: list[bytes], tensors) -> Baselines:
     model = best_of(*(model_only(s, tensors, batches, seconds) for s in sessions))
     pipe = best_of(*(pipeline(s, photos, batches, plan.threads, seconds) for s in sessions))
     pre = preprocess_ms_per_image(photos, seconds)
-    return Baselines(1000.0 / pre.images_per_s, pre.core_ms_per_image,
-                     {b: r.images_per_s for b, r in model.items()}, {b: r.images_per_s for b, r in pipe.items()},
-                     {b: r.core_ms_per_image for b, r in model.items()}, {b: r.core_ms_per_image for b, r in pipe.items()})
+    return Baselines(
+        1000.0 / pre.images_per_s,
+        pre.core_ms_per_image,
+        {b: r.images_per_s for b, r in model.items()},
+        {b: r.images_per_s for b, r in pipe.items()},
+        {b: r.core_ms_per_image for b, r in model.items()},
+        {b: r.core_ms_per_image for b, r in pipe.items()},
+    )
 
 
-def sweep(url: str, plan: SweepPlan, inputs: dict[str, Path], left_out: list[str], server_pid: int | None) -> list[Point]:
+def sweep(
+    url: str, plan: SweepPlan, inputs: dict[str, Path], left_out: list[str], server_pid: int | None
+) -> list[Point]:
     import tritonclient.grpc as grpcclient
 
     client = grpcclient.InferenceServerClient(url)
@@ -153,16 +171,23 @@ def sweep(url: str, plan: SweepPlan, inputs: dict[str, Path], left_out: list[str
                 before = batch_executions(client, batch_model)
                 cpu0, count0 = _server_cpu_s(server_pid), inference_count(client, model)
                 try:
-                    m = measure(url, model, data, load, plan.analyzer, shared_memory=plan.shared_memory and model == SCORER)
+                    m = measure(
+                        url, model, data, load, plan.analyzer, shared_memory=plan.shared_memory and model == SCORER
+                    )
                 except UnstableMeasurement as exc:  # a noisy machine: the level is left out, the sweep goes on
                     print(f"  {model:10s} {load.label:>5s}: left out, {exc}", file=sys.stderr)
                     left_out.append(f"{model} {load.label}")
                     continue
                 core_ms = (_server_cpu_s(server_pid) - cpu0) * 1000 / max(1, inference_count(client, model) - count0)
-                points.append(Point(m, batch_model, executed_between(before, batch_executions(client, batch_model)), core_ms))
-                print(f"  {model:10s} {load.label:>5s}: {m.throughput:7.1f} img/s  p50 {m.p50_ms:7.1f} ms  "
-                      f"p99 {m.p99_ms:7.1f} ms  {core_ms:5.1f} server core-ms/img  {batch_model} batches {points[-1].batches}",
-                      file=sys.stderr)
+                points.append(
+                    Point(m, batch_model, executed_between(before, batch_executions(client, batch_model)), core_ms)
+                )
+                print(
+                    f"  {model:10s} {load.label:>5s}: {m.throughput:7.1f} img/s  p50 {m.p50_ms:7.1f} ms  "
+                    f"p99 {m.p99_ms:7.1f} ms  {core_ms:5.1f} server core-ms/img  "
+                    f"{batch_model} batches {points[-1].batches}",
+                    file=sys.stderr,
+                )
     finally:
         client.close()
     return points

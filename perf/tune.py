@@ -43,8 +43,12 @@ def main(argv=None) -> int:
     p.add_argument("--variants", default=",".join(VARIANTS))
     p.add_argument("--base", default="", help="overrides every variant starts from, e.g. ort_spinning=0")
     args = p.parse_args(argv)
-    base = RepositorySettings(**{k: type(getattr(RepositorySettings(), k))(int(v))
-                                 for k, v in (kv.split("=") for kv in filter(None, args.base.split(",")))})
+    base = RepositorySettings(
+        **{
+            k: type(getattr(RepositorySettings(), k))(int(v))
+            for k, v in (kv.split("=") for kv in filter(None, args.base.split(",")))
+        }
+    )
     onnx = Path(args.repository) / SCORER / "1" / "model.onnx"
     rows = []
     prefix = args.name
@@ -72,21 +76,36 @@ def _row(raw: Path, name: str) -> str:
     def med(key: str) -> float:
         return statistics.median(r["figures"].get(key, float("nan")) for r in runs)
 
-    return (f"| [{name}]({raw.with_suffix('.md').name}) | {VARIANTS[name] or 'as committed'} | {med('ensemble_img_s'):.1f} | "
-            f"{med('ensemble_over_in_process'):.2f} | {med('ensemble_over_slowest_step'):.2f} | "
-            f"{med('ensemble_over_shared_core_bound'):.2f} | {med('scorer_mean_batch_ensemble_c4plus'):.2f} | "
-            f"{med('preprocess_alone_img_s'):.0f} / {med('scorer_alone_img_s'):.0f} / {med('in_process_pipeline_img_s'):.0f} | "
-            f"{med('ensemble_core_ms_per_image'):.1f} | {med('in_process_cpu_over_ensemble_cpu'):.2f} |")
+    return (
+        f"| [{name}]({raw.with_suffix('.md').name}) | {VARIANTS[name] or 'as committed'} | "
+        f"{med('ensemble_img_s'):.1f} | "
+        f"{med('ensemble_over_in_process'):.2f} | {med('ensemble_over_slowest_step'):.2f} | "
+        f"{med('ensemble_over_shared_core_bound'):.2f} | {med('scorer_mean_batch_ensemble_c4plus'):.2f} | "
+        f"{med('preprocess_alone_img_s'):.0f} / {med('scorer_alone_img_s'):.0f} / "
+        f"{med('in_process_pipeline_img_s'):.0f} | "
+        f"{med('ensemble_core_ms_per_image'):.1f} | {med('in_process_cpu_over_ensemble_cpu'):.2f} |"
+    )
 
 
 def _table(rows: list[str], args) -> str:
-    return "\n".join([
-        "# Server settings tried (one change at a time)", "",
-        f"Each row is one harness run on a repository built with that change over `{args.base or 'the defaults'}`"
-        f" ({args.repeats} repeat(s), concurrency {args.concurrency}). Ratios are taken within each run.", "",
-        "| variant | change | ensemble img/s | / in-process | / slowest step | / shared-core bound | scorer batch (c>=4) "
-        "| pre / scorer / in-process img/s | ensemble server CPU ms/img | in-process CPU / ensemble CPU |",
-        "|---|---|---|---|---|---|---|---|---|---|", *rows]) + "\n"
+    return (
+        "\n".join(
+            [
+                "# Server settings tried (one change at a time)",
+                "",
+                "Each row is one harness run on a repository built with that change over "
+                f"`{args.base or 'the defaults'}`"
+                f" ({args.repeats} repeat(s), concurrency {args.concurrency}). Ratios are taken within each run.",
+                "",
+                "| variant | change | ensemble img/s | / in-process | / slowest step | / shared-core bound "
+                "| scorer batch (c>=4) "
+                "| pre / scorer / in-process img/s | ensemble server CPU ms/img | in-process CPU / ensemble CPU |",
+                "|---|---|---|---|---|---|---|---|---|---|",
+                *rows,
+            ]
+        )
+        + "\n"
+    )
 
 
 if __name__ == "__main__":

@@ -12,8 +12,12 @@ import sys
 from . import __version__
 
 # Where each stage's commands live, in the order `--help` lists them (the data flow).
-STAGES = ("sampleiqa.clients.commands", "sampleiqa.training.commands", "sampleiqa.build.commands",
-          "sampleiqa.perf.harness")
+STAGES = (
+    "sampleiqa.clients.commands",
+    "sampleiqa.training.commands",
+    "sampleiqa.build.commands",
+    "sampleiqa.perf.harness",
+)
 
 
 class _Help(argparse.ArgumentDefaultsHelpFormatter):
@@ -40,8 +44,11 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
-    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO,
-                        format="%(asctime)s %(levelname)s %(name)s: %(message)s", datefmt="%H:%M:%S")
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        datefmt="%H:%M:%S",
+    )
     if getattr(args, "triton_args", None) and args.triton_args[0] == "--":
         args.triton_args = args.triton_args[1:]
     return args.func(args)

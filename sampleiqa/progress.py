@@ -33,8 +33,10 @@ class Progress:
         width = 24
         filled = int(width * self.done / self.total) if self.total else width
         extra = " ".join(f"{k} {v}" for k, v in self.counts.items())
-        return (f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
-                f"{extra} {rate:.1f}/s ETA {eta:.0f}s").strip()
+        return (
+            f"{self.label} [{'#' * filled}{'.' * (width - filled)}] {self.done}/{self.total} "
+            f"{extra} {rate:.1f}/s ETA {eta:.0f}s"
+        ).strip()
 
     def _draw(self, now: float) -> None:
         if self.tty:

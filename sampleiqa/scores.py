@@ -32,7 +32,7 @@ def score_in_chunks(run, batches: list[np.ndarray], size: int, done=None) -> np.
         start = 0
         while start < len(batch):
             take = min(size - count, len(batch) - start)
-            pending.append(batch[start:start + take])
+            pending.append(batch[start : start + take])
             count, start = count + take, start + take
             if count == size:
                 scores.append(_run_one(run, pending, done))
@@ -53,7 +53,7 @@ def _run_one(run, parts: list[np.ndarray], done) -> np.ndarray:
 def split_responses(pb_utils, batches: list[np.ndarray], scores: np.ndarray) -> list:
     responses, start = [], 0
     for batch in batches:
-        mine = scores[start:start + len(batch)].astype(np.float32).reshape(-1, 1)
+        mine = scores[start : start + len(batch)].astype(np.float32).reshape(-1, 1)
         bad = np.flatnonzero(~np.isfinite(mine[:, 0]))
         if len(bad):
             responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(f"item {bad[0]}: {NON_FINITE}")))

@@ -51,8 +51,20 @@ from sampleiqa.paths import DEFAULT_REPOSITORY
 from .admission import credits_path
 from .procfs import SHM, alive, make_private, orphans_of, stub_regions
 from .triton_flags import (  # noqa: F401  (the names callers import from here)
-    ADMIN_HEADER, ADMIN_KEY_ENV, HTTP_APIS, HTTP_OPEN_ENV, RESTRICTED, TRITONSERVER_DIR_ENV, ServerError, ServerTLS,
-    TritonFlags, exposure_warning, http_restricted, stub_environment, triton_paths)
+    ADMIN_HEADER,
+    ADMIN_KEY_ENV,
+    HTTP_APIS,
+    HTTP_OPEN_ENV,
+    RESTRICTED,
+    TRITONSERVER_DIR_ENV,
+    ServerError,
+    ServerTLS,
+    TritonFlags,
+    exposure_warning,
+    http_restricted,
+    stub_environment,
+    triton_paths,
+)
 
 log = logging.getLogger(__name__)
 
@@ -162,9 +174,19 @@ class TritonServer:
         return f"{self.host}:{self.grpc_port}"
 
     def flags(self) -> TritonFlags:
-        return TritonFlags(self.repository, self.host, self.grpc_port, self.http_port, self.metrics_port,
-                           self.exit_timeout_s, self.tls, self.restricted if self.restrict else (),
-                           self.http_restricted(), self.admin_key, tuple(self.extra_args))
+        return TritonFlags(
+            self.repository,
+            self.host,
+            self.grpc_port,
+            self.http_port,
+            self.metrics_port,
+            self.exit_timeout_s,
+            self.tls,
+            self.restricted if self.restrict else (),
+            self.http_restricted(),
+            self.admin_key,
+            tuple(self.extra_args),
+        )
 
     def command(self) -> list[str]:
         return [*_die_with_parent(), *self.flags().args()]
@@ -193,7 +215,10 @@ class TritonServer:
         cmd = self.command()
         log.info("starting Triton on %s (log: %s)", self.url, self.log_file)
         self.process = subprocess.Popen(
-            cmd, stdout=log_fd, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            cmd,
+            stdout=log_fd,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
             env={**stub_environment(), **self.env},
         )
         os.close(log_fd)
@@ -229,12 +254,16 @@ class TritonServer:
                 now = time.monotonic()
                 recent = [t for t in recent if now - t < self.RESTART_WINDOW_S] + [now]
                 if len(recent) > self.MAX_RESTARTS:
-                    log.error("python-backend stubs keep dying (%d restarts in %d s): stopping Triton",
-                              self.MAX_RESTARTS, self.RESTART_WINDOW_S)
+                    log.error(
+                        "python-backend stubs keep dying (%d restarts in %d s): stopping Triton",
+                        self.MAX_RESTARTS,
+                        self.RESTART_WINDOW_S,
+                    )
                     self._terminate()
                     return
-                log.error("python-backend stub %s died (Triton does not replace it): restarting Triton on %s",
-                          dead, self.url)
+                log.error(
+                    "python-backend stub %s died (Triton does not replace it): restarting Triton on %s", dead, self.url
+                )
                 self._terminate()
                 try:
                     self._launch(180.0)
@@ -250,21 +279,31 @@ class TritonServer:
         deadline = time.monotonic() + timeout_s
         # Reconnect quickly while the port is still closed: gRPC's default backoff (1 s, then
         # longer) would notice a ready server seconds late, and the watcher only starts then.
-        client = grpcclient.InferenceServerClient(self.url, channel_args=[
-            ("grpc.initial_reconnect_backoff_ms", 100), ("grpc.max_reconnect_backoff_ms", 250),
-            ("grpc.min_reconnect_backoff_ms", 100)])
+        client = grpcclient.InferenceServerClient(
+            self.url,
+            channel_args=[
+                ("grpc.initial_reconnect_backoff_ms", 100),
+                ("grpc.max_reconnect_backoff_ms", 250),
+                ("grpc.min_reconnect_backoff_ms", 100),
+            ],
+        )
         try:
             while time.monotonic() < deadline:
                 if self.process is not None and self.process.poll() is not None:
-                    raise ServerError(f"Triton exited with code {self.process.returncode} while starting:\n{self.log_tail()}")
+                    raise ServerError(
+                        f"Triton exited with code {self.process.returncode} while starting:\n{self.log_tail()}"
+                    )
                 # Private before any client can send an image; remembered, so that a start
                 # that fails (Triton killed or crashed while loading) stops its stubs too.
                 self.stub_pids = sorted(set(self.stub_pids) | set(self._scan_stubs()))
                 try:
                     # A TLS server may want a client certificate this probe does not hold; Triton
                     # starts its gRPC service only once every model has loaded, so its log says ready.
-                    if self._log_says_started() if self.tls else (
-                            client.is_server_ready() and client.is_model_ready(ENSEMBLE)):
+                    if (
+                        self._log_says_started()
+                        if self.tls
+                        else (client.is_server_ready() and client.is_model_ready(ENSEMBLE))
+                    ):
                         log.info("Triton ready on %s", self.url)
                         return
                 except Exception:  # not listening yet

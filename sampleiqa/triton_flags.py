@@ -14,8 +14,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from .cuda_pool import cuda_pool_args
 from . import environment
+from .cuda_pool import cuda_pool_args
 
 # What an inference client never needs: loading/unloading models, registering shared
 # memory, and changing trace or log settings.
@@ -24,8 +24,17 @@ ADMIN_HEADER = "admin-key"
 ADMIN_KEY_ENV = environment.ADMIN_KEY
 # Every HTTP API group of Triton 2.51. SAMPLEIQA_HTTP_OPEN=health leaves only the health
 # endpoints open on HTTP (a cluster's probes need them; inference stays on gRPC and TLS).
-HTTP_APIS = ("health", "metadata", "inference", "shared-memory", "model-config", "model-repository",
-             "statistics", "trace", "logging")
+HTTP_APIS = (
+    "health",
+    "metadata",
+    "inference",
+    "shared-memory",
+    "model-config",
+    "model-repository",
+    "statistics",
+    "trace",
+    "logging",
+)
 HTTP_OPEN_ENV = environment.HTTP_OPEN
 # A Triton installed elsewhere (the GPU image's /opt/tritonserver) instead of the wheel's.
 TRITONSERVER_DIR_ENV = environment.TRITONSERVER_DIR
@@ -50,8 +59,12 @@ class ServerTLS:
             raise ServerError("mutual TLS needs the CA that signs client certificates")
 
     def args(self) -> list[str]:
-        args = [f"--grpc-use-ssl-mutual={str(self.mutual).lower()}", "--grpc-use-ssl=true",
-                f"--grpc-server-cert={self.cert}", f"--grpc-server-key={self.key}"]
+        args = [
+            f"--grpc-use-ssl-mutual={str(self.mutual).lower()}",
+            "--grpc-use-ssl=true",
+            f"--grpc-server-cert={self.cert}",
+            f"--grpc-server-key={self.key}",
+        ]
         return args + ([f"--grpc-root-cert={self.ca}"] if self.ca else [])
 
 
@@ -98,9 +111,11 @@ def exposure_warning(host: str, tls: "ServerTLS | None", http_port: int | None, 
     if loopback or (tls and not http_port and not metrics_port):
         return None
     plain = [name for name, on in (("gRPC", not tls), ("HTTP", http_port), ("metrics", metrics_port)) if on]
-    return (f"serving {', '.join(plain)} without TLS on {host}: anyone who can reach this host can send images, "
-            "read scores and watch the traffic. Bind 127.0.0.1, or use --tls-cert/--tls-key (HTTP and metrics "
-            "have no TLS here: keep them on loopback or behind a proxy).")
+    return (
+        f"serving {', '.join(plain)} without TLS on {host}: anyone who can reach this host can send images, "
+        "read scores and watch the traffic. Bind 127.0.0.1, or use --tls-cert/--tls-key (HTTP and metrics "
+        "have no TLS here: keep them on loopback or behind a proxy)."
+    )
 
 
 def http_restricted(restricted: tuple[str, ...], restrict: bool, env: dict[str, str]) -> tuple[str, ...]:
@@ -138,7 +153,8 @@ class TritonFlags:
             f"--model-repository={self.repository}",
             f"--backend-directory={backends}",
             "--model-control-mode=none",
-            f"--grpc-address={self.host}", f"--grpc-port={self.grpc_port}",
+            f"--grpc-address={self.host}",
+            f"--grpc-port={self.grpc_port}",
             f"--exit-timeout-secs={self.exit_timeout_s}",
             "--strict-readiness=true",
             "--log-verbose=0",

@@ -83,14 +83,14 @@ def exif_rotated() -> tuple[bytes, tuple[int, int, int, int]]:
 def many_faces() -> tuple[bytes, list[tuple[int, int, int, int]]]:
     """Ten copies of the portrait's face on a grey board, and where each one is."""
     x, y, w, h = PORTRAIT_FACE
-    face = _portrait()[max(0, y - 30): y + h + 30, max(0, x - 30): x + w + 30]
+    face = _portrait()[max(0, y - 30) : y + h + 30, max(0, x - 30) : x + w + 30]
     fh, fw = face.shape[:2]
     board = np.full((2 * (fh + 20) + 20, 5 * (fw + 20) + 20, 3), 200, np.uint8)
     where = []
     for k in range(10):
         r, c = divmod(k, 5)
         top, left = 20 + r * (fh + 20), 20 + c * (fw + 20)
-        board[top: top + fh, left: left + fw] = face
+        board[top : top + fh, left : left + fw] = face
         where.append((left + (x - max(0, x - 30)), top + (y - max(0, y - 30)), w, h))
     return _encode(board, ".jpg", [cv2.IMWRITE_JPEG_QUALITY, 95]), where
 
@@ -122,46 +122,116 @@ def _oversize() -> bytes:
 
 CASES = [
     Case("zero_bytes.jpg", "zero bytes", "empty", make=lambda: b""),
-    Case("random_bytes.jpg", "4 KB of random bytes", "not_an_image",
-         make=lambda: np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes()),
+    Case(
+        "random_bytes.jpg",
+        "4 KB of random bytes",
+        "not_an_image",
+        make=lambda: np.random.default_rng(0).integers(0, 256, 4096, dtype=np.uint8).tobytes(),
+    ),
     Case("text.jpg", "a text file named .jpg", "not_an_image", make=lambda: b"<html>404 Not Found</html>\n" * 20),
-    Case("heic_renamed.jpg", "a HEIC's ISO-BMFF `ftypheic` header, then random bytes (no image), named .jpg",
-         "decode_failed", make=_heic),
+    Case(
+        "heic_renamed.jpg",
+        "a HEIC's ISO-BMFF `ftypheic` header, then random bytes (no image), named .jpg",
+        "decode_failed",
+        make=_heic,
+    ),
     Case("truncated_10.jpg", "a JPEG cut at 10%", "truncated", make=lambda: _truncated(0.1)),
     Case("truncated_50.jpg", "a JPEG cut at 50%", "truncated", make=lambda: _truncated(0.5)),
     Case("truncated_90.jpg", "a JPEG cut at 90%", "truncated", make=lambda: _truncated(0.9)),
-    Case("truncated_50.png", "a PNG cut at 50%", "truncated",
-         make=lambda: (lambda d: d[: len(d) // 2])(_encode(_portrait(), ".png"))),
-    Case("broken_scan.jpg", "JPEG markers around zeros (no valid scan)", "decode_failed",
-         make=lambda: b"\xff\xd8\xff" + bytes(100) + b"\xff\xda" + bytes(50) + b"\xff\xd9"),
-    Case("bomb_30000x30000.png", "a PNG whose header claims 30000x30000 (decompression bomb)", "too_many_pixels",
-         make=_bomb),
-    Case("gif_frame_over_screen.gif", "a GIF whose screen says 1x1 and whose first frame is 10001x10001",
-         "too_many_pixels", make=_gif_frame_over_screen),
+    Case(
+        "truncated_50.png",
+        "a PNG cut at 50%",
+        "truncated",
+        make=lambda: (lambda d: d[: len(d) // 2])(_encode(_portrait(), ".png")),
+    ),
+    Case(
+        "broken_scan.jpg",
+        "JPEG markers around zeros (no valid scan)",
+        "decode_failed",
+        make=lambda: b"\xff\xd8\xff" + bytes(100) + b"\xff\xda" + bytes(50) + b"\xff\xd9",
+    ),
+    Case(
+        "bomb_30000x30000.png",
+        "a PNG whose header claims 30000x30000 (decompression bomb)",
+        "too_many_pixels",
+        make=_bomb,
+    ),
+    Case(
+        "gif_frame_over_screen.gif",
+        "a GIF whose screen says 1x1 and whose first frame is 10001x10001",
+        "too_many_pixels",
+        make=_gif_frame_over_screen,
+    ),
     Case("oversize.jpg", "a JPEG-looking file one header over the 64 MiB byte limit", "too_large", make=_oversize),
     Case("tiny_1x1.png", "1x1 image", "ok", "no face", lambda: _encode(np.full((1, 1, 3), 90, np.uint8), ".png")),
     Case("tiny_8x8.png", "8x8 image", "ok", "no face", lambda: _encode(np.full((8, 8, 3), 90, np.uint8), ".png")),
-    Case("strip_20000x50.png", "20000x50 strip", "ok", "no face",
-         lambda: _encode(np.tile(np.linspace(0, 255, 20000, dtype=np.uint8)[None, :, None], (50, 1, 3)), ".png")),
+    Case(
+        "strip_20000x50.png",
+        "20000x50 strip",
+        "ok",
+        "no face",
+        lambda: _encode(np.tile(np.linspace(0, 255, 20000, dtype=np.uint8)[None, :, None], (50, 1, 3)), ".png"),
+    ),
     Case("panorama_50mp.jpg", "10000x5000 (50 MP) panorama", "ok", "no face", _panorama),
-    Case("gray.jpg", "grayscale JPEG portrait", "ok", "face",
-         lambda: _encode(cv2.cvtColor(_portrait(), cv2.COLOR_BGR2GRAY), ".jpg")),
-    Case("rgba.png", "RGBA PNG portrait", "ok", "face",
-         lambda: _encode(cv2.cvtColor(_portrait(), cv2.COLOR_BGR2BGRA), ".png")),
-    Case("palette.png", "palette (P mode, 256 colours) PNG portrait", "ok", "face",
-         lambda: _pil(Image.open(PORTRAIT).convert("P", palette=Image.Palette.ADAPTIVE), "PNG")),
-    Case("cmyk.jpg", "CMYK JPEG portrait", "ok", "face",
-         lambda: _pil(Image.open(PORTRAIT).convert("CMYK"), "JPEG", quality=95)),
-    Case("16bit.png", "16-bit RGB PNG portrait", "ok", "face",
-         lambda: _encode(_portrait().astype(np.uint16) * 257, ".png")),
+    Case(
+        "gray.jpg",
+        "grayscale JPEG portrait",
+        "ok",
+        "face",
+        lambda: _encode(cv2.cvtColor(_portrait(), cv2.COLOR_BGR2GRAY), ".jpg"),
+    ),
+    Case(
+        "rgba.png",
+        "RGBA PNG portrait",
+        "ok",
+        "face",
+        lambda: _encode(cv2.cvtColor(_portrait(), cv2.COLOR_BGR2BGRA), ".png"),
+    ),
+    Case(
+        "palette.png",
+        "palette (P mode, 256 colours) PNG portrait",
+        "ok",
+        "face",
+        lambda: _pil(Image.open(PORTRAIT).convert("P", palette=Image.Palette.ADAPTIVE), "PNG"),
+    ),
+    Case(
+        "cmyk.jpg",
+        "CMYK JPEG portrait",
+        "ok",
+        "face",
+        lambda: _pil(Image.open(PORTRAIT).convert("CMYK"), "JPEG", quality=95),
+    ),
+    Case(
+        "16bit.png",
+        "16-bit RGB PNG portrait",
+        "ok",
+        "face",
+        lambda: _encode(_portrait().astype(np.uint16) * 257, ".png"),
+    ),
     Case("portrait.tif", "TIFF portrait", "ok", "face", lambda: _encode(_portrait(), ".tiff")),
-    Case("animated.gif", "animated GIF: frame 0 the portrait, then grey frames (first frame scored)", "ok", "face",
-         _animated_gif),
-    Case("exif_rotated.jpg", "portrait stored on its side, EXIF orientation 6", "ok", "face",
-         lambda: exif_rotated()[0]),
-    Case("motion_photo.jpg", "the portrait followed by 1 MB of video-like data (a phone motion photo)", "ok", "face",
-         _motion_photo),
-    Case("no_face.jpg", "a photo with no face (samples/coffee.jpg)", "ok", "no face",
-         lambda: (SAMPLES / "coffee.jpg").read_bytes()),
+    Case(
+        "animated.gif",
+        "animated GIF: frame 0 the portrait, then grey frames (first frame scored)",
+        "ok",
+        "face",
+        _animated_gif,
+    ),
+    Case(
+        "exif_rotated.jpg", "portrait stored on its side, EXIF orientation 6", "ok", "face", lambda: exif_rotated()[0]
+    ),
+    Case(
+        "motion_photo.jpg",
+        "the portrait followed by 1 MB of video-like data (a phone motion photo)",
+        "ok",
+        "face",
+        _motion_photo,
+    ),
+    Case(
+        "no_face.jpg",
+        "a photo with no face (samples/coffee.jpg)",
+        "ok",
+        "no face",
+        lambda: (SAMPLES / "coffee.jpg").read_bytes(),
+    ),
     Case("many_faces.jpg", "ten faces on one board", "ok", "one of the faces", lambda: many_faces()[0]),
 ]

@@ -12,14 +12,14 @@ SLOW_MARKERS = ("server", "ray", "s3", "training", "export", "perf", "soak", "sl
 # Fixtures that start something: a test that asks for one (even through another fixture)
 # gets its marker here, so that it needs no mark of its own.
 FIXTURE_MARKERS = {
-    "server": "server",    # below: the committed repository on the real Triton binary
-    "client": "server",    # below: a client of that server
-    "tight": "server",     # test_backpressure.py: a Triton with tiny queue bounds
-    "pods": "server",      # test_endpoints.py: two Tritons behind one name
-    "pod": "server",       # test_deploy.py: `sampleiqa serve` as the pod runs it
+    "server": "server",  # below: the committed repository on the real Triton binary
+    "client": "server",  # below: a client of that server
+    "tight": "server",  # test_backpressure.py: a Triton with tiny queue bounds
+    "pods": "server",  # test_endpoints.py: two Tritons behind one name
+    "pod": "server",  # test_deploy.py: `sampleiqa serve` as the pod runs it
     "replicas": "server",  # test_ray.py: two Tritons
-    "cluster": "ray",      # test_ray.py: `ray start` head and worker
-    "s3": "s3",            # test_storage.py: a moto S3 server
+    "cluster": "ray",  # test_ray.py: `ray start` head and worker
+    "s3": "s3",  # test_storage.py: a moto S3 server
 }
 
 

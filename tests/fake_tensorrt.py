@@ -46,7 +46,9 @@ def make(version: str = "10.8.0.43") -> types.ModuleType:
             self.flags = flags
             self.inputs, self.outputs, self.fp16_weights = [], [], False
 
-        strongly_typed = property(lambda self: bool(self.flags & (1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED)))
+        strongly_typed = property(
+            lambda self: bool(self.flags & (1 << trt.NetworkDefinitionCreationFlag.STRONGLY_TYPED))
+        )
         num_inputs = property(lambda self: len(self.inputs))
         num_outputs = property(lambda self: len(self.outputs))
 
@@ -137,10 +139,13 @@ def make(version: str = "10.8.0.43") -> types.ModuleType:
             return Profile()
 
         def build_serialized_network(self, network, config):
-            if network.strongly_typed and config.flags & {trt.BuilderFlag.FP16, trt.BuilderFlag.INT8,
-                                                          trt.BuilderFlag.BF16}:
+            if network.strongly_typed and config.flags & {
+                trt.BuilderFlag.FP16,
+                trt.BuilderFlag.INT8,
+                trt.BuilderFlag.BF16,
+            }:
                 raise TypeError("a strongly typed network takes no precision flags")
-            (shape_min, _, _), = [p.shapes[n.name] for p in config.profiles for n in network.inputs]
+            ((shape_min, _, _),) = [p.shapes[n.name] for p in config.profiles for n in network.inputs]
             assert all(d > 0 for d in shape_min)
             trt.calls.append(("build", {"flags": set(config.flags), "profiles": [p.shapes for p in config.profiles]}))
             return memoryview(np.frombuffer(b"PLAN" + version.encode(), np.uint8).tobytes())

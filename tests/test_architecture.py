@@ -9,10 +9,21 @@ from pathlib import Path
 
 from .helpers import REPO_ROOT
 
-STAGES = {"sampleiqa.build": "build", "sampleiqa.clients": "clients", "sampleiqa.training": "training",
-          "sampleiqa.perf": "perf", "sampleiqa.deploy": "deploy"}
-FOLDERS = {"build": "sampleiqa.build", "clients": "sampleiqa.clients", "training": "sampleiqa.training",
-           "perf": "sampleiqa.perf", "deploy": "sampleiqa.deploy", "sampleiqa": "sampleiqa"}
+STAGES = {
+    "sampleiqa.build": "build",
+    "sampleiqa.clients": "clients",
+    "sampleiqa.training": "training",
+    "sampleiqa.perf": "perf",
+    "sampleiqa.deploy": "deploy",
+}
+FOLDERS = {
+    "build": "sampleiqa.build",
+    "clients": "sampleiqa.clients",
+    "training": "sampleiqa.training",
+    "perf": "sampleiqa.perf",
+    "deploy": "sampleiqa.deploy",
+    "sampleiqa": "sampleiqa",
+}
 
 
 def _modules() -> dict[str, Path]:
@@ -55,8 +66,12 @@ def test_imports_point_down_and_skip_no_private_names():
                 private.append(f"{name}: {target}.{imported}")
     assert not private, private
     # The ground floor imports no stage (the CLI finds the stages' commands by name at run time).
-    ground = [(a, b) for a, bs in edges.items() for b in bs
-              if not any(a.startswith(s) for s in STAGES) and any(b.startswith(s) for s in STAGES)]
+    ground = [
+        (a, b)
+        for a, bs in edges.items()
+        for b in bs
+        if not any(a.startswith(s) for s in STAGES) and any(b.startswith(s) for s in STAGES)
+    ]
     assert not ground, ground
     # No cycle: a depth-first search over the module graph.
     state: dict[str, int] = {}
@@ -79,8 +94,11 @@ def test_functions_are_short_and_long_modules_say_why():
     for name, path in _modules().items():
         text = path.read_text()
         tree = ast.parse(text)
-        long_functions += [f"{name}.{n.name}: {n.end_lineno - n.lineno + 1} lines" for n in ast.walk(tree)
-                           if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno >= 60]
+        long_functions += [
+            f"{name}.{n.name}: {n.end_lineno - n.lineno + 1} lines"
+            for n in ast.walk(tree)
+            if isinstance(n, (ast.FunctionDef, ast.AsyncFunctionDef)) and n.end_lineno - n.lineno >= 60
+        ]
         if text.count("\n") > 320 and "300 lines" not in (ast.get_docstring(tree) or ""):
             unexplained.append(name)
     assert not long_functions, long_functions

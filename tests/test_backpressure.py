@@ -30,6 +30,7 @@ ONNX = DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx"
 
 # --- the credits (sampleiqa.admission), between real processes ----------------------------
 
+
 def busy_scorer(path: Path):
     """The scorer's side of the credits, in a run (a scorer that is running is not idle)."""
     return CropCredits(1, path).scoring()
@@ -89,6 +90,7 @@ def test_credits_nobody_will_give_back_are_forgiven(tmp_path, monkeypatch):
 
 # --- the scorer's runs ---------------------------------------------------------------------
 
+
 def test_scores_in_chunks_follow_the_requests_in_order():
     rng = np.random.default_rng(0)
     batches = [rng.normal(size=(n, 3, 2, 2)).astype(np.float32) for n in (1, 5, 2, 3)]
@@ -106,6 +108,7 @@ def test_scores_in_chunks_follow_the_requests_in_order():
 
 # --- generated configs ----------------------------------------------------------------------
 
+
 def test_configs_bound_the_queues_and_pass_the_credits():
     cpu = all_configs(RepositorySettings())
     pre, scorer = cpu[PREPROCESS], cpu[SCORER]
@@ -119,12 +122,15 @@ def test_configs_bound_the_queues_and_pass_the_credits():
     trt = all_configs(RepositorySettings(target="gpu-trt", crops_in_flight=16))
     assert "crops_in_flight" not in trt[PREPROCESS].parameters
     assert trt[SCORER].dynamic_batching.default_queue_policy.max_queue_size == 128
-    assert all_configs(RepositorySettings(target="gpu-torch"))[SCORER].parameters["crops_in_flight"].string_value == "256"
+    assert (
+        all_configs(RepositorySettings(target="gpu-torch"))[SCORER].parameters["crops_in_flight"].string_value == "256"
+    )
     with pytest.raises(ValueError):
         RepositorySettings(ort_run_batch=0)
 
 
 # --- against the real Triton ---------------------------------------------------------------
+
 
 def tight_repository(out: Path) -> Path:
     """The shipped scorer behind tiny bounds: 2 crops in flight, 2 requests queued per step,
@@ -146,8 +152,6 @@ def photos(tmp_path_factory) -> Path:
     for p in biq_images(60):
         os.symlink(p, folder / p.name)
     return folder
-
-
 
 
 @pytest.mark.server
@@ -206,8 +210,13 @@ def test_sync_and_async_clients_retry_refusals_and_every_photo_is_scored(tight, 
 @pytest.mark.server
 def test_bulk_cli_at_256_in_flight_writes_one_row_per_file_and_counts_refusals(tight, photos, tmp_path):
     out = tmp_path / "scores.csv"
-    res = subprocess.run(SAMPLEIQA + ["score", str(photos), "--url", tight.url, "--out", str(out), "--concurrency",
-                                      "256", "--timeout", "300"], capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        SAMPLEIQA
+        + ["score", str(photos), "--url", tight.url, "--out", str(out), "--concurrency", "256", "--timeout", "300"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     written = rows(out)
     names = [Path(r["path"]).name for r in written]
@@ -253,9 +262,24 @@ def test_shipped_server_memory_stays_bounded_at_256_in_flight(server, tmp_path):
         os.symlink(p, folder / p.name)
     out = tmp_path / "scores.csv"
     with PeakSampler(server.process.pid) as sampler:
-        res = subprocess.run(SAMPLEIQA + ["score", str(folder), "--url", server.url, "--out", str(out),
-                                          "--concurrency", "256", "--timeout", "300"],
-                             capture_output=True, text=True, timeout=600)
+        res = subprocess.run(
+            SAMPLEIQA
+            + [
+                "score",
+                str(folder),
+                "--url",
+                server.url,
+                "--out",
+                str(out),
+                "--concurrency",
+                "256",
+                "--timeout",
+                "300",
+            ],
+            capture_output=True,
+            text=True,
+            timeout=600,
+        )
     assert res.returncode == 0, res.stderr
     written = rows(out)
     assert len(written) == 120 and all(r["status"] == "ok" for r in written)

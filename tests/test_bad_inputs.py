@@ -61,9 +61,26 @@ def test_whole_corpus_in_one_batch_gets_the_same_outcomes(client, corpus, server
 
 def test_bulk_cli_writes_each_outcome_as_a_row(server, client, corpus, tmp_path):
     out = tmp_path / "scores.csv"
-    res = subprocess.run([sys.executable, "-m", "sampleiqa.cli", "score", str(corpus), "--url", server.url,
-                          "--out", str(out), "--batch-size", "4", "--concurrency", "2"],
-                         capture_output=True, text=True, timeout=600)
+    res = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "sampleiqa.cli",
+            "score",
+            str(corpus),
+            "--url",
+            server.url,
+            "--out",
+            str(out),
+            "--batch-size",
+            "4",
+            "--concurrency",
+            "2",
+        ],
+        capture_output=True,
+        text=True,
+        timeout=600,
+    )
     assert res.returncode == 0, res.stderr
     with open(out, newline="") as f:
         rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}

@@ -10,7 +10,8 @@ import pytest
 
 from sampleiqa.contracts import CSV_COLUMNS
 
-from .helpers import SAMPLEIQA, SAMPLES as SAMPLES_DIR, biq_images, rows, run
+from .helpers import SAMPLEIQA, biq_images, rows, run
+from .helpers import SAMPLES as SAMPLES_DIR
 
 # Tests that ask for `server` or `client` are marked `server` by conftest; those that start
 # Triton themselves (the embedded server of `score` without --url, `serve`) say so here.
@@ -51,9 +52,11 @@ def test_killed_run_resumes_to_exactly_one_row_per_file(photos, tmp_path):
     """The CLI with its embedded server is SIGKILLed halfway, then rerun with --resume."""
     out = tmp_path / "scores.csv"
     log = tmp_path / "triton.log"
-    proc = subprocess.Popen(SAMPLEIQA + ["score", str(photos), "--out", str(out), "--concurrency", "2",
-                                         "--server-log", str(log)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    proc = subprocess.Popen(
+        SAMPLEIQA + ["score", str(photos), "--out", str(out), "--concurrency", "2", "--server-log", str(log)],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+    )
     deadline = time.monotonic() + 300
     while time.monotonic() < deadline:
         if out.exists() and out.read_text().count("\n") > 80:
@@ -112,8 +115,20 @@ def test_server_gone_stops_the_run_nonzero(tmp_path):
     from sampleiqa.server import free_port
 
     out = tmp_path / "scores.csv"
-    res = run(["score", *biq_images(2), "--url", f"127.0.0.1:{free_port()}", "--out", out, "--timeout", "5",
-               "--retry-seconds", "2"])
+    res = run(
+        [
+            "score",
+            *biq_images(2),
+            "--url",
+            f"127.0.0.1:{free_port()}",
+            "--out",
+            out,
+            "--timeout",
+            "5",
+            "--retry-seconds",
+            "2",
+        ]
+    )
     assert res.returncode == 1 and "STOPPED" in res.stderr and "--resume" in res.stderr
     assert rows(out) == []  # nothing was scored, so no rows: --resume will score them
 
@@ -126,8 +141,12 @@ def test_serve_stops_triton_on_sigterm(tmp_path):
 
     port = free_port()
     log = tmp_path / "serve.log"
-    proc = subprocess.Popen(SAMPLEIQA + ["serve", "--grpc-port", str(port), "--log-file", str(log)],
-                            stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    proc = subprocess.Popen(
+        SAMPLEIQA + ["serve", "--grpc-port", str(port), "--log-file", str(log)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+    )
     c = grpcclient.InferenceServerClient(f"127.0.0.1:{port}")
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline:
@@ -168,8 +187,21 @@ def test_build_repository_cli_makes_a_servable_repository(client, tmp_path):
     from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer
 
     repo = tmp_path / "repo"
-    res = run(["build-repository", "--target", "cpu", "--onnx", DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx",
-               "--out", repo, "--preprocess-instances", "1", "--ort-threads", "1"])
+    res = run(
+        [
+            "build-repository",
+            "--target",
+            "cpu",
+            "--onnx",
+            DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx",
+            "--out",
+            repo,
+            "--preprocess-instances",
+            "1",
+            "--ort-threads",
+            "1",
+        ]
+    )
     assert res.returncode == 0, res.stderr
     assert read_config(repo / "preprocess").instance_group[0].count == 1
     data = (SAMPLES_DIR / "grace_hopper.jpg").read_bytes()
@@ -204,9 +236,22 @@ def test_a_url_with_nothing_listening_says_it_is_waiting_at_once(tmp_path):
     from sampleiqa.server import free_port
 
     start = time.monotonic()
-    proc = subprocess.Popen(SAMPLEIQA + ["score", str(biq_images(1)[0]), "--url", f"127.0.0.1:{free_port()}",
-                                             "--out", str(tmp_path / "s.csv"), "--retry-seconds", "20"],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen(
+        SAMPLEIQA
+        + [
+            "score",
+            str(biq_images(1)[0]),
+            "--url",
+            f"127.0.0.1:{free_port()}",
+            "--out",
+            str(tmp_path / "s.csv"),
+            "--retry-seconds",
+            "20",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         line = proc.stderr.readline()
         assert "no ready server" in line and "retrying until" in line, line

@@ -43,8 +43,17 @@ def test_overwrite_with_a_mistyped_or_empty_input_leaves_the_output_whole(server
         assert out.read_bytes() == before
 
 
-@pytest.mark.parametrize("flag,value", [("--concurrency", "0"), ("--batch-size", "-1"), ("--shard-size", "0"),
-                                        ("--shard-size", "-5"), ("--ray-actors", "0"), ("--timeout", "-1")])
+@pytest.mark.parametrize(
+    "flag,value",
+    [
+        ("--concurrency", "0"),
+        ("--batch-size", "-1"),
+        ("--shard-size", "0"),
+        ("--shard-size", "-5"),
+        ("--ray-actors", "0"),
+        ("--timeout", "-1"),
+    ],
+)
 def test_nonsense_numbers_are_refused_before_anything_starts(flag, value, tmp_path):
     for engine in ("local", "ray"):
         res = run(["score", biq_images(1)[0], "--engine", engine, "--out", tmp_path / "x", flag, value])

@@ -14,7 +14,6 @@ from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 from .helpers import SAMPLES
 
 
-
 def test_channel_target_lists_every_endpoint():
     assert channel_target("127.0.0.1:8001") == "127.0.0.1:8001"
     assert channel_target(["127.0.0.1:8001", "127.0.0.2:9001"]) == "ipv4:127.0.0.1:8001,127.0.0.2:9001"
@@ -47,6 +46,7 @@ def test_requests_are_retried_until_a_late_server_is_up(tmp_path):
 def test_round_robin_spreads_requests_over_servers(server, tmp_path):
     second = TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t2.log").start()
     try:
+
         def count(url):
             with grpcclient.InferenceServerClient(url) as c:
                 stats = c.get_inference_statistics("sampleiqa", as_json=True)["model_stats"][0]
@@ -82,15 +82,56 @@ def pki(tmp_path_factory):
     if shutil.which("openssl") is None:
         pytest.skip("openssl not installed")
     d = tmp_path_factory.mktemp("pki")
-    _openssl("req", "-x509", "-newkey", "rsa:2048", "-nodes", "-days", "1", "-subj", "/CN=test-ca",
-             "-keyout", "ca.key", "-out", "ca.crt", cwd=d)
+    _openssl(
+        "req",
+        "-x509",
+        "-newkey",
+        "rsa:2048",
+        "-nodes",
+        "-days",
+        "1",
+        "-subj",
+        "/CN=test-ca",
+        "-keyout",
+        "ca.key",
+        "-out",
+        "ca.crt",
+        cwd=d,
+    )
     (d / "server.cnf").write_text("subjectAltName=IP:127.0.0.1\nextendedKeyUsage=serverAuth\n")
     (d / "client.cnf").write_text("extendedKeyUsage=clientAuth\n")
     for name in ("server", "client"):
-        _openssl("req", "-newkey", "rsa:2048", "-nodes", "-subj", f"/CN={name}", "-keyout", f"{name}.key",
-                 "-out", f"{name}.csr", cwd=d)
-        _openssl("x509", "-req", "-in", f"{name}.csr", "-CA", "ca.crt", "-CAkey", "ca.key", "-CAcreateserial",
-                 "-days", "1", "-extfile", f"{name}.cnf", "-out", f"{name}.crt", cwd=d)
+        _openssl(
+            "req",
+            "-newkey",
+            "rsa:2048",
+            "-nodes",
+            "-subj",
+            f"/CN={name}",
+            "-keyout",
+            f"{name}.key",
+            "-out",
+            f"{name}.csr",
+            cwd=d,
+        )
+        _openssl(
+            "x509",
+            "-req",
+            "-in",
+            f"{name}.csr",
+            "-CA",
+            "ca.crt",
+            "-CAkey",
+            "ca.key",
+            "-CAcreateserial",
+            "-days",
+            "1",
+            "-extfile",
+            f"{name}.cnf",
+            "-out",
+            f"{name}.crt",
+            cwd=d,
+        )
     return {p.stem + p.suffix.replace(".", "_"): str(p) for p in d.iterdir()}
 
 
@@ -99,8 +140,9 @@ def test_tls_client_talks_to_a_tls_server(pki, tmp_path):
     from sampleiqa.clients import TLSConfig
     from sampleiqa.server import ServerTLS
 
-    server = TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log",
-                          tls=ServerTLS(pki["server_crt"], pki["server_key"]))
+    server = TritonServer(
+        DEFAULT_REPOSITORY, log_file=tmp_path / "t.log", tls=ServerTLS(pki["server_crt"], pki["server_key"])
+    )
     with server:
         data = (SAMPLES / "astronaut.jpg").read_bytes()
         with ScoringClient(server.url, tls=TLSConfig(pki["ca_crt"])) as c:
@@ -121,10 +163,27 @@ def test_mutual_tls_through_serve_and_score_flags(pki, tmp_path):
 
     port = free_port()
     serve = subprocess.Popen(
-        [sys.executable, "-m", "sampleiqa.cli", "serve", "--grpc-port", str(port),
-         "--log-file", str(tmp_path / "t.log"),
-         "--tls-cert", pki["server_crt"], "--tls-key", pki["server_key"], "--tls-ca", pki["ca_crt"], "--tls-mutual"],
-        stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        [
+            sys.executable,
+            "-m",
+            "sampleiqa.cli",
+            "serve",
+            "--grpc-port",
+            str(port),
+            "--log-file",
+            str(tmp_path / "t.log"),
+            "--tls-cert",
+            pki["server_crt"],
+            "--tls-key",
+            pki["server_key"],
+            "--tls-ca",
+            pki["ca_crt"],
+            "--tls-mutual",
+        ],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     try:
         for line in serve.stderr:  # serve prints this once Triton is ready
             if "SampleIQA serving on" in line:
@@ -134,10 +193,27 @@ def test_mutual_tls_through_serve_and_score_flags(pki, tmp_path):
         url = f"127.0.0.1:{port}"
         out = tmp_path / "scores.csv"
         res = subprocess.run(
-            [sys.executable, "-m", "sampleiqa.cli", "score", str(SAMPLES / "astronaut.jpg"), "--url", url,
-             "--out", str(out), "--tls-ca", pki["ca_crt"],
-             "--tls-cert", pki["client_crt"], "--tls-key", pki["client_key"]],
-            capture_output=True, text=True, timeout=300)
+            [
+                sys.executable,
+                "-m",
+                "sampleiqa.cli",
+                "score",
+                str(SAMPLES / "astronaut.jpg"),
+                "--url",
+                url,
+                "--out",
+                str(out),
+                "--tls-ca",
+                pki["ca_crt"],
+                "--tls-cert",
+                pki["client_crt"],
+                "--tls-key",
+                pki["client_key"],
+            ],
+            capture_output=True,
+            text=True,
+            timeout=300,
+        )
         assert res.returncode == 0, res.stderr
         assert out.read_text().splitlines()[1].split(",")[-2] == "ok"
         data = (SAMPLES / "astronaut.jpg").read_bytes()

@@ -30,8 +30,8 @@ import kubernetes_validate
 import pytest
 import yaml
 
-from sampleiqa.clients.commands import add_serve_arguments
 from sampleiqa import __version__
+from sampleiqa.clients.commands import add_serve_arguments
 from sampleiqa.deploy import layout, rayjob, render
 from sampleiqa.deploy.cluster import TLS_ARGS, tls_patch
 from sampleiqa.deploy.flavours import FLAVOURS, MEMORY_HEADROOM_MIB, MEMORY_SWEEP, measured_peak_mib
@@ -102,8 +102,12 @@ def test_the_cpu_pods_memory_follows_the_measured_sweep():
 
 
 def test_every_manifest_passes_the_kubernetes_schemas():
-    documents = [(p, _load(p)) for flavour in FLAVOURS for p in sorted((K8S / flavour).glob("*.yaml"))
-                 if p.name != "kustomization.yaml"]
+    documents = [
+        (p, _load(p))
+        for flavour in FLAVOURS
+        for p in sorted((K8S / flavour).glob("*.yaml"))
+        if p.name != "kustomization.yaml"
+    ]
     with_tls = _apply_json_patch(_deployment("cpu"), _load(K8S / "components" / "tls" / "tls-patch.yaml"))
     documents.append((Path("cpu deployment + components/tls"), with_tls))
     assert len(documents) == 13  # 6 per flavour, and the TLS-patched Deployment
@@ -132,15 +136,26 @@ def test_kustomize_builds_each_flavour_and_the_tls_overlay(tmp_path):
     for flavour in FLAVOURS:
         out = subprocess.run(["kubectl", "kustomize", str(K8S / flavour)], capture_output=True, text=True, check=True)
         kinds = sorted(d["kind"] for d in yaml.safe_load_all(out.stdout))
-        assert kinds == ["Deployment", "HorizontalPodAutoscaler", "NetworkPolicy", "PodDisruptionBudget", "Service",
-                         "Service"]
+        assert kinds == [
+            "Deployment",
+            "HorizontalPodAutoscaler",
+            "NetworkPolicy",
+            "PodDisruptionBudget",
+            "Service",
+            "Service",
+        ]
     out = subprocess.run(["kubectl", "kustomize", str(K8S / "ray")], capture_output=True, text=True, check=True)
     assert sorted(d["kind"] for d in yaml.safe_load_all(out.stdout)) == ["RayJob", "ServiceAccount"]
     overlay = tmp_path / "overlay"
     overlay.mkdir()
-    (overlay / "kustomization.yaml").write_text(yaml.safe_dump({
-        "resources": [os.path.relpath(K8S / "cpu", overlay)],
-        "components": [os.path.relpath(K8S / "components" / "tls", overlay)]}))
+    (overlay / "kustomization.yaml").write_text(
+        yaml.safe_dump(
+            {
+                "resources": [os.path.relpath(K8S / "cpu", overlay)],
+                "components": [os.path.relpath(K8S / "components" / "tls", overlay)],
+            }
+        )
+    )
     out = subprocess.run(["kubectl", "kustomize", str(overlay)], capture_output=True, text=True, check=True)
     deployment = next(d for d in yaml.safe_load_all(out.stdout) if d["kind"] == "Deployment")
     assert deployment == _apply_json_patch(_deployment("cpu"), tls_patch())
@@ -177,7 +192,11 @@ def test_probes_ports_and_the_pod_agree(flavour):
     assert pod["securityContext"]["runAsNonRoot"] and pod["securityContext"]["runAsUser"] == layout.USER_ID
     for c in pod.get("initContainers", []) + [container]:
         sc = c["securityContext"]
-        assert sc["readOnlyRootFilesystem"] and sc["capabilities"]["drop"] == ["ALL"] and not sc["allowPrivilegeEscalation"]
+        assert (
+            sc["readOnlyRootFilesystem"]
+            and sc["capabilities"]["drop"] == ["ALL"]
+            and not sc["allowPrivilegeEscalation"]
+        )
         mounts = {m["mountPath"]: m["name"] for m in c["volumeMounts"]}
         assert {"/dev/shm", "/tmp", layout.LOG_DIR} <= set(mounts)
     dshm = next(v for v in pod["volumes"] if v["name"] == "dshm")["emptyDir"]
@@ -204,8 +223,9 @@ def test_service_policy_and_autoscaler_name_real_ports_and_metrics(flavour):
     policy = _load(K8S / flavour / "networkpolicy.yaml")
     rules = {r["ports"][0]["port"]: r.get("from") for r in policy["spec"]["ingress"]}
     assert set(rules) <= names and rules["grpc"] is None
-    assert rules["metrics"] == [{"namespaceSelector": {"matchLabels": {
-        "kubernetes.io/metadata.name": layout.MONITORING_NAMESPACE}}}]
+    assert rules["metrics"] == [
+        {"namespaceSelector": {"matchLabels": {"kubernetes.io/metadata.name": layout.MONITORING_NAMESPACE}}}
+    ]
     hpa = _load(K8S / flavour / "hpa.yaml")
     rule = _load(K8S / "monitoring" / "prometheus-adapter-values.yaml")["rules"]["custom"][0]
     assert hpa["spec"]["metrics"][0]["pods"]["metric"]["name"] == rule["name"]["as"] == layout.QUEUE_METRIC
@@ -227,8 +247,14 @@ def test_tritonserver_flags_from_the_container_args(monkeypatch, tmp_path):
     container = _container(_deployment("cpu"))
     args = _serve_args(container["args"])
     monkeypatch.setenv(HTTP_OPEN_ENV, "health")
-    server = TritonServer(args.repository, grpc_port=args.grpc_port, http_port=args.http_port,
-                          metrics_port=args.metrics_port, host=args.host, admin_key="k" * 24)
+    server = TritonServer(
+        args.repository,
+        grpc_port=args.grpc_port,
+        http_port=args.http_port,
+        metrics_port=args.metrics_port,
+        host=args.host,
+        admin_key="k" * 24,
+    )
     command = server.command()
     assert "--strict-readiness=true" in command and "--model-control-mode=none" in command
     restricted = next(a for a in command if a.startswith("--http-restricted-api="))
@@ -242,8 +268,10 @@ def test_rollouts_and_drains_keep_a_pod_serving(flavour):
     """Issue 24: a rollout starts a new pod before an old one stops, and a drain takes one pod
     at a time out of at least two, so neither is an outage longer than the clients' retries."""
     deployment = _deployment(flavour)
-    assert deployment["spec"]["strategy"] == {"type": "RollingUpdate",
-                                              "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0}}
+    assert deployment["spec"]["strategy"] == {
+        "type": "RollingUpdate",
+        "rollingUpdate": {"maxSurge": 1, "maxUnavailable": 0},
+    }
     replicas = _load(K8S / flavour / "hpa.yaml")["spec"]["minReplicas"]
     assert replicas >= 2
     budget = _load(K8S / flavour / "poddisruptionbudget.yaml")
@@ -280,15 +308,20 @@ def _validate_rayjob(job: dict) -> None:
     jsonschema.validate(job, schema, cls=jsonschema.Draft7Validator)
     assert (job["apiVersion"], job["kind"]) == ("ray.io/v1", "RayJob")
     for name, template in _ray_templates(job).items():
-        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name},
-                                      "template": template}, KUBERNETES, strict=True)
+        kubernetes_validate.validate(
+            {"apiVersion": "v1", "kind": "PodTemplate", "metadata": {"name": name}, "template": template},
+            KUBERNETES,
+            strict=True,
+        )
 
 
 def _ray_templates(job: dict) -> dict[str, dict]:
     cluster = job["spec"]["rayClusterSpec"]
-    return {"head": cluster["headGroupSpec"]["template"],
-            **{group["groupName"]: group["template"] for group in cluster["workerGroupSpecs"]},
-            "submitter": job["spec"]["submitterPodTemplate"]}
+    return {
+        "head": cluster["headGroupSpec"]["template"],
+        **{group["groupName"]: group["template"] for group in cluster["workerGroupSpecs"]},
+        "submitter": job["spec"]["submitterPodTemplate"],
+    }
 
 
 def test_the_rayjob_passes_its_crd_schema_and_the_pod_schemas():
@@ -298,12 +331,15 @@ def test_the_rayjob_passes_its_crd_schema_and_the_pod_schemas():
     kubernetes_validate.validate(_load(K8S / "ray" / "serviceaccount.yaml"), KUBERNETES, strict=True)
     # The checks can fail: a misspelt field, a number as a string, a missing required field, a
     # misspelt container field inside a pod template.
-    for break_it in (lambda j: j["spec"].update(shutdownAfterJobFinish=True),
-                     lambda j: j["spec"].update(ttlSecondsAfterFinished="600"),
-                     lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].pop("groupName"),
-                     lambda j: j["spec"].pop("entrypoint"),
-                     lambda j: j["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0]
-                     .update(imagePullPolcy="Always")):
+    for break_it in (
+        lambda j: j["spec"].update(shutdownAfterJobFinish=True),
+        lambda j: j["spec"].update(ttlSecondsAfterFinished="600"),
+        lambda j: j["spec"]["rayClusterSpec"]["workerGroupSpecs"][0].pop("groupName"),
+        lambda j: j["spec"].pop("entrypoint"),
+        lambda j: j["spec"]["rayClusterSpec"]["headGroupSpec"]["template"]["spec"]["containers"][0].update(
+            imagePullPolcy="Always"
+        ),
+    ):
         broken = copy.deepcopy(job)
         break_it(broken)
         with pytest.raises((jsonschema.ValidationError, kubernetes_validate.ValidationError)):
@@ -327,8 +363,10 @@ def test_the_rayjob_runs_sampleiqa_score_on_ray_against_the_servers():
     assert job["spec"]["shutdownAfterJobFinishes"] is True and job["spec"]["ttlSecondsAfterFinished"] > 0
     cluster = job["spec"]["rayClusterSpec"]
     assert cluster["headGroupSpec"]["rayStartParams"]["num-cpus"] == "0"  # actors go to the workers
-    worker_cpus = sum(int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]) * g["minReplicas"]
-                      for g in cluster["workerGroupSpecs"])
+    worker_cpus = sum(
+        int(g["template"]["spec"]["containers"][0]["resources"]["limits"]["cpu"]) * g["minReplicas"]
+        for g in cluster["workerGroupSpecs"]
+    )
     assert args.ray_actors * args.ray_actor_cpus < worker_cpus  # a core left for Ray's own processes
 
 
@@ -383,8 +421,9 @@ def test_no_manifest_carries_cloud_credentials_or_secret_values():
 
 def _http(port: int, path: str, headers: dict | None = None) -> int | str:
     try:
-        with urllib.request.urlopen(urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {}),
-                                    timeout=3) as r:
+        with urllib.request.urlopen(
+            urllib.request.Request(f"http://127.0.0.1:{port}{path}", headers=headers or {}), timeout=3
+        ) as r:
             return r.status
     except urllib.error.HTTPError as exc:
         return exc.code
@@ -410,20 +449,30 @@ class Pod:
         container = _container(_deployment("cpu"))
         self.ports = {name: free_port() for name in layout.PORT_NAMES}
         numbers = {str(port): str(self.ports[name]) for name, port in layout.PORT_NAMES.items()}
-        swap = {"0.0.0.0": "127.0.0.1", layout.CPU_REPOSITORY: str(DEFAULT_REPOSITORY),
-                layout.LOG_FILE: str(tmp / "triton.log"), **numbers}
+        swap = {
+            "0.0.0.0": "127.0.0.1",
+            layout.CPU_REPOSITORY: str(DEFAULT_REPOSITORY),
+            layout.LOG_FILE: str(tmp / "triton.log"),
+            **numbers,
+        }
         self.argv = [swap.get(a, a) for a in container["args"]]
         assert sum(a != b for a, b in zip(self.argv, container["args"])) == 6  # only ports, host, paths
-        self.env = {**os.environ, **{e["name"]: e["value"] for e in container["env"] if "value" in e},
-                    "HOME": str(tmp), "XDG_CACHE_HOME": str(tmp / "cache"), "SAMPLEIQA_ADMIN_KEY": "admin-" + "k" * 20}
+        self.env = {
+            **os.environ,
+            **{e["name"]: e["value"] for e in container["env"] if "value" in e},
+            "HOME": str(tmp),
+            "XDG_CACHE_HOME": str(tmp / "cache"),
+            "SAMPLEIQA_ADMIN_KEY": "admin-" + "k" * 20,
+        }
         self.probes = {k: container[k] for k in ("livenessProbe", "readinessProbe")}
         self.process: subprocess.Popen | None = None
         self.output = tmp / "serve.out"
 
     def start(self) -> None:
         with open(self.output, "wb") as out:
-            self.process = subprocess.Popen([sys.executable, "-m", "sampleiqa.cli", *self.argv], env=self.env,
-                                            stdout=out, stderr=subprocess.STDOUT)
+            self.process = subprocess.Popen(
+                [sys.executable, "-m", "sampleiqa.cli", *self.argv], env=self.env, stdout=out, stderr=subprocess.STDOUT
+            )
 
     def probe(self, kind: str) -> int | str:
         """What the kubelet's liveness or readiness probe gets: the Deployment's path and port."""
@@ -471,7 +520,9 @@ def test_probes_answer_as_the_deployment_expects(pod):
 def _metrics(port: int) -> dict[str, float]:
     with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=5) as r:
         lines = r.read().decode().splitlines()
-    return {line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and not line.startswith("#")}
+    return {
+        line.rsplit(" ", 1)[0]: float(line.rsplit(" ", 1)[1]) for line in lines if line and not line.startswith("#")
+    }
 
 
 @pytest.mark.server
@@ -484,15 +535,21 @@ def test_grpc_scores_and_metrics_carry_the_autoscalers_series(pod):
     requests = 'nv_inference_request_success{model="sampleiqa",version="1"}'
     before = _metrics(pod.ports["metrics"])
     with ScoringClient(f"127.0.0.1:{pod.ports['grpc']}", timeout_s=60) as client:
-        results = [client.score((SAMPLES / name).read_bytes()) for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg")]
+        results = [
+            client.score((SAMPLES / name).read_bytes()) for name in ("astronaut.jpg", "chelsea.jpg", "coffee.jpg")
+        ]
     assert all(0 <= r.score <= 1 for r in results)
     deadline = time.monotonic() + 10  # Triton counts an ensemble request once it is torn down, after its response
-    while (after := _metrics(pod.ports["metrics"]))[requests] - before.get(requests, 0) < 3 and time.monotonic() < deadline:
+    while (after := _metrics(pod.ports["metrics"]))[requests] - before.get(
+        requests, 0
+    ) < 3 and time.monotonic() < deadline:
         time.sleep(0.1)
     assert after[requests] - before.get(requests, 0) == 3
     assert all(after[q] >= before.get(q, 0) for q in queue)
-    assert layout.QUEUE_METRIC and "nv_inference_queue_duration_us" in render.all_files()[
-        "monitoring/prometheus-adapter-values.yaml"]
+    assert (
+        layout.QUEUE_METRIC
+        and "nv_inference_queue_duration_us" in render.all_files()["monitoring/prometheus-adapter-values.yaml"]
+    )
 
 
 @pytest.mark.server
@@ -539,11 +596,15 @@ def test_nothing_imports_deploy_and_its_functions_are_short():
             if isinstance(node, ast.FunctionDef):
                 assert node.end_lineno - node.lineno < 60, f"{path.name}: {node.name}"
             if isinstance(node, ast.ImportFrom) and node.module and node.module.startswith("sampleiqa"):
-                assert not any(a.name.startswith("_") and not a.name.startswith("__") for a in node.names), f"{path.name}: private import"
+                assert not any(a.name.startswith("_") and not a.name.startswith("__") for a in node.names), (
+                    f"{path.name}: private import"
+                )
 
 
 @pytest.mark.server
-@pytest.mark.skipif(os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare for a private mount namespace")
+@pytest.mark.skipif(
+    os.geteuid() != 0 or shutil.which("unshare") is None, reason="needs root and unshare for a private mount namespace"
+)
 def test_the_cpu_pod_serves_on_a_read_only_root_with_only_its_volumes_writable(tmp_path):
     """readOnlyRootFilesystem, as near as this machine gets: in a private mount namespace the
     root is remounted read-only and each of the container's volumeMounts is a fresh tmpfs;
@@ -560,9 +621,12 @@ def test_the_cpu_pod_serves_on_a_read_only_root_with_only_its_volumes_writable(t
     script += "exec " + " ".join([sys.executable, "-m", "sampleiqa.cli", *pod.argv])
     env = {**pod.env, "HOME": "/tmp", "XDG_CACHE_HOME": "/tmp/cache"}
     with open(pod.output, "wb") as out:
-        pod.process = subprocess.Popen(["unshare", "--mount", "--propagation", "private", "--fork",
-                                        "--kill-child=SIGTERM", "bash", "-c", script],
-                                       env=env, stdout=out, stderr=subprocess.STDOUT)
+        pod.process = subprocess.Popen(
+            ["unshare", "--mount", "--propagation", "private", "--fork", "--kill-child=SIGTERM", "bash", "-c", script],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
     try:
         _until(lambda: pod.probe("ready") == 200 or pod.process.poll() is not None, 120)
         assert pod.probe("ready") == 200, pod.output.read_text()[-2000:]

@@ -78,8 +78,10 @@ def pods(tmp_path_factory):
     """Two servers on one port at 127.0.0.2 and 127.0.0.3: two pods behind a headless Service."""
     logs = tmp_path_factory.mktemp("pods")
     port = free_port()
-    servers = [TritonServer(DEFAULT_REPOSITORY, host=host, grpc_port=port, log_file=logs / f"{host}.log",
-                            supervise=False) for host in ("127.0.0.2", "127.0.0.3")]
+    servers = [
+        TritonServer(DEFAULT_REPOSITORY, host=host, grpc_port=port, log_file=logs / f"{host}.log", supervise=False)
+        for host in ("127.0.0.2", "127.0.0.3")
+    ]
     with all_running(servers):
         yield servers
 

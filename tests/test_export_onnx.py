@@ -104,9 +104,16 @@ def test_clean_does_not_grow(model, tmp_path):
     assert counts["nodes_after"] <= counts["nodes_before"]
     raw = tmp_path / "raw.onnx"
     with torch.no_grad():
-        torch.onnx.export(model, (torch.zeros(1, 3, CROP, CROP),), str(raw), opset_version=17, dynamo=False,
-                          input_names=[PIXELS], output_names=[SCORE],
-                          dynamic_axes={PIXELS: {0: "N"}, SCORE: {0: "N"}})
+        torch.onnx.export(
+            model,
+            (torch.zeros(1, 3, CROP, CROP),),
+            str(raw),
+            opset_version=17,
+            dynamo=False,
+            input_names=[PIXELS],
+            output_names=[SCORE],
+            dynamic_axes={PIXELS: {0: "N"}, SCORE: {0: "N"}},
+        )
     counts = clean_onnx(raw)
     assert counts["nodes_after"] <= counts["nodes_before"]
     assert onnx.load(raw).opset_import[0].version == 17
@@ -134,11 +141,14 @@ def test_guard_gives_nan_for_a_non_finite_raw_score_and_clips_the_score(onnx_pat
     guarded = [n for n in broken.graph.node if n.name in ("/guard/score_abs", "/guard/clipped")]
     src = guarded[0].input[0]  # the raw score, or its FP32 cast in the FP16 copy
     raw_type = onnx.TensorProto.FLOAT if not fp16 or src.endswith("fp32") else onnx.TensorProto.FLOAT16
-    added = [h.make_node("Constant", [], ["/t/pick"], value=pick), h.make_node("Constant", [], ["/t/one"], value=one),
-             h.make_node("Sub", ["/t/one", "/t/pick"], ["/t/keep"]),
-             h.make_node("Log", ["/t/keep"], ["/t/minus_inf_at_1"]),  # log(1 - [0, 1, 0]) = [0, -inf, 0]
-             h.make_node("Cast", ["/t/minus_inf_at_1"], ["/t/bump"], to=raw_type),
-             h.make_node("Add", [src, "/t/bump"], ["/t/raw"])]
+    added = [
+        h.make_node("Constant", [], ["/t/pick"], value=pick),
+        h.make_node("Constant", [], ["/t/one"], value=one),
+        h.make_node("Sub", ["/t/one", "/t/pick"], ["/t/keep"]),
+        h.make_node("Log", ["/t/keep"], ["/t/minus_inf_at_1"]),  # log(1 - [0, 1, 0]) = [0, -inf, 0]
+        h.make_node("Cast", ["/t/minus_inf_at_1"], ["/t/bump"], to=raw_type),
+        h.make_node("Add", [src, "/t/bump"], ["/t/raw"]),
+    ]
     first_guard = next(i for i, n in enumerate(broken.graph.node) if n.name == guarded[0].name)
     for n in guarded:
         n.input[0] = "/t/raw"
@@ -156,12 +166,14 @@ def test_guard_gives_nan_for_a_non_finite_raw_score_and_clips_the_score(onnx_pat
     shifted = onnx.load(onnx_path)
     big = onnx.helper.make_tensor("big", onnx.TensorProto.FLOAT, [], [100.0])
     shift = onnx.helper.make_tensor("shift", onnx.TensorProto.FLOAT, [], [-60.0])
-    shifted.graph.node.extend([
-        onnx.helper.make_node("Constant", [], ["/t/big"], value=big),
-        onnx.helper.make_node("Constant", [], ["/t/shift"], value=shift),
-        onnx.helper.make_node("Mul", ["/guard/score_raw", "/t/big"], ["/t/scaled"]),
-        onnx.helper.make_node("Add", ["/t/scaled", "/t/shift"], ["/t/off_scale"]),
-    ])
+    shifted.graph.node.extend(
+        [
+            onnx.helper.make_node("Constant", [], ["/t/big"], value=big),
+            onnx.helper.make_node("Constant", [], ["/t/shift"], value=shift),
+            onnx.helper.make_node("Mul", ["/guard/score_raw", "/t/big"], ["/t/scaled"]),
+            onnx.helper.make_node("Add", ["/t/scaled", "/t/shift"], ["/t/off_scale"]),
+        ]
+    )
     clip = next(n for n in shifted.graph.node if n.name == "/guard/clipped")
     clip.input[0] = "/t/off_scale"
     shifted_path = tmp_path / "shifted.onnx"
@@ -196,11 +208,20 @@ def test_fp16_copy_computes_the_fp32_scopes_in_fp32(model, onnx_path, photos, tm
     dst = convert_to_fp16(onnx_path, tmp_path / "scoped.fp16.onnx")
     graph = onnx.load(onnx_path).graph
     producer = {o: n for n in graph.node for o in n.output}
-    handed = sorted({i for n in graph.node if not n.name.startswith(FP32_SCOPES) for i in n.input
-                     if i in producer and producer[i].name.startswith(FP32_SCOPES) and "guard" not in producer[i].name})
+    handed = sorted(
+        {
+            i
+            for n in graph.node
+            if not n.name.startswith(FP32_SCOPES)
+            for i in n.input
+            if i in producer and producer[i].name.startswith(FP32_SCOPES) and "guard" not in producer[i].name
+        }
+    )
     assert handed
-    runs = [ort.InferenceSession(_with_outputs(p, handed), providers=["CPUExecutionProvider"]).run(handed, {PIXELS: photos})
-            for p in (onnx_path, dst)]
+    runs = [
+        ort.InferenceSession(_with_outputs(p, handed), providers=["CPUExecutionProvider"]).run(handed, {PIXELS: photos})
+        for p in (onnx_path, dst)
+    ]
     for name, a, b in zip(handed, *runs):
         scale = np.abs(a).max() + 1e-6
         assert np.isfinite(b).all(), name  # no overflow inside the scope
@@ -226,11 +247,15 @@ def test_fp16_copy(model, onnx_path, photos, tmp_path):
     for n in m.graph.node:
         for i in n.input:
             users.setdefault(i, []).append(n)
-    kept = {k for k in sizes if users.get(k) and all(u.name.startswith(FP32_SCOPES) or u.op_type == "LayerNormalization"
-                                                     for u in users[k])}
+    kept = {
+        k
+        for k in sizes
+        if users.get(k) and all(u.name.startswith(FP32_SCOPES) or u.op_type == "LayerNormalization" for u in users[k])
+    }
     floats = {k for k in sizes if dtypes[k] in (onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16)}
-    assert all(dtypes[k] == onnx.TensorProto.FLOAT16 for k in floats - kept), \
-        [k for k in floats - kept if dtypes[k] != onnx.TensorProto.FLOAT16][:5]
+    assert all(dtypes[k] == onnx.TensorProto.FLOAT16 for k in floats - kept), [
+        k for k in floats - kept if dtypes[k] != onnx.TensorProto.FLOAT16
+    ][:5]
     assert sum(sizes[k] for k in floats - kept) >= 0.5 * sum(sizes[k] for k in floats)  # the backbone is most of it
     # LayerNormalization is kept FP32: its scale stays float32.
     ln = next(n for n in m.graph.node if n.op_type == "LayerNormalization")

@@ -13,9 +13,8 @@ from sampleiqa.build.repository import build_repository  # noqa: E402
 from sampleiqa.build.torch_runner import TorchScorer, buckets, chunks, guard, half_weights  # noqa: E402
 from sampleiqa.build.triton_config import RepositorySettings, read_config  # noqa: E402
 from sampleiqa.clients import ScoringClient  # noqa: E402
-from sampleiqa.server import TritonServer  # noqa: E402
-
 from sampleiqa.preprocessing import preprocess_file  # noqa: E402
+from sampleiqa.server import TritonServer  # noqa: E402
 
 from .helpers import SAMPLES, WEIGHTS, biq_images  # noqa: E402
 
@@ -39,8 +38,9 @@ def test_torch_scorer_matches_the_served_onnx_scorer():
     from sampleiqa.server import DEFAULT_REPOSITORY
 
     x = np.stack([preprocess_file(p).pixels for p in biq_images(5)])
-    ref = ort.InferenceSession(str(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx"),
-                               providers=["CPUExecutionProvider"]).run(None, {"PIXELS": x})[0]
+    ref = ort.InferenceSession(
+        str(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx"), providers=["CPUExecutionProvider"]
+    ).run(None, {"PIXELS": x})[0]
     scorer = TorchScorer(CHECKPOINT, device="cpu", max_batch=2)  # 5 items: chunks of 2
     got = scorer(x)
     assert got.shape == (5, 1) and np.abs(got - ref).max() < 1e-4, np.abs(got - ref).max()
@@ -73,12 +73,18 @@ def test_scorer_takes_one_array_per_request_and_fp16_weights_keep_the_scores():
 
 @pytest.mark.server
 def test_gpu_torch_repository_served_on_cpu_scores_like_the_cpu_ensemble(tmp_path, client):
-    out = build_repository(tmp_path / "repo", RepositorySettings(target="gpu-torch", torch_device="cpu"),
-                           checkpoint=CHECKPOINT, vendor=False)
+    out = build_repository(
+        tmp_path / "repo",
+        RepositorySettings(target="gpu-torch", torch_device="cpu"),
+        checkpoint=CHECKPOINT,
+        vendor=False,
+    )
     scorer = read_config(out / "scorer")
     assert scorer.backend == "python" and scorer.parameters["precision"].string_value == "fp32"
-    gpu = read_config(build_repository(tmp_path / "gpu", RepositorySettings(target="gpu-torch"),
-                                       checkpoint=CHECKPOINT, vendor=False) / "scorer")
+    gpu = read_config(
+        build_repository(tmp_path / "gpu", RepositorySettings(target="gpu-torch"), checkpoint=CHECKPOINT, vendor=False)
+        / "scorer"
+    )
     assert gpu.instance_group[0].kind == gpu.instance_group[0].KIND_GPU
     assert gpu.parameters["precision"].string_value == "fp16" and gpu.parameters["cuda_graphs"].string_value == "1"
     photos = [p.read_bytes() for p in biq_images(6)] + [(SAMPLES / "astronaut.jpg").read_bytes()]

@@ -47,7 +47,7 @@ def declaring(data: bytes, width: int, height: int) -> bytes:
     """The same file with its one image-size property (ispe) declaring width x height."""
     assert data.count(b"ispe") == 1
     at = data.index(b"ispe") + 8  # type, version and flags
-    return data[:at] + struct.pack(">II", width, height) + data[at + 8:]
+    return data[:at] + struct.pack(">II", width, height) + data[at + 8 :]
 
 
 @pytest.fixture(scope="module")
@@ -186,9 +186,12 @@ def test_too_many_declared_pixels_are_refused_before_decoding(copies, fmt):
 def test_broken_files_get_their_error_code(copies, fmt):
     data = copies[PHOTOS[0]][fmt]
     mdat = data.index(b"mdat") + 4
-    for broken, code in ((data[: len(data) // 2], "truncated"), (data[:40], "truncated"),
-                         (data[:mdat] + bytes(len(data) - mdat), "decode_failed"),  # image data zeroed
-                         (data[:mdat] + b"\xff" * (len(data) - mdat), "decode_failed")):
+    for broken, code in (
+        (data[: len(data) // 2], "truncated"),
+        (data[:40], "truncated"),
+        (data[:mdat] + bytes(len(data) - mdat), "decode_failed"),  # image data zeroed
+        (data[:mdat] + b"\xff" * (len(data) - mdat), "decode_failed"),
+    ):
         with pytest.raises(PreprocessError) as exc:
             decode_bgr(broken)
         assert exc.value.code == code, exc.value
@@ -223,12 +226,15 @@ def test_bulk_cli_finds_and_scores_phone_suffixes(server, copies, tmp_path):
     for name, fmt in names.items():
         (folder / name).write_bytes(copies[path][fmt])
     out = tmp_path / "scores.csv"
-    res = subprocess.run([sys.executable, "-m", "sampleiqa.cli", "score", str(folder), "--url", server.url,
-                          "--out", str(out)], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        [sys.executable, "-m", "sampleiqa.cli", "score", str(folder), "--url", server.url, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     with open(out, newline="") as f:
         rows = {Path(r["path"]).name: r for r in csv.DictReader(f)}
     assert sorted(rows) == sorted(names) and all(r["status"] == "ok" for r in rows.values()), rows
     scores = [float(r["score"]) for r in rows.values()]
     assert max(scores) - min(scores) < 0.02, rows
-

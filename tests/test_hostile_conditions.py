@@ -20,14 +20,15 @@ import tritonclient.grpc as grpcclient
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
+from sampleiqa import procfs as stubs
 from sampleiqa.clients import ScoringClient
 from sampleiqa.clients.protocol import classify
-from sampleiqa import procfs as stubs
-from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 from sampleiqa.contracts import CROP, PIXELS, SCORE
 from sampleiqa.preprocessing import PreprocessError, decode_bgr
+from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 
-from .helpers import SAMPLEIQA, SAMPLES, biq_images, jsonl_rows, rows as csv_rows, score_cli
+from .helpers import SAMPLEIQA, SAMPLES, biq_images, jsonl_rows, score_cli
+from .helpers import rows as csv_rows
 
 # Tests that ask for `server` or `client` are marked `server` by conftest; those that start
 # Triton themselves say so here.
@@ -41,10 +42,13 @@ def rss_mib(pid: int) -> float:
 
 
 def stub_of(server: TritonServer, model: str) -> int:
-    return next(p for p in server.stub_pids if f"model_repository/{model}/".encode() in Path(f"/proc/{p}/cmdline").read_bytes())
+    return next(
+        p for p in server.stub_pids if f"model_repository/{model}/".encode() in Path(f"/proc/{p}/cmdline").read_bytes()
+    )
 
 
 # 1. A dead python-backend stub ---------------------------------------------------------
+
 
 @pytest.mark.server
 def test_a_killed_stub_is_replaced_and_the_bulk_run_ends_with_every_row_ok(tmp_path):
@@ -59,8 +63,12 @@ def test_a_killed_stub_is_replaced_and_the_bulk_run_ends_with_every_row_ok(tmp_p
         os.symlink(p, photos / p.name)
     out = tmp_path / "scores.csv"
     with TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log") as server:
-        run = subprocess.Popen(SAMPLEIQA + ["score", str(photos), "--url", server.url, "--out", str(out)],
-                               stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+        run = subprocess.Popen(
+            SAMPLEIQA + ["score", str(photos), "--url", server.url, "--out", str(out)],
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
         try:
             for model, after_rows in (("scorer", 20), ("preprocess", 120)):
                 deadline = time.monotonic() + 300
@@ -84,12 +92,14 @@ def test_a_killed_stub_is_replaced_and_the_bulk_run_ends_with_every_row_ok(tmp_p
 
 
 def test_an_unhealthy_stub_is_a_retryable_error_not_the_images_fault():
-    exc = InferenceServerException("in ensemble 'sampleiqa', Stub process 'scorer_0_0' is not healthy.",
-                                   status="StatusCode.INTERNAL")
+    exc = InferenceServerException(
+        "in ensemble 'sampleiqa', Stub process 'scorer_0_0' is not healthy.", status="StatusCode.INTERNAL"
+    )
     assert classify(exc)[0] == "retry"
 
 
 # 2. Hostile pixels -----------------------------------------------------------------------
+
 
 def test_any_uint8_pixels_score_in_range_and_float_pixels_are_refused(server, client):
     """PIXELS are uint8 crops: no value a caller sends is outside what an image gives (no
@@ -102,6 +112,7 @@ def test_any_uint8_pixels_score_in_range_and_float_pixels_are_refused(server, cl
     noise = np.random.default_rng(0).integers(0, 256, good.shape, dtype=np.uint8)
     cases = {"zeros": np.zeros_like(good), "full": np.full_like(good, 255), "noise": noise}
     with grpcclient.InferenceServerClient(server.url) as c:
+
         def score(pixels, dtype="UINT8"):
             tensor = grpcclient.InferInput(PIXELS, [1, 3, CROP, CROP], dtype)
             tensor.set_data_from_numpy(pixels[None])
@@ -117,14 +128,18 @@ def test_any_uint8_pixels_score_in_range_and_float_pixels_are_refused(server, cl
 
 # 3. What other local users can read -----------------------------------------------------
 
+
 def test_stub_shared_memory_and_logs_are_private_to_the_server_user(server, tmp_path):
     regions = [stubs.SHM / r for r in server.regions if (stubs.SHM / r).exists()]
     assert len(regions) >= 3  # 2 preprocess instances and the scorer
     assert all(r.stat().st_mode & 0o777 == 0o600 for r in regions), [oct(r.stat().st_mode) for r in regions]
     assert server.log_file.stat().st_mode & 0o777 == 0o600
     if os.geteuid() == 0:  # read a region as an unprivileged user, as the attack did
-        res = subprocess.run(["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat", str(regions[0])],
-                             capture_output=True, timeout=30)
+        res = subprocess.run(
+            ["setpriv", "--reuid=nobody", "--regid=nogroup", "--clear-groups", "cat", str(regions[0])],
+            capture_output=True,
+            timeout=30,
+        )
         assert res.returncode != 0 and b"Permission denied" in res.stderr, res.stderr
 
 
@@ -139,6 +154,7 @@ def test_the_default_log_folder_is_private(tmp_path, monkeypatch):
 
 # 4. Memory after big requests -----------------------------------------------------------
 
+
 @pytest.mark.server
 def test_memory_returns_after_a_batch_of_32_and_refused_payloads_stay_bounded(tmp_path):
     """Before: the scorer stub kept ~2.4 GB after one 32-photo request (ORT's arena keeps
@@ -147,8 +163,10 @@ def test_memory_returns_after_a_batch_of_32_and_refused_payloads_stay_bounded(tm
     third of the throughput under load), with no request needed. Figures are printed for
     tests/README.md."""
     photos = [p.read_bytes() for p in biq_images(32)]
-    with TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log", supervise=False) as server, \
-            ScoringClient(server.url, timeout_s=300) as client:
+    with (
+        TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log", supervise=False) as server,
+        ScoringClient(server.url, timeout_s=300) as client,
+    ):
         scorer = stub_of(server, "scorer")
         assert client.score(photos[0]).ok
         warm = rss_mib(scorer)
@@ -167,8 +185,11 @@ def test_memory_returns_after_a_batch_of_32_and_refused_payloads_stay_bounded(tm
         time.sleep(1)
         growth = {p: rss_mib(p) - pre_before[p] for p in pre}
         assert client.score(photos[0]).ok
-    print(f"\nscorer stub RSS: {warm:.0f} MiB warm, {after8:.0f} after a batch of 8, {peak32:.0f} just after a batch "
-          f"of 32, {after32:.0f} once the arena was shrunk; preprocess stubs after two refused 200 MB payloads: +{', +'.join(f'{g:.0f}' for g in growth.values())} MiB")
+    print(
+        f"\nscorer stub RSS: {warm:.0f} MiB warm, {after8:.0f} after a batch of 8, {peak32:.0f} just after a batch "
+        f"of 32, {after32:.0f} once the arena was shrunk; preprocess stubs after two refused 200 MB payloads: "
+        f"+{', +'.join(f'{g:.0f}' for g in growth.values())} MiB"
+    )
     assert after32 < after8 + 200, (warm, after8, after32)
     # A python-backend shm region keeps the size of the largest request it held: bounded by
     # it, never by the number of requests.
@@ -176,6 +197,7 @@ def test_memory_returns_after_a_batch_of_32_and_refused_payloads_stay_bounded(tm
 
 
 # 5-6. Limits against what is decoded; data after the end of the image -------------------
+
 
 def _gif_screen_1x1_frame(size: int) -> bytes:
     buf = io.BytesIO()
@@ -192,8 +214,12 @@ def test_a_gif_frame_larger_than_its_screen_is_held_to_the_pixel_limit(tmp_path)
         decode_bgr(gif, max_pixels=200_000)
     assert e.value.code == "too_many_pixels" and "2000x2000" in str(e.value)
     assert decode_bgr(gif).shape == (2000, 2000, 3)  # under the default limit it decodes, as before
-    with TritonServer(DEFAULT_REPOSITORY, log_file=tmp_path / "t.log", supervise=False,
-                      env={"SAMPLEIQA_MAX_PIXELS": "200000"}) as server, ScoringClient(server.url) as client:
+    with (
+        TritonServer(
+            DEFAULT_REPOSITORY, log_file=tmp_path / "t.log", supervise=False, env={"SAMPLEIQA_MAX_PIXELS": "200000"}
+        ) as server,
+        ScoringClient(server.url) as client,
+    ):
         result = client.score(gif)
         assert result.error_code == "too_many_pixels", result
 
@@ -204,10 +230,12 @@ def test_data_after_the_end_of_a_jpeg_is_ignored(client, tail):
     refused as [truncated] depending on the tail's bytes."""
     photo = PORTRAIT.read_bytes()
     rng = np.random.default_rng(len(tail))
-    extra = {"video_1mb": b"\x00\x00\x00\x20ftypmp42" + rng.bytes(1_000_000),
-             "random_1mb": rng.bytes(1_000_000),
-             "random_10mb": rng.bytes(10_000_000),
-             "jpeg_again": b"\xff\xda" + rng.bytes(5000) + photo[: len(photo) // 2]}[tail]
+    extra = {
+        "video_1mb": b"\x00\x00\x00\x20ftypmp42" + rng.bytes(1_000_000),
+        "random_1mb": rng.bytes(1_000_000),
+        "random_10mb": rng.bytes(10_000_000),
+        "jpeg_again": b"\xff\xda" + rng.bytes(5000) + photo[: len(photo) // 2],
+    }[tail]
     assert (decode_bgr(photo + extra) == decode_bgr(photo)).all()
     assert client.score(photo + extra).score == pytest.approx(client.score(photo).score, abs=1e-6)
     with pytest.raises(PreprocessError, match=r"\[truncated\]"):  # a cut JPEG is still refused
@@ -216,12 +244,17 @@ def test_data_after_the_end_of_a_jpeg_is_ignored(client, tail):
 
 # 7. A plaintext server on every interface ----------------------------------------------
 
+
 @pytest.mark.server
 def test_serving_beyond_loopback_without_tls_warns():
     import selectors
 
-    run = subprocess.Popen(SAMPLEIQA + ["serve", "--host", "0.0.0.0", "--grpc-port", str(free_port())],
-                           stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    run = subprocess.Popen(
+        SAMPLEIQA + ["serve", "--host", "0.0.0.0", "--grpc-port", str(free_port())],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
     seen = []
     try:
         with selectors.DefaultSelector() as sel:
@@ -242,6 +275,7 @@ def test_serving_beyond_loopback_without_tls_warns():
 
 
 # 8-11. File names and files ---------------------------------------------------------------
+
 
 @pytest.fixture()
 def few_photos(tmp_path) -> Path:
@@ -320,6 +354,7 @@ def test_only_regular_files_are_read(server, few_photos):
 
 # 12. A full disk -----------------------------------------------------------------------------
 
+
 def _limit_file_size(limit: int):
     return lambda: resource.setrlimit(resource.RLIMIT_FSIZE, (limit, limit))  # writes past it fail (EFBIG)
 
@@ -330,10 +365,17 @@ def test_a_full_disk_stops_cleanly_and_resume_finishes(server, tmp_path):
     for p in biq_images(40):
         os.symlink(p, folder / p.name)
     out = tmp_path / "scores.csv"
-    res = subprocess.run(SAMPLEIQA + ["score", str(folder), "--url", server.url, "--out", str(out)],
-                         capture_output=True, text=True, timeout=600, preexec_fn=_limit_file_size(3000))
+    res = subprocess.run(
+        SAMPLEIQA + ["score", str(folder), "--url", server.url, "--out", str(out)],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        preexec_fn=_limit_file_size(3000),
+    )
     assert res.returncode == 1, res.stderr
-    assert "Traceback" not in res.stderr and f"cannot write {out}" in res.stderr and "--resume" in res.stderr, res.stderr
+    assert "Traceback" not in res.stderr and f"cannot write {out}" in res.stderr and "--resume" in res.stderr, (
+        res.stderr
+    )
     assert out.read_bytes().endswith(b"\n")  # no torn line
     assert out.read_bytes().startswith(b"path,score,")  # the header fitted; rows flushed past the limit were cut
     assert len(csv_rows(out)) < 40
@@ -345,6 +387,7 @@ def test_a_full_disk_stops_cleanly_and_resume_finishes(server, tmp_path):
 
 # 13. Transient errors are not final ---------------------------------------------------------
 
+
 def test_resume_scores_server_and_timeout_rows_again(server, few_photos):
     out = few_photos.parent / "scores.csv"
     res = score_cli(few_photos, "--url", server.url, "--out", out, "--timeout", "0.001")
@@ -352,7 +395,9 @@ def test_resume_scores_server_and_timeout_rows_again(server, few_photos):
     rows = csv_rows(out)
     assert len(rows) == 3 and all(r["error"].startswith("[timeout]") for r in rows)
     # A [server] row, as a dead stub left them before, is retried too.
-    text = out.read_text().replace("[timeout] the request exceeded its deadline", "[server] StatusCode.INTERNAL boom", 1)
+    text = out.read_text().replace(
+        "[timeout] the request exceeded its deadline", "[server] StatusCode.INTERNAL boom", 1
+    )
     out.write_text(text)
     res = score_cli(few_photos, "--url", server.url, "--out", out, "--resume")
     assert res.returncode == 0 and "3 rows written (3 of them again" in res.stderr, res.stderr
@@ -361,6 +406,7 @@ def test_resume_scores_server_and_timeout_rows_again(server, few_photos):
 
 
 # 14. Triton's shared-memory utilities import ----------------------------------------------
+
 
 def test_tritonclient_shared_memory_utilities_work_with_our_install(server):
     import tritonclient.utils.shared_memory as shm  # imports pkg_resources
@@ -376,6 +422,7 @@ def test_tritonclient_shared_memory_utilities_work_with_our_install(server):
 
 
 # 15. No shared memory left behind --------------------------------------------------------------
+
 
 @pytest.mark.server
 def test_a_killed_server_leaves_no_shared_memory_or_stub(tmp_path):

@@ -62,13 +62,23 @@ def test_manifest_round_trips_names_that_are_not_utf8(tmp_path):
     (tmp_path / "in").mkdir()
     (tmp_path / "in" / name).write_bytes(b"x")
     output = Output(str(tmp_path / "out"))
-    job = output.write_listing(Job([str(tmp_path / "in")], False, "parquet", 10),
-                               iter_inputs([str(tmp_path / "in")], False))
+    job = output.write_listing(
+        Job([str(tmp_path / "in")], False, "parquet", 10), iter_inputs([str(tmp_path / "in")], False)
+    )
     [(path, location)] = output.manifest(0)
     assert job.files == 1 and path.endswith(name) and os.path.exists(location)
     for fmt in ("parquet", "csv", "jsonl"):
-        row = {"path": path, "score": 0.5, "face_found": False, "face_x": None, "face_y": None, "face_w": None,
-               "face_h": None, "status": "ok", "error": ""}
+        row = {
+            "path": path,
+            "score": 0.5,
+            "face_found": False,
+            "face_x": None,
+            "face_y": None,
+            "face_w": None,
+            "face_h": None,
+            "status": "ok",
+            "error": "",
+        }
         [back] = decode_rows(encode_rows([row], fmt), fmt, "shard")
         assert escaped(back["path"]) == escaped(path), fmt
 

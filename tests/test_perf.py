@@ -13,9 +13,11 @@ from sampleiqa.perf.inputs import image_entry, pixels_entry
 from .helpers import BIQ, SAMPLES
 
 # A row as perf_analyzer 2.51 writes it with -f (latencies in microseconds).
-CSV = ("Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
-       "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency\n"
-       "4,26.9111,7,38911,1,752,106120,1799,10,147505,187547,201028,221226\n")
+CSV = (
+    "Concurrency,Inferences/Second,Client Send,Network+Server Send/Recv,Server Queue,Server Compute Input,"
+    "Server Compute Infer,Server Compute Output,Client Recv,p50 latency,p90 latency,p95 latency,p99 latency\n"
+    "4,26.9111,7,38911,1,752,106120,1799,10,147505,187547,201028,221226\n"
+)
 
 
 def test_csv_row_becomes_a_measurement_in_ms():
@@ -32,7 +34,9 @@ def test_json_inputs_carry_length_prefixed_bytes_and_raw_uint8_pixels():
     raw = base64.b64decode(image_entry(data)["IMAGE"]["b64"])
     assert struct.unpack("<I", raw[:4])[0] == len(data) and raw[4:] == data
     pixels = np.arange(12, dtype=np.uint8).reshape(3, 2, 2)
-    assert np.array_equal(np.frombuffer(base64.b64decode(pixels_entry(pixels)["PIXELS"]["b64"]), np.uint8), pixels.ravel())
+    assert np.array_equal(
+        np.frombuffer(base64.b64decode(pixels_entry(pixels)["PIXELS"]["b64"]), np.uint8), pixels.ravel()
+    )
 
 
 @pytest.mark.server
@@ -44,9 +48,29 @@ def test_sampleiqa_perf_runs_against_the_embedded_server_and_writes_its_report(t
 
     if not BIQ.exists():
         pytest.skip("BIQ2021 photos not found")
-    code = main(["perf", "--images", str(BIQ / "images"), "--photos", "6", "--tensors", "2",
-                 "--concurrency", "4", "--request-count", "12",
-                 "--batches", "1,2", "--baseline-seconds", "0.2", "--name", "smoke", "--out-dir", str(tmp_path)])
+    code = main(
+        [
+            "perf",
+            "--images",
+            str(BIQ / "images"),
+            "--photos",
+            "6",
+            "--tensors",
+            "2",
+            "--concurrency",
+            "4",
+            "--request-count",
+            "12",
+            "--batches",
+            "1,2",
+            "--baseline-seconds",
+            "0.2",
+            "--name",
+            "smoke",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     report = (tmp_path / "smoke.md").read_text()
     for model in ("sampleiqa", "preprocess", "scorer"):
@@ -137,7 +161,9 @@ def test_largest_output_sizes_the_shared_memory_regions(server):
 
     client = grpcclient.InferenceServerClient(server.url)
     try:
-        pixels = next(o for o in client.get_model_metadata("preprocess", as_json=True)["outputs"] if o["name"] == "PIXELS")
+        pixels = next(
+            o for o in client.get_model_metadata("preprocess", as_json=True)["outputs"] if o["name"] == "PIXELS"
+        )
     finally:
         client.close()
     assert largest_output_bytes(server.url, "preprocess") == 3 * 448 * 448 * DTYPE_BYTES[pixels["datatype"]]

@@ -5,8 +5,18 @@ import numpy as np
 import pytest
 
 from sampleiqa.contracts import CROP
-from sampleiqa.preprocessing import (Box, PreprocessError, apply_plan, contains_face, decode_bgr, plan_crop,
-                                     find_face, preprocess_bytes, preprocess_file, random_plan)
+from sampleiqa.preprocessing import (
+    Box,
+    PreprocessError,
+    apply_plan,
+    contains_face,
+    decode_bgr,
+    find_face,
+    plan_crop,
+    preprocess_bytes,
+    preprocess_file,
+    random_plan,
+)
 
 from .helpers import FACES, NO_FACE, SAMPLES, on_face
 
@@ -54,13 +64,16 @@ def test_pixels_are_uint8_rgb_chw_and_normalise_with_imagenet_statistics():
     np.testing.assert_array_equal(to_tensor(crop), normalize(to_pixels(crop)))  # training's input, bit for bit
 
 
-@pytest.mark.parametrize("w,h,face", [
-    (512, 512, Box(10, 400, 60, 60)),      # face in a corner: crop shifts, stays inside
-    (3000, 2000, Box(2500, 100, 300, 300)),
-    (1000, 1200, Box(100, 100, 800, 800)),  # face larger than the crop: image shrinks
-    (300, 200, Box(20, 20, 50, 50)),        # small image: enlarged first
-    (2000, 500, None),
-])
+@pytest.mark.parametrize(
+    "w,h,face",
+    [
+        (512, 512, Box(10, 400, 60, 60)),  # face in a corner: crop shifts, stays inside
+        (3000, 2000, Box(2500, 100, 300, 300)),
+        (1000, 1200, Box(100, 100, 800, 800)),  # face larger than the crop: image shrinks
+        (300, 200, Box(20, 20, 50, 50)),  # small image: enlarged first
+        (2000, 500, None),
+    ],
+)
 def test_plan_holds_the_whole_face_and_fits_the_image(w, h, face):
     plan = plan_crop(w, h, face)
     sw, sh = round(w * plan.scale), round(h * plan.scale)
@@ -98,11 +111,15 @@ def test_exif_orientation_is_applied_and_the_box_follows_it(tmp_path):
     assert r.face_found and on_face(r.face_box, FACES[SAMPLES / "astronaut.jpg"])
 
 
-@pytest.mark.parametrize("make", [
-    lambda: np.full((300, 400), 128, np.uint8),                          # grayscale
-    lambda: np.dstack([np.full((300, 400, 3), 90, np.uint8), np.full((300, 400), 40, np.uint8)]),  # RGBA
-    lambda: np.full((300, 400, 3), 40000, np.uint16),                    # 16-bit
-], ids=["gray", "rgba", "16bit"])
+@pytest.mark.parametrize(
+    "make",
+    [
+        lambda: np.full((300, 400), 128, np.uint8),  # grayscale
+        lambda: np.dstack([np.full((300, 400, 3), 90, np.uint8), np.full((300, 400), 40, np.uint8)]),  # RGBA
+        lambda: np.full((300, 400, 3), 40000, np.uint16),  # 16-bit
+    ],
+    ids=["gray", "rgba", "16bit"],
+)
 def test_unusual_pixel_formats_become_8bit_colour(make):
     bgr = decode_bgr(encode(make()))
     assert bgr.dtype == np.uint8 and bgr.shape == (300, 400, 3)
@@ -131,9 +148,14 @@ def test_decompression_bomb_is_refused_before_decoding():
     assert e.value.code == "too_many_pixels" and "30000x30000" in str(e.value)
 
 
-@pytest.mark.parametrize("data,code", [(b"", "empty"), (b"hello, not an image", "not_an_image"),
-                                       (b"\xff\xd8\xff" + bytes(100) + b"\xff\xda" + bytes(50) + b"\xff\xd9",
-                                        "decode_failed")])
+@pytest.mark.parametrize(
+    "data,code",
+    [
+        (b"", "empty"),
+        (b"hello, not an image", "not_an_image"),
+        (b"\xff\xd8\xff" + bytes(100) + b"\xff\xda" + bytes(50) + b"\xff\xd9", "decode_failed"),
+    ],
+)
 def test_bad_bytes_give_a_coded_error(data, code):
     with pytest.raises(PreprocessError) as e:
         preprocess_bytes(data)

@@ -37,7 +37,8 @@ def test_packaged_lite0_weights_are_imagenet_weights_and_the_trunk_takes_the_ser
         probs = net(x * trunk.scale + trunk.shift).softmax(-1)[0]
     assert int(probs.argmax()) in range(281, 286) and float(probs[281:286].sum()) > 0.3  # random weights: ~0.005
     assert float(create_model("lite0_swin", pretrained=False).trunk.stem[0].weight.abs().sum()) != pytest.approx(
-        float(trunk.stem[0].weight.abs().sum()))  # pretrained=False really starts elsewhere
+        float(trunk.stem[0].weight.abs().sum())
+    )  # pretrained=False really starts elsewhere
     assert not any(p.requires_grad for p in trunk.parameters())
 
 
@@ -84,17 +85,20 @@ def test_prior_model_trains_on_cached_features_and_serves_the_same_scores(tmp_pa
     Triton ensemble agree on the same photos; the full model equals the top on cached view 0."""
     data = _labelled(tmp_path, 16)
     cfg = tmp_path / "prior.toml"
-    cfg.write_text(f'model = "lite0_swin_test"\nout_dir = "{tmp_path / "run"}"\nseed = 1\nthreads = 1\n'
-                   f'feature_views = 2\n[data]\ntrain = {{ kind = "csv", path = "{data}" }}\n'
-                   f'val = {{ kind = "csv", path = "{data}" }}\n[resample]\nbins = 4\nmax_repeat = 2\n'
-                   '[[stages]]\nname = "mos"\nkind = "prior"\nepochs = 2\nbatch_size = 8\nwarmup_steps = 1\n'
-                   'lr = 1e-3\nema_decay = 0.9\n')
+    cfg.write_text(
+        f'model = "lite0_swin_test"\nout_dir = "{tmp_path / "run"}"\nseed = 1\nthreads = 1\n'
+        f'feature_views = 2\n[data]\ntrain = {{ kind = "csv", path = "{data}" }}\n'
+        f'val = {{ kind = "csv", path = "{data}" }}\n[resample]\nbins = 4\nmax_repeat = 2\n'
+        '[[stages]]\nname = "mos"\nkind = "prior"\nepochs = 2\nbatch_size = 8\nwarmup_steps = 1\n'
+        "lr = 1e-3\nema_decay = 0.9\n"
+    )
     cli = [sys.executable, "-m", "sampleiqa.cli"]
     env = {"SAMPLEIQA_CACHE": str(tmp_path / "cache" / "crops")}
     import os
 
-    r = subprocess.run(cli + ["train", str(cfg)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900,
-                       env={**os.environ, **env})
+    r = subprocess.run(
+        cli + ["train", str(cfg)], cwd=REPO_ROOT, capture_output=True, text=True, timeout=900, env={**os.environ, **env}
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     run = tmp_path / "run"
     history = [json.loads(line) for line in (run / "log.jsonl").read_text().splitlines()]
@@ -113,10 +117,18 @@ def test_prior_model_trains_on_cached_features_and_serves_the_same_scores(tmp_pa
     np.testing.assert_allclose(full, top, atol=1e-6)
 
     onnx_path, repo = tmp_path / "m.onnx", tmp_path / "repo"
-    subprocess.run(cli + ["export-onnx", "--checkpoint", str(run / "last.pt"), "--out", str(onnx_path)],
-                   check=True, cwd=REPO_ROOT, capture_output=True)
-    subprocess.run(cli + ["build-repository", "--target", "cpu", "--onnx", str(onnx_path), "--out", str(repo)],
-                   check=True, cwd=REPO_ROOT, capture_output=True)
+    subprocess.run(
+        cli + ["export-onnx", "--checkpoint", str(run / "last.pt"), "--out", str(onnx_path)],
+        check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+    )
+    subprocess.run(
+        cli + ["build-repository", "--target", "cpu", "--onnx", str(onnx_path), "--out", str(repo)],
+        check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+    )
     import onnxruntime as ort
 
     from sampleiqa.contracts import PIXELS, SCORE
@@ -136,8 +148,13 @@ def test_leave_one_subset_out_folds_hold_out_whole_sources():
     from sampleiqa.training.loso import SUBSETS, folds
 
     paths = [f"/x/ss0{k % 3 + 1} ({k}).jpg" for k in range(30)]
-    data = FeatureSet(np.zeros((30, 1, 1, 1, 1), np.float16), np.zeros((30, 1, 1), np.float32),
-                      np.zeros(30, np.float32), [None] * 30, paths)
+    data = FeatureSet(
+        np.zeros((30, 1, 1, 1, 1), np.float16),
+        np.zeros((30, 1, 1), np.float32),
+        np.zeros(30, np.float32),
+        [None] * 30,
+        paths,
+    )
     out = folds(data, val_paths=set(paths[:5]))
     for s in SUBSETS:
         train, test = out[s]
@@ -154,8 +171,13 @@ def _random_features(n: int, scenes=None, seed: int = 0):
     model = create_model("lite0_swin_test", pretrained=False)
     pooled = rng.normal(size=(n, 2, model.trunk.pooled_dim)).astype(np.float32)
     scores = (0.5 + 0.1 * pooled[:, 0, 0] + 0.02 * rng.normal(size=n)).astype(np.float32)
-    return model, FeatureSet(rng.random((n, 2, 112, 28, 28)).astype(np.float16), pooled, scores,
-                             scenes or [None] * n, [f"p{i}.jpg" for i in range(n)])
+    return model, FeatureSet(
+        rng.random((n, 2, 112, 28, 28)).astype(np.float16),
+        pooled,
+        scores,
+        scenes or [None] * n,
+        [f"p{i}.jpg" for i in range(n)],
+    )
 
 
 @pytest.mark.training
@@ -169,12 +191,13 @@ def test_shrinkage_penalties_shrink_their_part_of_the_head():
         torch.manual_seed(0)
         model, data = _random_features(32)
         prepare_top(model, data)
-        stage = StageConfig("p", kind="prior", epochs=3, batch_size=8, warmup_steps=1, lr=1e-2,
-                            pooled_l2=l2, swin_l2=l2)
+        stage = StageConfig(
+            "p", kind="prior", epochs=3, batch_size=8, warmup_steps=1, lr=1e-2, pooled_l2=l2, swin_l2=l2
+        )
         top = fit_top(model.top, data, np.arange(32), stage, seed=0)
         norms[l2] = (float(top.pooled_weight().norm()), float(top.swin_weight().norm()))
     assert norms[50.0][0] < 0.5 * norms[0.0][0] and norms[50.0][1] < 0.5 * norms[0.0][1], norms
-    with pytest.raises(ValueError, match="kind = \"prior\""):
+    with pytest.raises(ValueError, match='kind = "prior"'):
         fit_top(model.top, data, np.arange(32), StageConfig("m", kind="mos"), seed=0)
 
 

@@ -23,13 +23,13 @@ pytest.importorskip("ray")
 pa_fs = pytest.importorskip("pyarrow.fs")
 
 from sampleiqa.clients.shards import META, Output, decode_rows  # noqa: E402
+from sampleiqa.perf.faultproxy import FaultProxy  # noqa: E402
+from sampleiqa.perf.s3 import S3_ENV, moto_server, options  # noqa: E402
 from sampleiqa.procfs import all_stats, argv  # noqa: E402
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port  # noqa: E402
 
 from .badinputs import CASES  # noqa: E402
 from .helpers import SAMPLES, all_running, biq_images  # noqa: E402
-from sampleiqa.perf.faultproxy import FaultProxy  # noqa: E402
-from sampleiqa.perf.s3 import S3_ENV, moto_server, options  # noqa: E402
 
 # conftest marks the tests that ask for `cluster` (ray) or `replicas` (server); the others that
 # start a cluster, a Triton or an S3 server say so here.
@@ -58,12 +58,32 @@ def cluster(tmp_path_factory):
     temp = tmp_path_factory.mktemp("ray")
     env = {**os.environ, **S3_ENV, **RAY_ENV}
     common = ["--num-cpus", "1", "--disable-usage-stats"]
-    subprocess.run([ray, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port),
-                    "--include-dashboard", "false", "--temp-dir", str(temp), *common],
-                   check=True, env=env, capture_output=True)
+    subprocess.run(
+        [
+            ray,
+            "start",
+            "--head",
+            "--node-ip-address",
+            "127.0.0.1",
+            "--port",
+            str(port),
+            "--include-dashboard",
+            "false",
+            "--temp-dir",
+            str(temp),
+            *common,
+        ],
+        check=True,
+        env=env,
+        capture_output=True,
+    )
     try:
-        subprocess.run([ray, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", *common],
-                       check=True, env=env, capture_output=True)
+        subprocess.run(
+            [ray, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", *common],
+            check=True,
+            env=env,
+            capture_output=True,
+        )
         yield f"127.0.0.1:{port}"
     finally:
         subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
@@ -81,10 +101,22 @@ def inputs(tmp_path_factory) -> Path:
 
 def score(args, cluster, replicas, **kw) -> subprocess.Popen:
     urls = [a for s in replicas if s.running() for a in ("--url", s.url)]
-    cmd = SAMPLEIQA + ["score", "--shard-size", "20", "--concurrency", "4", *map(str, args), "--engine", "ray",
-                       "--ray-address", cluster, *urls]  # args after the defaults: the last of a flag wins
-    return subprocess.Popen(cmd, env={**os.environ, **S3_ENV, **RAY_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT,
-                            text=True, **kw)
+    cmd = SAMPLEIQA + [
+        "score",
+        "--shard-size",
+        "20",
+        "--concurrency",
+        "4",
+        *map(str, args),
+        "--engine",
+        "ray",
+        "--ray-address",
+        cluster,
+        *urls,
+    ]  # args after the defaults: the last of a flag wins
+    return subprocess.Popen(
+        cmd, env={**os.environ, **S3_ENV, **RAY_ENV}, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, **kw
+    )
 
 
 def finish(proc: subprocess.Popen, timeout: float = 300) -> tuple[int, str]:
@@ -119,8 +151,10 @@ def wait_for_shards(out: Path, n: int, proc: subprocess.Popen, timeout: float = 
 
 def test_without_the_ray_extra_it_says_what_to_install(tmp_path):
     # A serve-only install has neither ray nor pyarrow: imported, they raise ImportError.
-    code = ("import sys; sys.modules['ray'] = sys.modules['pyarrow'] = None; from sampleiqa.cli import main; "
-            f"sys.exit(main(['score', '--engine', 'ray', '--out', {str(tmp_path / 'out')!r}]))")
+    code = (
+        "import sys; sys.modules['ray'] = sys.modules['pyarrow'] = None; from sampleiqa.cli import main; "
+        f"sys.exit(main(['score', '--engine', 'ray', '--out', {str(tmp_path / 'out')!r}]))"
+    )
     res = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
     assert res.returncode == 2 and "pip install 'sampleiqa[ray]'" in res.stderr, res.stderr
     assert not (tmp_path / "out").exists()
@@ -131,9 +165,14 @@ def test_without_the_ray_extra_it_says_what_to_install(tmp_path):
 def test_with_no_cluster_and_no_url_it_starts_both_for_the_run(tmp_path):
     """First in this module, before its cluster exists: what a new user's first try does."""
     env = {k: v for k, v in os.environ.items() if not k.startswith("RAY_")}
-    res = subprocess.run(SAMPLEIQA + ["score", "--engine", "ray", "--out", str(tmp_path / "scores"),
-                                      "--server-log", str(tmp_path / "t.log")],
-                         capture_output=True, text=True, env=env, timeout=300)
+    res = subprocess.run(
+        SAMPLEIQA
+        + ["score", "--engine", "ray", "--out", str(tmp_path / "scores"), "--server-log", str(tmp_path / "t.log")],
+        capture_output=True,
+        text=True,
+        env=env,
+        timeout=300,
+    )
     assert res.returncode == 0, res.stderr
     rows = all_rows(str(tmp_path / "scores"))
     samples = sorted(p.name for p in SAMPLES.glob("*.jpg"))
@@ -150,8 +189,11 @@ def test_scores_a_folder_with_the_local_rows_and_codes(inputs, cluster, replicas
     # The same files through the local CLI: the same scores and codes.
     local = tmp_path / "local.csv"
     some = [inputs / n for n in sorted(by_name)[:5]] + [inputs / c.name for c in BAD]
-    res = subprocess.run(SAMPLEIQA + ["score", *map(str, some), "--url", replicas[0].url, "--out", str(local)],
-                         capture_output=True, text=True)
+    res = subprocess.run(
+        SAMPLEIQA + ["score", *map(str, some), "--url", replicas[0].url, "--out", str(local)],
+        capture_output=True,
+        text=True,
+    )
     assert res.returncode == 0, res.stderr
     for row in decode_rows(local.read_bytes(), "csv", str(local)):
         ray_row = by_name[Path(row["path"]).name]
@@ -161,7 +203,6 @@ def test_scores_a_folder_with_the_local_rows_and_codes(inputs, cluster, replicas
     # Run again: nothing to do, like the local CLI.
     code, log = finish(score([inputs, "--out", out], cluster, replicas))
     assert code == 0 and "nothing to do" in log, log
-
 
 
 def test_worker_killed_mid_run_still_one_row_per_file(inputs, cluster, replicas, tmp_path):
@@ -249,8 +290,9 @@ def test_s3_inputs_and_outputs_through_transient_faults_on_a_real_s3_server(clus
         proxy = FaultProxy(port, fail_rate=0.10, stall_s=4, seed=2)
         try:
             out = f"s3://results/run1?{options(proxy.port)}"
-            code, log = finish(score([f"s3://photos/batch1?{options(proxy.port)}", "--out", out, "--format", "csv"],
-                                     cluster, replicas))
+            code, log = finish(
+                score([f"s3://photos/batch1?{options(proxy.port)}", "--out", out, "--format", "csv"], cluster, replicas)
+            )
         finally:
             proxy.close()
         print(f"\nfaults injected: {dict(proxy.counts)}")
@@ -321,8 +363,17 @@ def test_resume_rescores_only_the_rows_to_retry_and_keeps_the_rest(replicas, tmp
     photos = biq_images(3)
     output = Output(str(tmp_path / "scores"))
     job = output.write_listing(Job([str(tmp_path)], False, "parquet", 10), ((str(p), str(p)) for p in photos))
-    kept = {"path": str(photos[0]), "score": 0.123, "face_found": False, "face_x": None, "face_y": None,
-            "face_w": None, "face_h": None, "status": "ok", "error": ""}
+    kept = {
+        "path": str(photos[0]),
+        "score": 0.123,
+        "face_found": False,
+        "face_x": None,
+        "face_y": None,
+        "face_w": None,
+        "face_h": None,
+        "status": "ok",
+        "error": "",
+    }
     lost = {**kept, "path": str(photos[1]), "score": None, "status": "error", "error": "[server] UNAVAILABLE"}
     output.write_rows(0, "parquet", [kept, lost], retry=1)
     with ScoringClient(replicas[0].url) as client:
@@ -372,8 +423,24 @@ def test_a_busy_server_at_256_in_flight_loses_and_doubles_no_row(inputs, cluster
 
     with TritonServer(tight_repository(tmp_path / "repo"), log_file=tmp_path / "tight.log") as tight:
         out = tmp_path / "scores"
-        cmd = SAMPLEIQA + ["score", str(inputs), "--out", str(out), "--engine", "ray", "--ray-address", cluster,
-                           "--url", tight.url, "--shard-size", "100", "--concurrency", "256", "--timeout", "300"]
+        cmd = SAMPLEIQA + [
+            "score",
+            str(inputs),
+            "--out",
+            str(out),
+            "--engine",
+            "ray",
+            "--ray-address",
+            cluster,
+            "--url",
+            tight.url,
+            "--shard-size",
+            "100",
+            "--concurrency",
+            "256",
+            "--timeout",
+            "300",
+        ]
         res = subprocess.run(cmd, env={**os.environ, **S3_ENV, **RAY_ENV}, capture_output=True, text=True, timeout=600)
     assert res.returncode == 0, res.stdout + res.stderr
     assert_one_row_per_file(all_rows(str(out)), inputs)
@@ -393,5 +460,6 @@ def test_replica_killed_mid_run_fails_over(inputs, cluster, replicas, tmp_path):
 
 
 def ray_workers(name: str) -> list[int]:
-    return [pid for pid in all_stats() if (args := argv(pid)) and args[0].startswith(b"ray::")
-            and name.encode() in args[0]]
+    return [
+        pid for pid in all_stats() if (args := argv(pid)) and args[0].startswith(b"ray::") and name.encode() in args[0]
+    ]

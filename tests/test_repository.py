@@ -10,10 +10,17 @@ from tritonclient.grpc import model_config_pb2 as mc
 
 from sampleiqa.build.repository import WARMUP_PHOTO, build_repository
 from sampleiqa.build.tensorrt_engine import write_engine_profile
-from sampleiqa.build.triton_config import (TARGETS, WARMUP_FILE, RepositorySettings, all_configs, parse_pbtxt,
-                                           read_config, to_pbtxt)
-from sampleiqa.server import DEFAULT_REPOSITORY
+from sampleiqa.build.triton_config import (
+    TARGETS,
+    WARMUP_FILE,
+    RepositorySettings,
+    all_configs,
+    parse_pbtxt,
+    read_config,
+    to_pbtxt,
+)
 from sampleiqa.contracts import CROP, ENSEMBLE, IMAGE, PIXELS, PREPROCESS, SCORER
+from sampleiqa.server import DEFAULT_REPOSITORY
 
 
 def test_committed_cpu_repository_matches_the_generator():
@@ -58,8 +65,13 @@ def _stubs_serving(repo) -> list[int]:
     found = []
     for pid, fields in all_stats().items():
         args = argv(pid)
-        if args and args[0].endswith(STUB) and len(args) > 1 and args[1].startswith(os.fsencode(repo)) \
-                and fields[0] != "Z":
+        if (
+            args
+            and args[0].endswith(STUB)
+            and len(args) > 1
+            and args[1].startswith(os.fsencode(repo))
+            and fields[0] != "Z"
+        ):
             found.append(pid)
     return found
 
@@ -73,8 +85,9 @@ def test_generated_configs_parse_and_keep_the_contract(tmp_path, target):
     write_engine_profile(engine, min_batch=1, opt_batch=8, max_batch=48, precision="fp16")
     checkpoint = tmp_path / "model.pt"
     checkpoint.write_bytes(b"pt")
-    out = build_repository(tmp_path / "repo", RepositorySettings(target=target), onnx_path=onnx, engine_path=engine,
-                           checkpoint=checkpoint)
+    out = build_repository(
+        tmp_path / "repo", RepositorySettings(target=target), onnx_path=onnx, engine_path=engine, checkpoint=checkpoint
+    )
     configs = {name: read_config(out / name) for name in (PREPROCESS, SCORER, ENSEMBLE)}
     for c in configs.values():
         assert isinstance(c, mc.ModelConfig) and c.max_batch_size > 0
@@ -86,7 +99,10 @@ def test_generated_configs_parse_and_keep_the_contract(tmp_path, target):
     assert [(i.name, i.data_type, list(i.dims)) for i in pre.input] == [("IMAGE", mc.TYPE_STRING, [1])]
     assert [(o.name, list(o.dims)) for o in scorer.input] == [("PIXELS", [3, CROP, CROP])]
     assert {o.name: o.data_type for o in ens.output} == {
-        "SCORE": mc.TYPE_FP32, "FACE_BOX": mc.TYPE_INT32, "FACE_FOUND": mc.TYPE_BOOL}
+        "SCORE": mc.TYPE_FP32,
+        "FACE_BOX": mc.TYPE_INT32,
+        "FACE_FOUND": mc.TYPE_BOOL,
+    }
     assert (out / PREPROCESS / "1" / "sampleiqa" / "preprocessing" / "crops.py").exists()  # vendored
     # Warm-up on each composing model (an ensemble cannot carry it): a real photo, zeros for the scorer.
     assert [w.inputs[IMAGE].input_data_file for w in pre.model_warmup] == [WARMUP_FILE]
@@ -106,7 +122,9 @@ def test_generated_configs_parse_and_keep_the_contract(tmp_path, target):
         assert scorer.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
     else:
         assert scorer.platform == "tensorrt_plan" and (out / SCORER / "1" / "model.plan").exists()
-        assert scorer.max_batch_size == 48 and not scorer.dynamic_batching.preferred_batch_size  # the batcher fills up to max_batch
+        assert (
+            scorer.max_batch_size == 48 and not scorer.dynamic_batching.preferred_batch_size
+        )  # the batcher fills up to max_batch
         assert scorer.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
 
 
@@ -130,8 +148,9 @@ def test_cuda_pool_is_sized_for_every_instance_holding_a_full_batch(tmp_path):
     server gets a pool sized from its configs, a CPU one no flag."""
     from sampleiqa.cuda_pool import MIN_POOL, PIXELS_BYTES, cuda_pool_args, pool_bytes
 
-    gpu = all_configs(RepositorySettings(target="gpu-torch", max_batch_size=64, preprocess_instances=4,
-                                         scorer_instances=2)).values()
+    gpu = all_configs(
+        RepositorySettings(target="gpu-torch", max_batch_size=64, preprocess_instances=4, scorer_instances=2)
+    ).values()
     assert pool_bytes(list(gpu)) == (4 + 2 + 2) * 64 * PIXELS_BYTES > 64 * 2**20
     assert pool_bytes(list(all_configs(RepositorySettings()).values())) == 0
     assert pool_bytes(list(all_configs(RepositorySettings(target="gpu-torch", max_batch_size=4)).values())) == MIN_POOL
@@ -154,11 +173,15 @@ def test_vendored_preprocessing_runs_without_the_installed_package(tmp_path):
 
     from .helpers import SAMPLES
 
-    out = build_repository(tmp_path / "repo", RepositorySettings(), onnx_path=DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx")
+    out = build_repository(
+        tmp_path / "repo", RepositorySettings(), onnx_path=DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx"
+    )
     version_dir = out / PREPROCESS / "1"
-    code = ("import sys, numpy as np, sampleiqa.preprocessing as p; "
-            f"assert p.__file__.startswith({str(version_dir)!r}), p.__file__; "
-            f"np.save(sys.argv[1], p.preprocess_file({str(SAMPLES / 'astronaut.jpg')!r}).pixels)")
+    code = (
+        "import sys, numpy as np, sampleiqa.preprocessing as p; "
+        f"assert p.__file__.startswith({str(version_dir)!r}), p.__file__; "
+        f"np.save(sys.argv[1], p.preprocess_file({str(SAMPLES / 'astronaut.jpg')!r}).pixels)"
+    )
     env = {"PYTHONPATH": f"{version_dir}:{sysconfig.get_paths()['purelib']}"}
     subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path / "px.npy")], check=True, env=env, cwd=tmp_path)
     np.testing.assert_array_equal(np.load(tmp_path / "px.npy"), preprocess_file(SAMPLES / "astronaut.jpg").pixels)

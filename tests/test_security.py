@@ -16,7 +16,6 @@ from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 from .helpers import SAMPLES, biq_images
 
 
-
 def refused(call) -> str:
     with pytest.raises(InferenceServerException) as e:
         call()
@@ -29,11 +28,13 @@ def test_unauthenticated_client_cannot_load_unload_or_register_shared_memory(ser
     try:
         with grpcclient.InferenceServerClient(server.url) as c:
             admin = server.admin_headers()
-            for call in (lambda **kw: c.load_model("scorer", **kw),
-                         lambda **kw: c.unload_model("scorer", **kw),
-                         lambda **kw: c.register_system_shared_memory("r", "/sampleiqa-test", 64, **kw),
-                         lambda **kw: c.get_model_repository_index(**kw),
-                         lambda **kw: c.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}, **kw)):
+            for call in (
+                lambda **kw: c.load_model("scorer", **kw),
+                lambda **kw: c.unload_model("scorer", **kw),
+                lambda **kw: c.register_system_shared_memory("r", "/sampleiqa-test", 64, **kw),
+                lambda **kw: c.get_model_repository_index(**kw),
+                lambda **kw: c.update_trace_settings(settings={"trace_level": ["TIMESTAMPS"]}, **kw),
+            ):
                 assert "restricted" in refused(call)
                 assert "restricted" in refused(lambda: call(headers={"triton-grpc-protocol-admin-key": "guess"}))
             # Inference needs no key, and the scorer is still loaded.
@@ -55,9 +56,13 @@ def test_unauthenticated_client_cannot_load_unload_or_register_shared_memory(ser
 def test_http_is_restricted_too_and_limits_reach_the_python_stubs(tmp_path):
     """A second server with HTTP on and small image limits given through its environment."""
     photo = biq_images(1)[0].read_bytes()  # 512x512: 262144 pixels, 22 KB
-    server = TritonServer(DEFAULT_REPOSITORY, http_port=free_port(), log_file=tmp_path / "t.log",
-                          admin_key="a-key-for-this-test",
-                          env={"SAMPLEIQA_MAX_PIXELS": "200000", "SAMPLEIQA_MAX_BYTES": "200000"})
+    server = TritonServer(
+        DEFAULT_REPOSITORY,
+        http_port=free_port(),
+        log_file=tmp_path / "t.log",
+        admin_key="a-key-for-this-test",
+        env={"SAMPLEIQA_MAX_PIXELS": "200000", "SAMPLEIQA_MAX_BYTES": "200000"},
+    )
     with server:
         http = httpclient.InferenceServerClient(f"127.0.0.1:{server.http_port}")
         assert "restricted" in refused(lambda: http.get_model_repository_index())
@@ -74,15 +79,22 @@ def test_http_is_restricted_too_and_limits_reach_the_python_stubs(tmp_path):
             assert large.error_code == "too_large" and "limit of 200000" in large.error
 
 
-@pytest.mark.parametrize("args,message", [
-    (["--admin-key", "short"], "at least 16 characters"),
-    (["--tls-cert", "s.crt", "--tls-key", "s.key", "--tls-mutual"], "needs the CA"),
-    (["--tls-cert", "s.crt"], "--tls-key"),
-])
+@pytest.mark.parametrize(
+    "args,message",
+    [
+        (["--admin-key", "short"], "at least 16 characters"),
+        (["--tls-cert", "s.crt", "--tls-key", "s.key", "--tls-mutual"], "needs the CA"),
+        (["--tls-cert", "s.crt"], "--tls-key"),
+    ],
+)
 def test_serve_refuses_a_weak_or_incomplete_security_setup_before_starting(args, message):
     import subprocess
     import sys
 
-    res = subprocess.run([sys.executable, "-m", "sampleiqa.cli", "serve", "--grpc-port", str(free_port()), *args],
-                         capture_output=True, text=True, timeout=120)
+    res = subprocess.run(
+        [sys.executable, "-m", "sampleiqa.cli", "serve", "--grpc-port", str(free_port()), *args],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert res.returncode == 2 and message in res.stderr, res.stderr

@@ -11,8 +11,8 @@ from pathlib import Path
 import pytest
 import tritonclient.grpc as grpcclient
 
-from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 from sampleiqa.procfs import orphaned_stub
+from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 
 from .helpers import SAMPLEIQA, biq_images, rows
 
@@ -25,9 +25,13 @@ N_PHOTOS = 150
 
 
 def _score(photos: Path, port: int, out: Path, *extra: str) -> subprocess.Popen:
-    return subprocess.Popen(SAMPLEIQA + ["score", str(photos), "--url", f"127.0.0.1:{port}", "--out", str(out),
-                                         "--concurrency", "2", *extra],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        SAMPLEIQA
+        + ["score", str(photos), "--url", f"127.0.0.1:{port}", "--out", str(out), "--concurrency", "2", *extra],
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
 
 
 def _kill_when_rows(server: TritonServer, run: subprocess.Popen, out: Path, rows_wanted: int) -> int:
@@ -97,8 +101,12 @@ def test_server_killed_then_resumed_then_restarted_mid_run(tmp_path):
 
 def test_per_request_timeout_gives_timeout_rows_not_a_hang(server, client, tmp_path):
     out = tmp_path / "scores.csv"
-    res = subprocess.run(SAMPLEIQA + ["score", *biq_images(3), "--url", server.url, "--out", out,
-                                      "--timeout", "0.001"], capture_output=True, text=True, timeout=300)
+    res = subprocess.run(
+        SAMPLEIQA + ["score", *biq_images(3), "--url", server.url, "--out", out, "--timeout", "0.001"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
     assert res.returncode == 1 and "NOT FINISHED" in res.stderr, res.stderr  # --resume retries them
     got = rows(out)
     assert len(got) == 3

@@ -1,7 +1,6 @@
 """The real Triton binary serving the committed CPU repository, over real gRPC."""
 
 import asyncio
-
 from pathlib import Path
 
 import numpy as np
@@ -62,7 +61,7 @@ def test_served_pixels_equal_training_evaluation_tensor(server, tmp_path):
 
     paths = [*list(FACES)[:3], NO_FACE[0]]
     data = build_cache(LabelledSet("parity", [Sample(Path(p), 0.5) for p in paths]), root=tmp_path, workers=1)
-    (_, training), = list(eval_batches(data, range(len(data)), len(data)))
+    ((_, training),) = list(eval_batches(data, range(len(data)), len(data)))
     c = grpcclient.InferenceServerClient(server.url)
     for path, expected in zip(data.paths, training.numpy()):
         inp = grpcclient.InferInput(IMAGE, [1, 1], "BYTES")

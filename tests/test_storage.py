@@ -21,7 +21,6 @@ from sampleiqa.clients.files import FileRefused  # noqa: E402
 from sampleiqa.clients.lock import Lease, OutputBusy  # noqa: E402
 from sampleiqa.clients.shards import LEASE, META, Output  # noqa: E402
 from sampleiqa.clients.storage import Reader, Retries, read_ahead  # noqa: E402
-
 from sampleiqa.perf.faultproxy import FaultProxy  # noqa: E402
 from sampleiqa.perf.s3 import moto_server, options  # noqa: E402
 
@@ -114,8 +113,10 @@ def test_a_second_lease_is_refused_while_the_first_is_live(tmp_path):
 
 
 def test_the_lease_of_a_dead_run_on_this_host_is_taken_over_at_once(tmp_path):
-    code = ("import sys, os; from sampleiqa.clients.shards import Output; from sampleiqa.clients.lock import Lease; "
-            "Lease(Output(sys.argv[1])).acquire(); os._exit(0)")  # exits holding it, like a SIGKILL
+    code = (
+        "import sys, os; from sampleiqa.clients.shards import Output; from sampleiqa.clients.lock import Lease; "
+        "Lease(Output(sys.argv[1])).acquire(); os._exit(0)"
+    )  # exits holding it, like a SIGKILL
     subprocess.run([sys.executable, "-c", code, str(tmp_path / "out")], check=True)
     assert Output(str(tmp_path / "out")).read(META, LEASE) is not None
     Lease(Output(str(tmp_path / "out"))).acquire().release()

@@ -120,8 +120,8 @@ def test_jpegs_the_torch_decoder_does_not_take_go_to_the_cpu_path():
     Image.open(PORTRAIT).save(progressive, "JPEG", progressive=True)
     assert route_jpeg(data).device and route_jpeg(progressive.getvalue()).device
     assert route_jpeg(cmyk.getvalue()).reason == "4 components"
-    assert "12-bit" in route_jpeg(data[:sof + 4] + b"\x0c" + data[sof + 5:]).reason
-    assert "arithmetic" in route_jpeg(data[:sof] + b"\xff\xc9" + data[sof + 2:]).reason
+    assert "12-bit" in route_jpeg(data[: sof + 4] + b"\x0c" + data[sof + 5 :]).reason
+    assert "arithmetic" in route_jpeg(data[:sof] + b"\xff\xc9" + data[sof + 2 :]).reason
     assert not route_jpeg(data[:2] + b"\x00" * 50).device
 
 
@@ -141,7 +141,7 @@ def test_biq2021_photos_match_the_cpu_path(preprocessor):
     paths = _biq_val(16)  # 48 photos, 32 per batch
     stats, faces = [], 0
     for k in range(0, len(paths), 32):
-        chunk = paths[k:k + 32]
+        chunk = paths[k : k + 32]
         blobs = [p.read_bytes() for p in chunk]
         batch = preprocessor(blobs)
         for i, (path, data) in enumerate(zip(chunk, blobs)):
@@ -181,6 +181,8 @@ def test_the_serving_path_does_not_import_torch():
     import subprocess
     import sys
 
-    code = ("import sys, sampleiqa.preprocessing as p; p.preprocess_file(sys.argv[1]); "
-            "assert 'torch' not in sys.modules, 'torch imported'")
+    code = (
+        "import sys, sampleiqa.preprocessing as p; p.preprocess_file(sys.argv[1]); "
+        "assert 'torch' not in sys.modules, 'torch imported'"
+    )
     subprocess.run([sys.executable, "-c", code, str(PORTRAIT)], check=True)

@@ -80,9 +80,12 @@ def test_network_takes_any_batch_and_multiple_of_32():
 def test_unhandled_op_is_refused(tmp_path):
     from onnx import TensorProto, helper
 
-    graph = helper.make_graph([helper.make_node("Softmax", ["input"], ["out"], name="sm")], "g",
-                              [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
-                              [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 32, 32])])
+    graph = helper.make_graph(
+        [helper.make_node("Softmax", ["input"], ["out"], name="sm")],
+        "g",
+        [helper.make_tensor_value_info("input", TensorProto.FLOAT, [1, 3, 32, 32])],
+        [helper.make_tensor_value_info("out", TensorProto.FLOAT, [1, 3, 32, 32])],
+    )
     path = tmp_path / "softmax.onnx"
     onnx.save(helper.make_model(graph), str(path))
     with pytest.raises(ValueError, match="Softmax"):
@@ -112,8 +115,10 @@ def test_find_face_matches_opencv_on_real_photos(det, ref):
 def test_batch_of_different_sizes_equals_one_by_one_and_opencv(det, ref):
     """Crops of real photos in many sizes (each padded to its own multiple of 32, as OpenCV
     pads it: a larger pad changes the network's outputs everywhere, not only at the border)."""
-    photos = [cv2.imread(str(p)) for p in [SAMPLES / "astronaut.jpg", SAMPLES / "grace_hopper.jpg",
-                                           SAMPLES / "chelsea.jpg"] + sorted(FACES)[:6]]
+    photos = [
+        cv2.imread(str(p))
+        for p in [SAMPLES / "astronaut.jpg", SAMPLES / "grace_hopper.jpg", SAMPLES / "chelsea.jpg"] + sorted(FACES)[:6]
+    ]
     sizes = [(256, 256), (256, 192), (200, 256), (256, 170), (97, 133), (64, 64), (256, 256), (33, 250), (250, 40)]
     crops = []
     for bgr, (h, w) in zip(photos * 2, sizes):
@@ -137,8 +142,11 @@ def test_tiny_gray_and_batch_of_one(det, ref):
     gray = cv2.cvtColor(bgr, cv2.COLOR_BGR2GRAY)
     assert find_face(gray, det) == find_face(gray, ref) is not None
     small = _small(gray)
-    assert det.detect_batch([torch.from_numpy(small)]) == det.detect_batch([torch.from_numpy(small)[None]]) \
+    assert (
+        det.detect_batch([torch.from_numpy(small)])
+        == det.detect_batch([torch.from_numpy(small)[None]])
         == [ref.detect(small)]
+    )
     one = det.detect_batch([_tensor(_small(bgr))])
     assert len(one) == 1 and one[0] == ref.detect(_small(bgr)) != []
     mixed = det.detect_batch([_tensor(tiny[0]), _tensor(_small(bgr))])

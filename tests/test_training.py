@@ -17,12 +17,12 @@ from .helpers import REPO_ROOT, biq_images
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from sampleiqa.training.data.train_crops import random_face_crop  # noqa: E402
+from sampleiqa.preprocessing import Box  # noqa: E402
+from sampleiqa.server import free_port  # noqa: E402
 from sampleiqa.training.data.synthetic import DISTORTIONS, ranked_pair  # noqa: E402
+from sampleiqa.training.data.train_crops import random_face_crop  # noqa: E402
 from sampleiqa.training.losses import fidelity_rank_loss, margin_rank_loss  # noqa: E402
 from sampleiqa.training.models import create_model  # noqa: E402
-from sampleiqa.server import free_port  # noqa: E402
-from sampleiqa.preprocessing import Box  # noqa: E402
 
 
 def _labelled_folder(tmp_path: Path, n: int, name: str) -> Path:
@@ -41,13 +41,23 @@ def _labelled_folder(tmp_path: Path, n: int, name: str) -> Path:
 
 def _config(tmp_path: Path, epochs: int = 1, stages: str = "both") -> Path:
     train = _labelled_folder(tmp_path, 24, "train")
-    syn = '[[stages]]\nname = "synthetic"\nkind = "synthetic"\nepochs = 1\nepoch_size = 8\nbatch_size = 8\nwarmup_steps = 1\n'
-    fit = '[[stages]]\nname = "stats"\nkind = "stats"\ncross_fit = 2\nepochs = 3\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n'
-    mos = (f'[[stages]]\nname = "mos"\nepochs = {epochs}\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n'
-           'freeze = ["stats_head"]\nema_decay = 0.9\n')
-    text = (f'model = "swin_test_micro"\nout_dir = "{tmp_path / "run"}"\nseed = 3\nthreads = 1\n'
-            f'[data]\ntrain = {{ kind = "csv", path = "{train}" }}\nval = {{ kind = "csv", path = "{train}" }}\n'
-            f'[resample]\nbins = 4\nmax_repeat = 2\n' + (syn if stages == "both" else "") + fit + mos)
+    syn = (
+        '[[stages]]\nname = "synthetic"\nkind = "synthetic"\nepochs = 1\nepoch_size = 8\nbatch_size = 8\n'
+        "warmup_steps = 1\n"
+    )
+    fit = (
+        '[[stages]]\nname = "stats"\nkind = "stats"\ncross_fit = 2\nepochs = 3\nbatch_size = 8\nwarmup_steps = 1\n'
+        "lr = 1e-3\n"
+    )
+    mos = (
+        f'[[stages]]\nname = "mos"\nepochs = {epochs}\nbatch_size = 8\nwarmup_steps = 1\nlr = 1e-3\n'
+        'freeze = ["stats_head"]\nema_decay = 0.9\n'
+    )
+    text = (
+        f'model = "swin_test_micro"\nout_dir = "{tmp_path / "run"}"\nseed = 3\nthreads = 1\n'
+        f'[data]\ntrain = {{ kind = "csv", path = "{train}" }}\nval = {{ kind = "csv", path = "{train}" }}\n'
+        f"[resample]\nbins = 4\nmax_repeat = 2\n" + (syn if stages == "both" else "") + fit + mos
+    )
     cfg = tmp_path / "tiny.toml"
     cfg.write_text(text)
     return cfg
@@ -67,7 +77,7 @@ def test_fidelity_loss_orders_pairs_and_treats_ties_as_ties():
     assert sa.grad[0] < 0 and sa.grad[1] < 0  # both pairs want a higher
     # A tie is satisfied by equal scores (no push); a hinge would ignore it.
     tie = fidelity_rank_loss(torch.zeros(1), torch.zeros(1), torch.ones(1), torch.ones(1))
-    assert float(tie) == pytest.approx(1 - 2 * 0.5 ** 0.5 * 0.5 ** 0.5, abs=1e-4)
+    assert float(tie) == pytest.approx(1 - 2 * 0.5**0.5 * 0.5**0.5, abs=1e-4)
     assert float(margin_rank_loss(torch.zeros(1), torch.zeros(1), torch.ones(1), torch.ones(1))) == 0.0
 
 
@@ -85,7 +95,7 @@ def test_training_crops_hold_the_face_and_only_flip():
         for cand in (crop, crop[:, ::-1]):
             ys, xs = np.nonzero((img[:, :, 0] == cand[0, 0, 0]) & (img[:, :, 1] == cand[0, 0, 1]))
             for y, x in zip(ys, xs):
-                if y + 448 <= 480 and x + 448 <= 640 and np.array_equal(img[y:y + 448, x:x + 448], cand):
+                if y + 448 <= 480 and x + 448 <= 640 and np.array_equal(img[y : y + 448, x : x + 448], cand):
                     assert x <= face.x and face.x + face.w <= x + 448 and y <= face.y and face.y + face.h <= y + 448
                     found = True
         assert found
@@ -149,8 +159,9 @@ def test_statistics_of_flat_and_grey_images_are_finite_and_hueless():
     from sampleiqa.preprocessing import to_tensor
     from sampleiqa.training.models.stats import FEATURE_NAMES, QualityStats
 
-    grey = cv2.cvtColor(cv2.cvtColor(cv2.imread(str(biq_images(1)[0]))[32:480, 32:480], cv2.COLOR_BGR2GRAY),
-                        cv2.COLOR_GRAY2BGR)
+    grey = cv2.cvtColor(
+        cv2.cvtColor(cv2.imread(str(biq_images(1)[0]))[32:480, 32:480], cv2.COLOR_BGR2GRAY), cv2.COLOR_GRAY2BGR
+    )
     flat = np.full_like(grey, 128)
     with torch.no_grad():
         raw = QualityStats().raw(torch.from_numpy(np.stack([to_tensor(x) for x in (grey, flat)])))
@@ -160,8 +171,14 @@ def test_statistics_of_flat_and_grey_images_are_finite_and_hueless():
 
 
 def _run_train(args, cwd=REPO_ROOT, env=None, timeout=600):
-    return subprocess.run([sys.executable, "-m", "sampleiqa.cli", "train", *args], cwd=cwd, capture_output=True,
-                          text=True, timeout=timeout, env={**os.environ, **(env or {})})
+    return subprocess.run(
+        [sys.executable, "-m", "sampleiqa.cli", "train", *args],
+        cwd=cwd,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+        env={**os.environ, **(env or {})},
+    )
 
 
 @pytest.mark.training
@@ -178,7 +195,9 @@ def test_train_resume_and_evaluate_agree_on_every_path(tmp_path, server):
     assert all(np.isfinite(h["loss"]) for h in history)
 
     # --resume with a longer schedule continues after the finished epoch instead of restarting.
-    longer = cfg.read_text().replace("epochs = 1\nbatch_size = 8\nwarmup_steps = 1\nlr", "epochs = 2\nbatch_size = 8\nwarmup_steps = 1\nlr")
+    longer = cfg.read_text().replace(
+        "epochs = 1\nbatch_size = 8\nwarmup_steps = 1\nlr", "epochs = 2\nbatch_size = 8\nwarmup_steps = 1\nlr"
+    )
     cfg.write_text(longer)
     again = _run_train([str(cfg), "--resume"])
     assert again.returncode == 0, again.stderr[-3000:]
@@ -193,19 +212,35 @@ def test_train_resume_and_evaluate_agree_on_every_path(tmp_path, server):
     onnx = tmp_path / "m.onnx"
     repo = tmp_path / "repo"
     cli = [sys.executable, "-m", "sampleiqa.cli"]
-    subprocess.run(cli + ["export-onnx", "--checkpoint", str(run / "best.pt"), "--out", str(onnx)], check=True,
-                   cwd=REPO_ROOT, capture_output=True)
-    subprocess.run(cli + ["build-repository", "--target", "cpu", "--onnx", str(onnx), "--out", str(repo)],
-                   check=True, cwd=REPO_ROOT, capture_output=True)
+    subprocess.run(
+        cli + ["export-onnx", "--checkpoint", str(run / "best.pt"), "--out", str(onnx)],
+        check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+    )
+    subprocess.run(
+        cli + ["build-repository", "--target", "cpu", "--onnx", str(onnx), "--out", str(repo)],
+        check=True,
+        cwd=REPO_ROOT,
+        capture_output=True,
+    )
     from sampleiqa.server import TritonServer
 
     reports = {}
     with TritonServer(repo, log_file=tmp_path / "triton.log") as own:
-        for how, extra in (("checkpoint", ["--checkpoint", str(run / "best.pt")]), ("onnx", ["--onnx", str(onnx)]),
-                           ("server", ["--url", own.url])):
+        for how, extra in (
+            ("checkpoint", ["--checkpoint", str(run / "best.pt")]),
+            ("onnx", ["--onnx", str(onnx)]),
+            ("server", ["--url", own.url]),
+        ):
             out = tmp_path / f"{how}.md"
-            r = subprocess.run(cli + ["evaluate", *extra, "--data", *spec, "--report", str(out)], cwd=REPO_ROOT,
-                               capture_output=True, text=True, timeout=600)
+            r = subprocess.run(
+                cli + ["evaluate", *extra, "--data", *spec, "--report", str(out)],
+                cwd=REPO_ROOT,
+                capture_output=True,
+                text=True,
+                timeout=600,
+            )
             assert r.returncode == 0, r.stderr[-3000:]
             assert "SROCC" in r.stdout
             reports[how] = json.loads(out.with_suffix(".json").read_text())[0]
@@ -218,9 +253,28 @@ def test_train_resume_and_evaluate_agree_on_every_path(tmp_path, server):
 @pytest.mark.training
 def test_ddp_two_gloo_processes(tmp_path):
     cfg = _config(tmp_path, stages="mos")
-    r = subprocess.run([sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "2", "--master_addr", "127.0.0.1", "--master_port", str(free_port()),
-                        "-m", "sampleiqa.cli", "train", str(cfg)], cwd=REPO_ROOT, capture_output=True, text=True,
-                       timeout=600, env={**os.environ, "OMP_NUM_THREADS": "1"})
+    r = subprocess.run(
+        [
+            sys.executable,
+            "-m",
+            "torch.distributed.run",
+            "--nproc_per_node",
+            "2",
+            "--master_addr",
+            "127.0.0.1",
+            "--master_port",
+            str(free_port()),
+            "-m",
+            "sampleiqa.cli",
+            "train",
+            str(cfg),
+        ],
+        cwd=REPO_ROOT,
+        capture_output=True,
+        text=True,
+        timeout=600,
+        env={**os.environ, "OMP_NUM_THREADS": "1"},
+    )
     assert r.returncode == 0, r.stderr[-3000:]
     assert "world size 2" in r.stdout + r.stderr
     history = [json.loads(line) for line in (tmp_path / "run" / "log.jsonl").read_text().splitlines()]
@@ -237,15 +291,24 @@ def test_a_local_timm_weights_file_initialises_the_backbone(tmp_path):
 
     scorer = create_model("swin_test_micro")
     cfg = scorer.config
-    donor = SwinTransformer(img_size=448, patch_size=cfg.patch_size, window_size=cfg.window_size,
-                            embed_dim=cfg.embed_dim, depths=cfg.depths, num_heads=cfg.num_heads, num_classes=1000)
+    donor = SwinTransformer(
+        img_size=448,
+        patch_size=cfg.patch_size,
+        window_size=cfg.window_size,
+        embed_dim=cfg.embed_dim,
+        depths=cfg.depths,
+        num_heads=cfg.num_heads,
+        num_classes=1000,
+    )
     torch.save(donor.state_dict(), tmp_path / "timm.pth")  # a plain timm state dict, no prefix
     init_weights(scorer, str(tmp_path / "timm.pth"))
     own = scorer.backbone.state_dict()
     for k, v in donor.state_dict().items():
         if k in own:
             assert torch.equal(own[k], v), k
-    assert not torch.equal(scorer.backbone.patch_embed.proj.weight, create_model("swin_test_micro").backbone.patch_embed.proj.weight)
+    assert not torch.equal(
+        scorer.backbone.patch_embed.proj.weight, create_model("swin_test_micro").backbone.patch_embed.proj.weight
+    )
 
 
 def test_cache_keeps_only_the_region_face_crops_come_from(tmp_path):
@@ -297,8 +360,8 @@ def test_stats_stage_fits_the_head_and_a_frozen_head_stays_put(tmp_path):
 @pytest.mark.training
 def test_cross_fitted_stats_head_never_learns_an_image_with_the_mlp_that_scores_it():
     from sampleiqa.training.config import StageConfig
-    from sampleiqa.training.stats_stage import cross_fit_folds, fit_stats_head
     from sampleiqa.training.models import create_model
+    from sampleiqa.training.stats_stage import cross_fit_folds, fit_stats_head
 
     torch.manual_seed(0)
     scorer = create_model("swin_test_micro")
@@ -376,8 +439,8 @@ def test_a_stage_with_a_weight_average_validates_ships_and_resumes_it_exactly(tm
     from sampleiqa.training import ema as ema_module
     from sampleiqa.training.config import load_config
     from sampleiqa.training.loop import Trainer
-    from sampleiqa.training.prediction import predict_cached
     from sampleiqa.training.metrics import evaluate_scores, headline
+    from sampleiqa.training.prediction import predict_cached
 
     cfg = load_config(_config(tmp_path, epochs=1, stages="mos"))
     assert cfg.stages[-1].ema_decay == 0.9

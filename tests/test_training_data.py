@@ -56,8 +56,16 @@ def test_piq23_loader_reads_the_official_files_and_reports_missing_images(tmp_pa
         jod = [s.score for s in test.samples if s.scene == scene]
         assert abs(np.mean(jod)) < 0.5
     # The device split's train part names images only (no images here): all reported missing.
-    dev = create_dataset({"kind": "piq23", "labels_root": str(PIQ), "image_root": str(tmp_path / "nowhere"),
-                          "split": "device", "part": "train", "attribute": "Details"})
+    dev = create_dataset(
+        {
+            "kind": "piq23",
+            "labels_root": str(PIQ),
+            "image_root": str(tmp_path / "nowhere"),
+            "split": "device",
+            "part": "train",
+            "attribute": "Details",
+        }
+    )
     assert not dev.samples and len(dev.missing) == 3604
 
 
@@ -66,7 +74,8 @@ def test_csv_loader_takes_relative_paths_from_the_csv_folder(tmp_path):
     for p in src:
         shutil.copy(p, tmp_path / p.name)
     (tmp_path / "labels.csv").write_text(
-        "path,score,scene\n" + f"{src[0].name},0.5,a\n{src[1].name},0.7,b\nmissing.jpg,0.1,a\n")
+        "path,score,scene\n" + f"{src[0].name},0.5,a\n{src[1].name},0.7,b\nmissing.jpg,0.1,a\n"
+    )
     ds = load_csv(tmp_path / "labels.csv")
     assert [s.score for s in ds.samples] == [0.5, 0.7]
     assert [s.scene for s in ds.samples] == ["a", "b"]
@@ -107,7 +116,7 @@ def test_resampling_options():
 def test_metrics_match_scipy_and_handle_scenes():
     rng = np.random.default_rng(1)
     mos = rng.uniform(0, 1, 200)
-    pred = mos ** 3 + rng.normal(0, 0.05, 200)  # monotonic but non-linear
+    pred = mos**3 + rng.normal(0, 0.05, 200)  # monotonic but non-linear
     r = evaluate_scores(pred, mos)["overall"]
     assert r["srocc"] == pytest.approx(stats.spearmanr(pred, mos)[0])
     assert r["krcc"] == pytest.approx(stats.kendalltau(pred, mos)[0])
@@ -156,7 +165,11 @@ def test_crop_caches_are_shared_across_spellings_listed_and_pruned(tmp_path, mon
     os.utime(first.root, (0, 0))  # last used long ago
     doomed = prune_caches(1, root, dry_run=True)
     assert [e.folder for e in doomed] == [first.root] and first.root.exists()
-    out = subprocess.run([sys.executable, "-m", "sampleiqa.cli", "cache", "--root", str(root),
-                          "--prune-older-than", "1"], capture_output=True, text=True, timeout=120)
+    out = subprocess.run(
+        [sys.executable, "-m", "sampleiqa.cli", "cache", "--root", str(root), "--prune-older-than", "1"],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
     assert out.returncode == 0 and "deleted 1 cache(s)" in out.stdout, out.stderr
     assert not first.root.exists() and running.exists() and (root / "notes").exists()

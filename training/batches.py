@@ -32,8 +32,13 @@ class PairBatches:
         self.data, self.epoch_indices, self.stage, self.seed = data, epoch_indices, stage, seed
 
     def pairs(self, stage_index: int, epoch: int) -> np.ndarray:
-        return epoch_pairs(self.epoch_indices, self.data.scenes, np.random.default_rng([self.seed, stage_index, epoch]),
-                           self.stage.epoch_size, same_photo=self.stage.kind == "synthetic")
+        return epoch_pairs(
+            self.epoch_indices,
+            self.data.scenes,
+            np.random.default_rng([self.seed, stage_index, epoch]),
+            self.stage.epoch_size,
+            same_photo=self.stage.kind == "synthetic",
+        )
 
     def steps(self, pairs: np.ndarray, world: int, rank: int) -> list[np.ndarray]:
         per_step = max(1, self.stage.batch_size // 2)

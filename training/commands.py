@@ -37,8 +37,12 @@ def cmd_train(args) -> int:
 
 def add_cache_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--root", help="cache folder (default: $SAMPLEIQA_CACHE or ~/.cache/sampleiqa/crops)")
-    p.add_argument("--prune-older-than", type=float, metavar="DAYS",
-                   help="delete caches not used for DAYS days (0: all), and leftovers of killed builds")
+    p.add_argument(
+        "--prune-older-than",
+        type=float,
+        metavar="DAYS",
+        help="delete caches not used for DAYS days (0: all), and leftovers of killed builds",
+    )
     p.add_argument("--dry-run", action="store_true", help="with --prune-older-than: only say what would go")
 
 
@@ -57,8 +61,10 @@ def cmd_cache(args) -> int:
     print(f"{len(entries)} cache(s) under {root}, {sum(e.bytes for e in entries) / 1e9:.2f} GB")
     for e in entries:
         state = "" if e.complete else "  (incomplete: a killed or running build)"
-        print(f"  {e.folder.name}  {e.dataset:24s} {e.images:6d} images {e.bytes / 1e9:6.2f} GB  "
-              f"last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(e.last_used))}{state}")
+        print(
+            f"  {e.folder.name}  {e.dataset:24s} {e.images:6d} images {e.bytes / 1e9:6.2f} GB  "
+            f"last used {time.strftime('%Y-%m-%d %H:%M', time.localtime(e.last_used))}{state}"
+        )
     return 0
 
 
@@ -75,18 +81,35 @@ def _data_spec(pairs: list[str]) -> dict:
 def add_evaluate_arguments(p: argparse.ArgumentParser) -> None:
     model = p.add_mutually_exclusive_group()
     model.add_argument("--checkpoint", metavar="FILE.pt", help="training checkpoint (.pt)")
-    model.add_argument("--onnx", metavar="FILE.onnx", default=str(Path(DEFAULT_REPOSITORY) / "scorer" / "1" / "model.onnx"),
-                       help="exported scorer, run in process with ONNX Runtime (default: the shipped one)")
+    model.add_argument(
+        "--onnx",
+        metavar="FILE.onnx",
+        default=str(Path(DEFAULT_REPOSITORY) / "scorer" / "1" / "model.onnx"),
+        help="exported scorer, run in process with ONNX Runtime (default: the shipped one)",
+    )
     model.add_argument("--url", action="append", metavar="HOST:PORT", help="the served ensemble at HOST:PORT")
-    p.add_argument("--data", nargs="+", default=["kind=biq2021", f"root={SHARED_DATA / 'biq2021'}", "split=val"],
-                   metavar="KEY=VALUE", help="dataset spec, as in a config's [data] table; your own labels: "
-                   "kind=csv path=FILE.csv (columns path,score[,scene]; relative paths from the CSV's folder); "
-                   "PIQ23: kind=piq23 labels_root=... image_root=... split=scene part=test")
-    p.add_argument("--baselines", action="store_true",
-                   help="also run the Laplacian-variance and stats+GBM baselines (computes statistics of every "
-                        "--baseline-train photo first: minutes for BIQ2021's 6,331, not seconds)")
-    p.add_argument("--baseline-train", nargs="+", default=["kind=biq2021", f"root={SHARED_DATA / 'biq2021'}", "split=train"],
-                   metavar="KEY=VALUE", help="training set of the GBM baseline")
+    p.add_argument(
+        "--data",
+        nargs="+",
+        default=["kind=biq2021", f"root={SHARED_DATA / 'biq2021'}", "split=val"],
+        metavar="KEY=VALUE",
+        help="dataset spec, as in a config's [data] table; your own labels: "
+        "kind=csv path=FILE.csv (columns path,score[,scene]; relative paths from the CSV's folder); "
+        "PIQ23: kind=piq23 labels_root=... image_root=... split=scene part=test",
+    )
+    p.add_argument(
+        "--baselines",
+        action="store_true",
+        help="also run the Laplacian-variance and stats+GBM baselines (computes statistics of every "
+        "--baseline-train photo first: minutes for BIQ2021's 6,331, not seconds)",
+    )
+    p.add_argument(
+        "--baseline-train",
+        nargs="+",
+        default=["kind=biq2021", f"root={SHARED_DATA / 'biq2021'}", "split=train"],
+        metavar="KEY=VALUE",
+        help="training set of the GBM baseline",
+    )
     p.add_argument("--concurrency", type=int, default=8, metavar="N", help="requests in flight with --url")
     p.add_argument("--report", metavar="FILE.md", help="write a markdown table (and a .json beside it)")
 
@@ -107,7 +130,10 @@ def cmd_evaluate(args) -> int:
     if dataset.missing:
         raise SystemExit(f"missing images: {dataset.describe()}")
     if args.url:
-        name, (scores, errors) = f"served ensemble at {', '.join(args.url)}", ev.predict_server(args.url, dataset, args.concurrency)
+        name, (scores, errors) = (
+            f"served ensemble at {', '.join(args.url)}",
+            ev.predict_server(args.url, dataset, args.concurrency),
+        )
     elif args.checkpoint:
         name, (scores, errors) = f"checkpoint {args.checkpoint}", ev.predict_checkpoint(args.checkpoint, dataset)
     else:
@@ -127,7 +153,9 @@ def cmd_evaluate(args) -> int:
     if args.report:
         out = Path(args.report)
         out.parent.mkdir(parents=True, exist_ok=True)
-        command = "sampleiqa " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("sampleiqa") else "sampleiqa evaluate ..."
+        command = (
+            "sampleiqa " + " ".join(sys.argv[1:]) if sys.argv[0].endswith("sampleiqa") else "sampleiqa evaluate ..."
+        )
         out.write_text(f"# {dataset.name}\n\n" + ev.report_markdown(results, command))
         out.with_suffix(".json").write_text(json.dumps(results, indent=1, default=str))
         print(f"wrote {out}", file=sys.stderr)
@@ -135,7 +163,15 @@ def cmd_evaluate(args) -> int:
 
 
 COMMANDS = {
-    "train": Command("train a scorer from a TOML config (torchrun for several GPUs/nodes)", add_train_arguments, cmd_train),
-    "cache": Command("list the training crop caches, or prune those not used for a while", add_cache_arguments, cmd_cache),
-    "evaluate": Command("PLCC/SROCC/KRCC of a model on a labelled set (per scene where scenes exist)", add_evaluate_arguments, cmd_evaluate),
+    "train": Command(
+        "train a scorer from a TOML config (torchrun for several GPUs/nodes)", add_train_arguments, cmd_train
+    ),
+    "cache": Command(
+        "list the training crop caches, or prune those not used for a while", add_cache_arguments, cmd_cache
+    ),
+    "evaluate": Command(
+        "PLCC/SROCC/KRCC of a model on a labelled set (per scene where scenes exist)",
+        add_evaluate_arguments,
+        cmd_evaluate,
+    ),
 }

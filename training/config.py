@@ -8,9 +8,10 @@ fixed image statistics of the served crops (fast: the statistics are computed on
 
 from __future__ import annotations
 
-import tomllib
 from dataclasses import dataclass, field, fields
 from pathlib import Path
+
+import tomllib
 
 from .resample import ResampleConfig
 
@@ -95,8 +96,15 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
         raise ValueError(f"{path}: no [[stages]]")
     data = raw.pop("data", {})
     resample = _take(ResampleConfig, raw.pop("resample", {}), f"{path}: [resample]")
-    cfg = _take(TrainConfig, {**raw, "stages": stages, "resample": resample,
-                              "train": _resolve_paths(data["train"], base),
-                              "val": _resolve_paths(data["val"], base) if "val" in data else None},
-                f"{path}")
+    cfg = _take(
+        TrainConfig,
+        {
+            **raw,
+            "stages": stages,
+            "resample": resample,
+            "train": _resolve_paths(data["train"], base),
+            "val": _resolve_paths(data["val"], base) if "val" in data else None,
+        },
+        f"{path}",
+    )
     return TrainConfig(**{**cfg.__dict__, "source": path})

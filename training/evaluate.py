@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sampleiqa.progress import Progress
 from sampleiqa.preprocessing import PreprocessError, preprocess_file
+from sampleiqa.progress import Progress
 
 from .data.datasets import LabelledSet
 from .metrics import evaluate_scores
@@ -93,13 +93,18 @@ def summarise(name: str, dataset: LabelledSet, scores: np.ndarray, errors: dict[
 
 
 def report_markdown(results: list[dict], command: str) -> str:
-    lines = [f"Command: `{command}`", "",
-             "| model | images | failed | PLCC | PLCC (logistic) | SROCC | KRCC |", "|---|---|---|---|---|---|---|"]
+    lines = [
+        f"Command: `{command}`",
+        "",
+        "| model | images | failed | PLCC | PLCC (logistic) | SROCC | KRCC |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for r in results:
         for key, label in (("overall", ""), ("scene_mean", " (scene mean)"), ("scene_median", " (scene median)")):
             if key in r and (key != "overall" or "scene_mean" not in r):
                 m = r[key]
-                lines.append(f"| {r['model']}{label} | {r['n']} | {r['failed']} | {m['plcc']:.4f} | "
-                             f"{m['plcc_logistic']:.4f} | {m['srocc']:.4f} | {m['krcc']:.4f} |")
+                lines.append(
+                    f"| {r['model']}{label} | {r['n']} | {r['failed']} | {m['plcc']:.4f} | "
+                    f"{m['plcc_logistic']:.4f} | {m['srocc']:.4f} | {m['krcc']:.4f} |"
+                )
     return "\n".join(lines) + "\n"
-

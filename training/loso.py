@@ -15,10 +15,9 @@ Prior models only: every fold reuses the cached trunk outputs (training/data/fea
 
 from __future__ import annotations
 
-import logging
-
 import argparse
 import json
+import logging
 import time
 from pathlib import Path
 
@@ -120,8 +119,10 @@ def main(argv=None) -> int:
             table[name][fold] = headline(evaluate_scores(pred, test.scores, test.scenes))
             if args.out:  # after every fold: a stopped run keeps what it measured
                 Path(args.out).with_suffix(".json").write_text(json.dumps(table, indent=1))
-            log.info(f"{name} {fold}: SROCC {table[name][fold]['srocc']:.4f} PLCC {table[name][fold]['plcc']:.4f} "
-                     f"({len(tr)} -> {len(te)} photos, {time.monotonic() - started:.0f} s)")
+            log.info(
+                f"{name} {fold}: SROCC {table[name][fold]['srocc']:.4f} PLCC {table[name][fold]['plcc']:.4f} "
+                f"({len(tr)} -> {len(te)} photos, {time.monotonic() - started:.0f} s)"
+            )
     write_report(table, args.out)
     return 0
 
@@ -129,8 +130,10 @@ def main(argv=None) -> int:
 def write_report(table: dict[str, dict[str, dict]], out: str) -> None:
     """Print the table of the designs whose folds are all done; with `out`, write it (and the
     raw figures as .json beside it)."""
-    lines = ["| design | ss01 held out | ss02 held out | ss03 held out | val | mean held-out SROCC |",
-             "|---|---|---|---|---|---|"]
+    lines = [
+        "| design | ss01 held out | ss02 held out | ss03 held out | val | mean held-out SROCC |",
+        "|---|---|---|---|---|---|",
+    ]
     lines += [_row(name, res) for name, res in table.items() if all(f in res for f in (*SUBSETS, "val"))]
     print("\n".join(lines))
     if out:

@@ -11,7 +11,6 @@ configs pick one by name.
 
 from __future__ import annotations
 
-
 import torch
 import torch.nn.functional as F
 
@@ -26,8 +25,9 @@ def fidelity_rank_loss(sa: torch.Tensor, sb: torch.Tensor, ya: torch.Tensor, yb:
     return (1 - torch.sqrt(p * p_hat + 1e-8) - torch.sqrt((1 - p) * (1 - p_hat) + 1e-8)).mean()
 
 
-def margin_rank_loss(sa: torch.Tensor, sb: torch.Tensor, ya: torch.Tensor, yb: torch.Tensor,
-                     margin: float = 0.1) -> torch.Tensor:
+def margin_rank_loss(
+    sa: torch.Tensor, sb: torch.Tensor, ya: torch.Tensor, yb: torch.Tensor, margin: float = 0.1
+) -> torch.Tensor:
     sign = torch.sign(ya - yb)
     keep = sign != 0  # a tie says nothing about the order
     if not keep.any():
@@ -38,12 +38,12 @@ def margin_rank_loss(sa: torch.Tensor, sb: torch.Tensor, ya: torch.Tensor, yb: t
 RANK_LOSSES = {"fidelity": fidelity_rank_loss, "margin": margin_rank_loss}
 
 
-def twin_loss(sa, sb, ya, yb, rank_weight: float = 1.0, rank: str = "fidelity",
-              mse_weight: float = 1.0) -> tuple[torch.Tensor, dict[str, float]]:
+def twin_loss(
+    sa, sb, ya, yb, rank_weight: float = 1.0, rank: str = "fidelity", mse_weight: float = 1.0
+) -> tuple[torch.Tensor, dict[str, float]]:
     """(loss, parts) for standardised predictions and labels of the two branches."""
     sa, sb = sa.float().view(-1), sb.float().view(-1)
     mse = 0.5 * (F.mse_loss(sa, ya) + F.mse_loss(sb, yb)) if mse_weight else sa.sum() * 0
     rank_term = RANK_LOSSES[rank](sa, sb, ya, yb)
     loss = mse_weight * mse + rank_weight * rank_term
     return loss, {"mse": float(mse.detach()), "rank": float(rank_term.detach())}
-

@@ -56,8 +56,7 @@ def correlations(pred: Sequence[float], mos: Sequence[float]) -> dict[str, float
     return {name: fn(pred, mos) for name, fn in METRICS.items()}
 
 
-def evaluate_scores(pred: Sequence[float], mos: Sequence[float],
-                    scenes: Sequence[str | None] | None = None) -> dict:
+def evaluate_scores(pred: Sequence[float], mos: Sequence[float], scenes: Sequence[str | None] | None = None) -> dict:
     """Overall correlations, plus (with scenes) per-scene ones and their mean and median.
 
     JOD-style labels are comparable only inside a scene, so with scenes the headline
@@ -87,6 +86,8 @@ def format_result(result: dict) -> str:
     for key in ("overall", "scene_mean", "scene_median"):
         if key in result:
             r = result[key]
-            lines.append(f"{key:>13}: PLCC {r['plcc']:.4f}  PLCC(logistic) {r['plcc_logistic']:.4f}  "
-                         f"SROCC {r['srocc']:.4f}  KRCC {r['krcc']:.4f}")
+            lines.append(
+                f"{key:>13}: PLCC {r['plcc']:.4f}  PLCC(logistic) {r['plcc_logistic']:.4f}  "
+                f"SROCC {r['srocc']:.4f}  KRCC {r['krcc']:.4f}"
+            )
     return "\n".join(lines)

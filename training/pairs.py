@@ -5,8 +5,9 @@ from __future__ import annotations
 import numpy as np
 
 
-def epoch_pairs(epoch_indices, scenes: list, rng: np.random.Generator, epoch_size: int | None = None,
-                same_photo: bool = False) -> np.ndarray:
+def epoch_pairs(
+    epoch_indices, scenes: list, rng: np.random.Generator, epoch_size: int | None = None, same_photo: bool = False
+) -> np.ndarray:
     """[pairs, 2] indices of the shuffled epoch (cut to `epoch_size` photos): consecutive
     photos, or a partner from the same scene when the labels have scenes (PIQ23 scores compare
     only inside one). `same_photo`: each photo with itself (synthetic stages distort it twice)."""

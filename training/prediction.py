@@ -28,13 +28,16 @@ def eval_batches(data: CachedSet, indices, batch_size: int, label: str | None = 
 
 
 @torch.no_grad()
-def predict_cached(scorer: SwinScorer, data: CachedSet, batch_size: int = 32, device=None,
-                   progress: bool = False) -> np.ndarray:
+def predict_cached(
+    scorer: SwinScorer, data: CachedSet, batch_size: int = 32, device=None, progress: bool = False
+) -> np.ndarray:
     """Scores of the served crops (exactly what the `preprocess` model produces)."""
     scorer.eval()
     device = device or next(scorer.parameters()).device
-    out = [scorer(x.to(device)).float().view(-1).cpu().numpy()
-           for _, x in eval_batches(data, range(len(data)), batch_size, "evaluating" if progress else None)]
+    out = [
+        scorer(x.to(device)).float().view(-1).cpu().numpy()
+        for _, x in eval_batches(data, range(len(data)), batch_size, "evaluating" if progress else None)
+    ]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 

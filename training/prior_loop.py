@@ -13,9 +13,8 @@ scored best on `val`, so `val` stays an honest figure).
 
 from __future__ import annotations
 
-import logging
-
 import json
+import logging
 import math
 import os
 import time
@@ -37,8 +36,8 @@ from .losses import twin_loss
 from .metrics import evaluate_scores, format_result, headline
 from .models import create_model
 from .models.prior import PriorSwinScorer, PriorTop
-from .resample import plot_histograms, resample
 from .pairs import epoch_pairs
+from .resample import plot_histograms, resample
 from .schedule import adamw, lr_at
 
 log = logging.getLogger(__name__)

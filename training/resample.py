@@ -51,10 +51,13 @@ class ResampleResult:
         return np.repeat(np.arange(len(self.repeats)), self.repeats)
 
     def summary(self) -> str:
-        return (f"re-sampled {int(self.before.sum())} images to an epoch of {int(self.after.sum())}: "
-                f"L1 to target {self.l1:.1f} (as is: {np.abs(self.before * self.after.sum() / self.before.sum() - self.target).sum():.1f}), "
-                f"repeats {self.repeats.min()}..{self.repeats.max()}, {int((self.repeats == 0).sum())} left out, "
-                f"solved in {self.seconds:.2f}s")
+        return (
+            f"re-sampled {int(self.before.sum())} images to an epoch of {int(self.after.sum())}: "
+            f"L1 to target {self.l1:.1f} "
+            f"(as is: {np.abs(self.before * self.after.sum() / self.before.sum() - self.target).sum():.1f}), "
+            f"repeats {self.repeats.min()}..{self.repeats.max()}, {int((self.repeats == 0).sum())} left out, "
+            f"solved in {self.seconds:.2f}s"
+        )
 
 
 def target_counts(scores: np.ndarray, edges: np.ndarray, cfg: ResampleConfig, total: int) -> np.ndarray:
@@ -76,8 +79,9 @@ def resample(scores, cfg: ResampleConfig = ResampleConfig()) -> ResampleResult:
     n = len(scores)
     total = cfg.epoch_size or n
     if not n * cfg.min_repeat <= total <= n * cfg.max_repeat:
-        raise ValueError(f"epoch_size {total} is not reachable with {n} images and repeats "
-                         f"{cfg.min_repeat}..{cfg.max_repeat}")
+        raise ValueError(
+            f"epoch_size {total} is not reachable with {n} images and repeats {cfg.min_repeat}..{cfg.max_repeat}"
+        )
     edges = np.linspace(scores.min(), scores.max(), cfg.bins + 1)
     which = np.clip(np.searchsorted(edges, scores, side="right") - 1, 0, cfg.bins - 1)
     if cfg.max_repeat < cfg.min_repeat or cfg.min_repeat < 0:
@@ -90,8 +94,15 @@ def resample(scores, cfg: ResampleConfig = ResampleConfig()) -> ResampleResult:
         repeats = _solve(which, target, cfg, total)
     seconds = time.perf_counter() - start
     after = np.bincount(which, weights=repeats, minlength=cfg.bins)
-    return ResampleResult(repeats, edges, np.bincount(which, minlength=cfg.bins).astype(float), after, target,
-                          float(np.abs(after - target).sum()), seconds)
+    return ResampleResult(
+        repeats,
+        edges,
+        np.bincount(which, minlength=cfg.bins).astype(float),
+        after,
+        target,
+        float(np.abs(after - target).sum()),
+        seconds,
+    )
 
 
 def _solve(which: np.ndarray, target: np.ndarray, cfg: ResampleConfig, total: int) -> np.ndarray:
@@ -101,8 +112,10 @@ def _solve(which: np.ndarray, target: np.ndarray, cfg: ResampleConfig, total: in
     evenly over its images (the +1s spaced along the bin's score order)."""
     sizes = np.bincount(which, minlength=cfg.bins)
     prob = pulp.LpProblem("resample", pulp.LpMinimize)
-    k = [pulp.LpVariable(f"k{b}", int(sizes[b]) * cfg.min_repeat, int(sizes[b]) * cfg.max_repeat, cat="Integer")
-         for b in range(cfg.bins)]
+    k = [
+        pulp.LpVariable(f"k{b}", int(sizes[b]) * cfg.min_repeat, int(sizes[b]) * cfg.max_repeat, cat="Integer")
+        for b in range(cfg.bins)
+    ]
     dev = [pulp.LpVariable(f"d{b}", 0) for b in range(cfg.bins)]
     prob += pulp.lpSum(dev)
     for b in range(cfg.bins):

@@ -23,5 +23,6 @@ def adamw(named_parameters, stage: StageConfig) -> torch.optim.Optimizer:
     params = list(named_parameters)
     decay = [p for n, p in params if p.ndim > 1 and "pos" not in n]
     other = [p for n, p in params if not (p.ndim > 1 and "pos" not in n)]
-    return torch.optim.AdamW([{"params": decay, "weight_decay": stage.weight_decay},
-                              {"params": other, "weight_decay": 0.0}], lr=stage.lr)
+    return torch.optim.AdamW(
+        [{"params": decay, "weight_decay": stage.weight_decay}, {"params": other, "weight_decay": 0.0}], lr=stage.lr
+    )

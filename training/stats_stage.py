@@ -33,13 +33,22 @@ def fold_count(stage: StageConfig, heads: int) -> int:
     """A `stats` stage's number of folds: `cross_fit = true` means one per MLP."""
     folds = heads if stage.cross_fit is True else int(stage.cross_fit)
     if not 2 <= folds <= heads:
-        raise ValueError(f"stage {stage.name!r}: cross_fit = {stage.cross_fit!r} needs 2 to {heads} folds "
-                         f"(one MLP of the statistics head per fold)")
+        raise ValueError(
+            f"stage {stage.name!r}: cross_fit = {stage.cross_fit!r} needs 2 to {heads} folds "
+            f"(one MLP of the statistics head per fold)"
+        )
     return folds
 
 
-def fit_stats_head(scorer: SwinScorer, features: torch.Tensor, z: torch.Tensor, stage: StageConfig,
-                   seed: int, progress: bool = True, folds: torch.Tensor | None = None) -> dict[str, float]:
+def fit_stats_head(
+    scorer: SwinScorer,
+    features: torch.Tensor,
+    z: torch.Tensor,
+    stage: StageConfig,
+    seed: int,
+    progress: bool = True,
+    folds: torch.Tensor | None = None,
+) -> dict[str, float]:
     """A `stats` stage: train each MLP of the statistics head on standardised statistics of
     the served crops, with MSE + the rank loss over every pair in a batch (statistics are
     fixed, so this takes seconds per epoch, not minutes). With `folds`, MLP k learns nothing
@@ -67,13 +76,20 @@ def fit_stats_head(scorer: SwinScorer, features: torch.Tensor, z: torch.Tensor, 
             seen = folds[j][:, None] != heads[None]  # [batch, heads]: may MLP h learn from image i
             a, b = torch.triu_indices(len(j), len(j), 1, device=device)
             mse = (((pred - y[:, None]) ** 2) * seen).sum(0).div(seen.sum(0).clamp_min(1)).sum()
-            rank = sum(rank_loss(pred[a[k], h], pred[b[k], h], y[a[k]], y[b[k]])
-                       for h in range(pred.shape[1]) if (k := seen[a, h] & seen[b, h]).any())
+            rank = sum(
+                rank_loss(pred[a[k], h], pred[b[k], h], y[a[k]], y[b[k]])
+                for h in range(pred.shape[1])
+                if (k := seen[a, h] & seen[b, h]).any()
+            )
             loss = stage.mse_weight * mse + stage.rank_weight * rank
             optimizer.zero_grad(set_to_none=True)
             loss.backward()
             optimizer.step()
-            for k, v in {"loss": float(loss.detach()), "mse": float(mse.detach()), "rank": float(rank.detach())}.items():
+            for k, v in {
+                "loss": float(loss.detach()),
+                "mse": float(mse.detach()),
+                "rank": float(rank.detach()),
+            }.items():
                 running[k] = 0.95 * running.get(k, v) + 0.05 * v
         if bar:
             bar.label = f"{stage.name} loss {running['loss']:.3f} mse {running['mse']:.3f} rank {running['rank']:.3f}"

@@ -18,9 +18,27 @@ from .faces import Box, FaceDetector, HaarFaceDetector, YuNetFaceDetector, creat
 from .normalize import normalize, to_pixels, to_tensor
 
 __all__ = [
-    "Box", "CropPlan", "FaceDetector", "HaarFaceDetector", "PreprocessError", "Preprocessed", "YuNetFaceDetector",
-    "MAX_BYTES", "MAX_PIXELS", "apply_plan", "contains_face", "create_detector", "decode_bgr", "default_detector",
-    "find_face", "normalize", "plan_crop", "preprocess_bytes", "preprocess_file", "random_plan", "to_pixels",
+    "Box",
+    "CropPlan",
+    "FaceDetector",
+    "HaarFaceDetector",
+    "PreprocessError",
+    "Preprocessed",
+    "YuNetFaceDetector",
+    "MAX_BYTES",
+    "MAX_PIXELS",
+    "apply_plan",
+    "contains_face",
+    "create_detector",
+    "decode_bgr",
+    "default_detector",
+    "find_face",
+    "normalize",
+    "plan_crop",
+    "preprocess_bytes",
+    "preprocess_file",
+    "random_plan",
+    "to_pixels",
     "to_tensor",
 ]
 

@@ -72,7 +72,9 @@ def face_crops_region(width: int, height: int, face: Box | None, size: int = CRO
     x1, y1 = min(sw, round((face.x + face.w) * s)), min(sh, round((face.y + face.h) * s))
     # The face is at most `size` wide once scaled, so a crop holding it starts within `size` of it.
     rx, ry = max(0, x1 - size), max(0, y1 - size)
-    return CropRegion(s, (sw, sh), (rx, ry, min(sw, x0 + size), min(sh, y0 + size)), (x0 - rx, y0 - ry, x1 - x0, y1 - y0))
+    return CropRegion(
+        s, (sw, sh), (rx, ry, min(sw, x0 + size), min(sh, y0 + size)), (x0 - rx, y0 - ry, x1 - x0, y1 - y0)
+    )
 
 
 def _clamp(v: float, hi: int) -> int:
@@ -93,12 +95,17 @@ def plan_crop(width: int, height: int, face: Box | None, size: int = CROP) -> Cr
 def contains_face(plan: CropPlan, face: Box, tolerance: float = 0.5) -> bool:
     """Whether the crop holds the whole face, to within half a scaled pixel of rounding."""
     s, t = plan.scale, tolerance
-    return (plan.x - t <= face.x * s and plan.y - t <= face.y * s
-            and (face.x + face.w) * s <= plan.x + plan.size + t and (face.y + face.h) * s <= plan.y + plan.size + t)
+    return (
+        plan.x - t <= face.x * s
+        and plan.y - t <= face.y * s
+        and (face.x + face.w) * s <= plan.x + plan.size + t
+        and (face.y + face.h) * s <= plan.y + plan.size + t
+    )
 
 
-def random_plan(width: int, height: int, face: Box | None, rng: np.random.Generator,
-                size: int = CROP, max_tries: int = 50) -> CropPlan:
+def random_plan(
+    width: int, height: int, face: Box | None, rng: np.random.Generator, size: int = CROP, max_tries: int = 50
+) -> CropPlan:
     """A uniformly random crop that holds the whole face; redrawn until it does."""
     s = crop_scale(width, height, face, size)
     sw, sh = scaled_dims(width, height, s, size)

@@ -84,9 +84,9 @@ def _walk_jpeg(data: bytes) -> Layout:
             continue
         if marker < 0xC0 or i + 4 > n:
             return Layout(size, i + 4 > n and marker >= 0xC0)
-        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
         if marker in _SOF and size is None and i + 9 <= n:
-            h, w = struct.unpack(">HH", data[i + 5:i + 9])
+            h, w = struct.unpack(">HH", data[i + 5 : i + 9])
             size = (w, h)
         if marker == 0xDA:  # SOS: entropy-coded data runs to the next real marker
             found = _JPEG_MARKER.search(data, end)
@@ -103,8 +103,8 @@ def _walk_png(data: bytes) -> Layout:
     size = struct.unpack(">II", data[16:24]) if data[12:16] == b"IHDR" and len(data) >= 24 else None
     i, n = 8, len(data)
     while i + 8 <= n:
-        length = int.from_bytes(data[i:i + 4], "big")
-        if data[i + 4:i + 8] == b"IEND":
+        length = int.from_bytes(data[i : i + 4], "big")
+        if data[i + 4 : i + 8] == b"IEND":
             return Layout(size, False)
         i += 12 + length  # length, type, data, CRC
     return Layout(size, True)
@@ -134,7 +134,7 @@ def _walk_gif(data: bytes) -> Layout:
         elif block == 0x2C:  # image descriptor
             if i + 10 > n:
                 break
-            left, top, w, h = struct.unpack("<HHHH", data[i + 1:i + 9])
+            left, top, w, h = struct.unpack("<HHHH", data[i + 1 : i + 9])
             if first:
                 width, height, first = max(width, left + w), max(height, top + h), False
             flags = data[i + 9]
@@ -178,8 +178,7 @@ def _webp_size(data: bytes) -> tuple[int, int] | None:
 
 def layout(data: bytes, kind: str) -> Layout:
     """Walk the file's structure (never its pixels) for the decoded size and completeness."""
-    walker = {"jpeg": _walk_jpeg, "png": _walk_png, "gif": _walk_gif,
-              "heif": _walk_heif, "avif": _walk_heif}.get(kind)
+    walker = {"jpeg": _walk_jpeg, "png": _walk_png, "gif": _walk_gif, "heif": _walk_heif, "avif": _walk_heif}.get(kind)
     return walker(data) if walker else _walk_other(data, kind)
 
 
@@ -222,14 +221,17 @@ def decode_bgr(data: bytes, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_B
             # IMREAD_COLOR applies EXIF orientation and converts depth/channels to 8-bit BGR.
             bgr = cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
         except cv2.error as exc:  # e.g. OpenCV's own pixel limit
-            raise PreprocessError("decode_failed", f"{kind} decoder error: {str(exc).strip().splitlines()[-1]}") from None
+            raise PreprocessError(
+                "decode_failed", f"{kind} decoder error: {str(exc).strip().splitlines()[-1]}"
+            ) from None
     if bgr is None or bgr.size == 0:
         raise PreprocessError("decode_failed", f"the {kind} decoder could not read the data")
     # What was decoded, whatever the header said (TIFF is not walked; OpenCV's own guard
     # bounded the allocation).
     if bgr.shape[0] * bgr.shape[1] > max_pixels:
-        raise PreprocessError("too_many_pixels", f"{kind} decoded to {bgr.shape[1]}x{bgr.shape[0]} pixels, "
-                                                 f"over the limit of {max_pixels}")
+        raise PreprocessError(
+            "too_many_pixels", f"{kind} decoded to {bgr.shape[1]}x{bgr.shape[0]} pixels, over the limit of {max_pixels}"
+        )
     return bgr
 
 
@@ -244,8 +246,9 @@ def _first_gif_frame(data: bytes, max_pixels: int) -> np.ndarray:
     try:
         with Image.open(io.BytesIO(data)) as im:
             if im.width * im.height > max_pixels:  # Pillow's canvas for frame 0, before any pixel
-                raise PreprocessError("too_many_pixels", f"gif frame 0 is {im.width}x{im.height} pixels, "
-                                                         f"over the limit of {max_pixels}")
+                raise PreprocessError(
+                    "too_many_pixels", f"gif frame 0 is {im.width}x{im.height} pixels, over the limit of {max_pixels}"
+                )
             rgb = np.asarray(im.convert("RGB"))  # frame 0; palette and transparency resolved
     except PreprocessError:
         raise

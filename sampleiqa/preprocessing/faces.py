@@ -45,11 +45,18 @@ class YuNetFaceDetector:
     """YuNet through `cv2.FaceDetectorYN`. One OpenCV detector per thread: it keeps its
     input size as state, so threads must not share one."""
 
-    def __init__(self, model: str | Path = YUNET_MODEL, max_side: int = 256, score_threshold: float = 0.6,
-                 nms_threshold: float = 0.3):
+    def __init__(
+        self,
+        model: str | Path = YUNET_MODEL,
+        max_side: int = 256,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+    ):
         if not hasattr(cv2, "FaceDetectorYN"):
-            raise RuntimeError(f"OpenCV {cv2.__version__} has no FaceDetectorYN; install "
-                               "opencv-python-headless>=4.10,<4.12 as pyproject.toml pins it")
+            raise RuntimeError(
+                f"OpenCV {cv2.__version__} has no FaceDetectorYN; install "
+                "opencv-python-headless>=4.10,<4.12 as pyproject.toml pins it"
+            )
         if not Path(model).is_file():
             raise RuntimeError(f"the YuNet model is missing: {model}")
         self.model, self.max_side = str(model), max_side
@@ -60,7 +67,8 @@ class YuNetFaceDetector:
         det = getattr(self._local, "det", None)
         if det is None:
             det = self._local.det = cv2.FaceDetectorYN.create(
-                self.model, "", (w, h), self.score_threshold, self.nms_threshold, 50)
+                self.model, "", (w, h), self.score_threshold, self.nms_threshold, 50
+            )
         det.setInputSize((w, h))
         return det
 
@@ -94,11 +102,19 @@ class HaarFaceDetector:
     """OpenCV's frontal-face Haar cascade, shipped inside opencv-python-headless < 5 (the
     detector before YuNet: alt2 on a 200 px copy, perf/results/haar_settings.md)."""
 
-    def __init__(self, cascade: str = "haarcascade_frontalface_alt2.xml", min_neighbors: int = 3,
-                 scale_factor: float = 1.2, min_size_fraction: float = 0.12, max_side: int = 200):
+    def __init__(
+        self,
+        cascade: str = "haarcascade_frontalface_alt2.xml",
+        min_neighbors: int = 3,
+        scale_factor: float = 1.2,
+        min_size_fraction: float = 0.12,
+        max_side: int = 200,
+    ):
         if not hasattr(cv2, "CascadeClassifier"):  # OpenCV 5 dropped the Haar cascades
-            raise RuntimeError(f"OpenCV {cv2.__version__} has no Haar cascades; install "
-                               "opencv-python-headless<4.12 as pyproject.toml pins it")
+            raise RuntimeError(
+                f"OpenCV {cv2.__version__} has no Haar cascades; install "
+                "opencv-python-headless<4.12 as pyproject.toml pins it"
+            )
         path = cv2.data.haarcascades + cascade
         self._cascade = cv2.CascadeClassifier(path)
         if self._cascade.empty():
@@ -121,6 +137,7 @@ def _torch_yunet(**kwargs) -> FaceDetector:
     """YuNet in torch (torch_yunet.py), imported on use and by name: the serving install has no
     torch, and torch_yunet imports this module (an import here would be a cycle)."""
     import importlib
+
     return importlib.import_module("sampleiqa.preprocessing.torch_yunet").TorchYuNetDetector(**kwargs)
 
 
@@ -147,8 +164,9 @@ def find_face(bgr: np.ndarray, detector: FaceDetector | None = None) -> Box | No
     detector = detector or default_detector()
     h, w = bgr.shape[:2]
     f = min(1.0, detector.max_side / max(h, w))
-    small = bgr if f == 1.0 else cv2.resize(bgr, (max(1, round(w * f)), max(1, round(h * f))),
-                                            interpolation=cv2.INTER_AREA)
+    small = (
+        bgr if f == 1.0 else cv2.resize(bgr, (max(1, round(w * f)), max(1, round(h * f))), interpolation=cv2.INTER_AREA)
+    )
     return largest_mapped_back(detector.detect(small), f, w, h)
 
 

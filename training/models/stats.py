@@ -60,21 +60,39 @@ LBP_THRESHOLD = 2 / 255  # a neighbour counts as brighter only past sensor-noise
 LBP_NEIGHBOURS = ((-1, -1), (-1, 0), (-1, 1), (0, 1), (1, 1), (1, 0), (1, -1), (0, -1))  # in circular order
 
 BASIC_NAMES = tuple(
-    [f"s{s}_{n}" for s in range(SCALES) for n in
-     ("log_lap_energy", "log_grad_mean", "log_block_energy_mean", "log_block_energy_low", "log_block_energy_high")]
+    [
+        f"s{s}_{n}"
+        for s in range(SCALES)
+        for n in (
+            "log_lap_energy",
+            "log_grad_mean",
+            "log_block_energy_mean",
+            "log_block_energy_low",
+            "log_block_energy_high",
+        )
+    ]
     + ["luma_mean", "luma_std", "clip_dark", "clip_bright", "sat_mean", "sat_std", "colourfulness", "local_contrast"]
 )
 FEATURE_NAMES = (
     BASIC_NAMES
     + tuple(f"dct{s}_{kind}_{k}" for s in range(2) for kind in ("log_energy", "zero") for k in range(1, 64))
-    + tuple(f"mscn{s}_{n}" for s in range(SCALES) for n in
-            MOMENTS + (tuple(f"pair{dy}{dx}_{m}" for dy, dx in NEIGHBOURS for m in ("mean", "abs", "sq"))
-                       if s < 2 else ()))
-    + tuple(f"luma_hist_{i}" for i in range(HIST_BINS)) + ("luma_entropy",)
-    + tuple(f"luma_q{q}" for q in LUMA_QUANTILES) + tuple(f"{c}_{m}" for m in ("mean", "std") for c in "rgb")
-    + tuple(f"sharp{s}_{n}" for s in range(2) for n in
-            [f"q{q}" for q in QUANTILES] + [f"grid{i}" for i in range(16)] + ["spread"])
-    + tuple(f"sat_below_{t}" for t in SAT_LEVELS) + tuple(f"luma_grid{i}" for i in range(16))
+    + tuple(
+        f"mscn{s}_{n}"
+        for s in range(SCALES)
+        for n in MOMENTS
+        + (tuple(f"pair{dy}{dx}_{m}" for dy, dx in NEIGHBOURS for m in ("mean", "abs", "sq")) if s < 2 else ())
+    )
+    + tuple(f"luma_hist_{i}" for i in range(HIST_BINS))
+    + ("luma_entropy",)
+    + tuple(f"luma_q{q}" for q in LUMA_QUANTILES)
+    + tuple(f"{c}_{m}" for m in ("mean", "std") for c in "rgb")
+    + tuple(
+        f"sharp{s}_{n}"
+        for s in range(2)
+        for n in [f"q{q}" for q in QUANTILES] + [f"grid{i}" for i in range(16)] + ["spread"]
+    )
+    + tuple(f"sat_below_{t}" for t in SAT_LEVELS)
+    + tuple(f"luma_grid{i}" for i in range(16))
     + tuple(f"{c}_mscn_{n}" for c in ("rg", "yb") for n in MOMENTS + ("sigma",))
     + tuple(f"hue_{k}" for k in range(len(HUE_EDGES) + 1))
     + tuple(f"grad{s}_hist_{b}" for s in range(SCALES) for b in range(len(GRAD_EDGES) + 1))
@@ -86,14 +104,15 @@ FEATURE_NAMES = (
 def _dct_basis(n: int = 8) -> torch.Tensor:
     """The n*n 2-D DCT-II basis as conv kernels [n*n, 1, n, n] (orthonormal)."""
     k = torch.arange(n, dtype=torch.float64)
-    rows = torch.stack([math.sqrt((1 if u == 0 else 2) / n) * torch.cos((2 * k + 1) * u * math.pi / (2 * n))
-                        for u in range(n)])
+    rows = torch.stack(
+        [math.sqrt((1 if u == 0 else 2) / n) * torch.cos((2 * k + 1) * u * math.pi / (2 * n)) for u in range(n)]
+    )
     return torch.einsum("ui,vj->uvij", rows, rows).reshape(n * n, 1, n, n).float()
 
 
 def _gaussian(sigma: float = 7 / 6, size: int = 7) -> torch.Tensor:
     x = torch.arange(size, dtype=torch.float32) - size // 2
-    g = torch.exp(-x**2 / (2 * sigma**2))
+    g = torch.exp(-(x**2) / (2 * sigma**2))
     g = g / g.sum()
     return (g[:, None] * g[None]).view(1, 1, size, size)  # one 7x7 conv beats two 1-D passes on CPU
 
@@ -124,10 +143,14 @@ def _moments(m: torch.Tensor) -> list[torch.Tensor]:
     m2 = (m * m).mean((1, 2, 3))
     neg = (m < 0).float()
     pos = 1 - neg
-    return [m2, m.abs().mean((1, 2, 3)) / (m2 + EPS).sqrt(), (m**4).mean((1, 2, 3)) / (m2**2 + EPS),
-            (m**3).mean((1, 2, 3)) / (m2**1.5 + EPS),
-            torch.sqrt((m * m * neg).sum((1, 2, 3)) / neg.sum((1, 2, 3)).clamp_min(1)),
-            torch.sqrt((m * m * pos).sum((1, 2, 3)) / pos.sum((1, 2, 3)).clamp_min(1))]
+    return [
+        m2,
+        m.abs().mean((1, 2, 3)) / (m2 + EPS).sqrt(),
+        (m**4).mean((1, 2, 3)) / (m2**2 + EPS),
+        (m**3).mean((1, 2, 3)) / (m2**1.5 + EPS),
+        torch.sqrt((m * m * neg).sum((1, 2, 3)) / neg.sum((1, 2, 3)).clamp_min(1)),
+        torch.sqrt((m * m * pos).sum((1, 2, 3)) / pos.sum((1, 2, 3)).clamp_min(1)),
+    ]
 
 
 class Responses(NamedTuple):
@@ -196,8 +219,9 @@ class QualityStats(nn.Module):
         grays = self._pyramid(gray)
         return self._basic(rgb, grays, self._responses(grays))[0]
 
-    def _basic(self, rgb: torch.Tensor, grays: list[torch.Tensor],
-               responses: list[Responses]) -> tuple[torch.Tensor, list[torch.Tensor]]:
+    def _basic(
+        self, rgb: torch.Tensor, grays: list[torch.Tensor], responses: list[Responses]
+    ) -> tuple[torch.Tensor, list[torch.Tensor]]:
         """The basic group, and the maps of log Laplacian energy per 16px block at each scale
         [N,1,bh,bw] (the layout group reads them too)."""
         feats, block_maps = [], []
@@ -218,12 +242,18 @@ class QualityStats(nn.Module):
         sat = rgb.amax(1) - rgb.amin(1)
         rg, yb = _opponent(rgb)
         colourfulness = torch.sqrt(rg.var((1, 2, 3)) + yb.var((1, 2, 3)) + EPS) + 0.3 * torch.sqrt(
-            rg.mean((1, 2, 3)) ** 2 + yb.mean((1, 2, 3)) ** 2 + EPS)
+            rg.mean((1, 2, 3)) ** 2 + yb.mean((1, 2, 3)) ** 2 + EPS
+        )
         local_mean = F.avg_pool2d(gray, 8)
         local_var = (F.avg_pool2d(gray * gray, 8) - local_mean * local_mean).clamp_min(0)
         feats += [
-            luma.mean(1), luma.std(1), (luma < 0.02).float().mean(1), (luma > 0.98).float().mean(1),
-            sat.flatten(1).mean(1), sat.flatten(1).std(1), colourfulness,
+            luma.mean(1),
+            luma.std(1),
+            (luma < 0.02).float().mean(1),
+            (luma > 0.98).float().mean(1),
+            sat.flatten(1).mean(1),
+            sat.flatten(1).std(1),
+            colourfulness,
             torch.sqrt(local_var + EPS).flatten(1).mean(1),
         ]
         return torch.stack(feats, 1), block_maps
@@ -266,9 +296,11 @@ class QualityStats(nn.Module):
         feats = []
         for blocks in block_maps[:2]:
             flat = blocks.flatten(1)
-            feats += [_pick(_sorted(flat), QUANTILES),
-                      F.avg_pool2d(blocks, (int(blocks.shape[2]) // 4, int(blocks.shape[3]) // 4)).flatten(1)[:, :16],
-                      flat.std(1, keepdim=True)]
+            feats += [
+                _pick(_sorted(flat), QUANTILES),
+                F.avg_pool2d(blocks, (int(blocks.shape[2]) // 4, int(blocks.shape[3]) // 4)).flatten(1)[:, :16],
+                flat.std(1, keepdim=True),
+            ]
         hi, lo = rgb.amax(1), rgb.amin(1)
         sat = ((hi - lo) / (hi + EPS)).flatten(1)
         feats.append(torch.stack([(sat < t).float().mean(1) for t in SAT_LEVELS], 1))
@@ -298,8 +330,10 @@ class QualityStats(nn.Module):
         for g in grays[:2]:
             centre = g[:, :, 1:-1, 1:-1]
             h, w = centre.shape[2], centre.shape[3]
-            bits = [(g[:, :, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] >= centre + LBP_THRESHOLD).float()
-                    for dy, dx in LBP_NEIGHBOURS]
+            bits = [
+                (g[:, :, 1 + dy : 1 + dy + h, 1 + dx : 1 + dx + w] >= centre + LBP_THRESHOLD).float()
+                for dy, dx in LBP_NEIGHBOURS
+            ]
             ones = sum(bits)
             transitions = sum((bits[i] - bits[(i + 1) % 8]).abs() for i in range(8))
             code = torch.where(transitions <= 2, ones, torch.full_like(ones, 9)).flatten(1)  # 9: not uniform
@@ -311,9 +345,19 @@ class QualityStats(nn.Module):
         grays = self._pyramid(gray)
         responses = self._responses(grays)
         basic, block_maps = self._basic(rgb, grays, responses)
-        return torch.cat([basic, self._dct(grays[0]), self._dct(grays[1]), torch.stack(self._mscn(grays), 1),
-                          *self._tone(rgb, gray), *self._layout(rgb, gray, block_maps), *self._colour(rgb),
-                          *self._texture(grays, responses)], 1)
+        return torch.cat(
+            [
+                basic,
+                self._dct(grays[0]),
+                self._dct(grays[1]),
+                torch.stack(self._mscn(grays), 1),
+                *self._tone(rgb, gray),
+                *self._layout(rgb, gray, block_maps),
+                *self._colour(rgb),
+                *self._texture(grays, responses),
+            ],
+            1,
+        )
 
     @torch.no_grad()
     def fit(self, raw_features: torch.Tensor) -> None:
@@ -339,9 +383,18 @@ class StatsHead(nn.Module):
     def __init__(self, num_features: int, hidden: int, heads: int = 1, dropout: float = 0.0):
         super().__init__()
         self.mlps = nn.ModuleList(
-            nn.Sequential(nn.Dropout(dropout / 3), nn.Linear(num_features, hidden), nn.GELU(), nn.Dropout(dropout),
-                          nn.Linear(hidden, hidden), nn.GELU(), nn.Dropout(dropout), nn.Linear(hidden, 1))
-            for _ in range(heads))
+            nn.Sequential(
+                nn.Dropout(dropout / 3),
+                nn.Linear(num_features, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, hidden),
+                nn.GELU(),
+                nn.Dropout(dropout),
+                nn.Linear(hidden, 1),
+            )
+            for _ in range(heads)
+        )
 
     def each(self, features: torch.Tensor) -> torch.Tensor:
         """Every head's score [N, heads], for training the heads independently."""

@@ -44,18 +44,55 @@ def register(cfg):
 
 # The CPU default: patch 8 keeps the token grid at 56x56 for a 448 crop (as Swin-T at 224),
 # ~1.7 GFLOP and 4.8M parameters per image.
-register(ScorerConfig("swin_compact", embed_dim=40, depths=(2, 2, 6, 2), num_heads=(2, 4, 8, 16), patch_size=8,
-                      notes="CPU default, ~1.7 GFLOP/img at 448"))
+register(
+    ScorerConfig(
+        "swin_compact",
+        embed_dim=40,
+        depths=(2, 2, 6, 2),
+        num_heads=(2, 4, 8, 16),
+        patch_size=8,
+        notes="CPU default, ~1.7 GFLOP/img at 448",
+    )
+)
 # The shipped CPU default: swin_compact plus the in-graph quality statistics and their head
 # of 10 MLPs (5 cross-fitted, 5 on every photo with a cross_fit = 5 stats stage).
-register(ScorerConfig("swin_compact_stats", embed_dim=40, depths=(2, 2, 6, 2), num_heads=(2, 4, 8, 16), patch_size=8,
-                      stats=True, stats_heads=10, notes="CPU default with fused statistics, ~1.7 GFLOP/img at 448"))
+register(
+    ScorerConfig(
+        "swin_compact_stats",
+        embed_dim=40,
+        depths=(2, 2, 6, 2),
+        num_heads=(2, 4, 8, 16),
+        patch_size=8,
+        stats=True,
+        stats_heads=10,
+        notes="CPU default with fused statistics, ~1.7 GFLOP/img at 448",
+    )
+)
 # A few-kFLOP network for the test suite's end-to-end training runs.
-register(ScorerConfig("swin_test_micro", embed_dim=8, depths=(1, 1, 1, 1), num_heads=(1, 1, 1, 1), patch_size=8,
-                      stats=True, stats_hidden=8, stats_heads=3, drop_path_rate=0.0, notes="tests only"))
+register(
+    ScorerConfig(
+        "swin_test_micro",
+        embed_dim=8,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 1, 1),
+        patch_size=8,
+        stats=True,
+        stats_hidden=8,
+        stats_heads=3,
+        drop_path_rate=0.0,
+        notes="tests only",
+    )
+)
 # Full-resolution tokens (patch 4) at a small width: ~4.3 GFLOP, 3.1M parameters.
-register(ScorerConfig("swin_compact_p4", embed_dim=32, depths=(2, 2, 6, 2), num_heads=(1, 2, 4, 8),
-                      notes="finer tokens, ~4.3 GFLOP/img at 448"))
+register(
+    ScorerConfig(
+        "swin_compact_p4",
+        embed_dim=32,
+        depths=(2, 2, 6, 2),
+        num_heads=(1, 2, 4, 8),
+        notes="finer tokens, ~4.3 GFLOP/img at 448",
+    )
+)
 # timm's standard sizes, at 448 (timm weight names: swin_{tiny,small,base}_patch4_window7_224).
 register(ScorerConfig("swin_tiny_448", 96, (2, 2, 6, 2), (3, 6, 12, 24), drop_path_rate=0.2, notes="~36 GFLOP/img"))
 register(ScorerConfig("swin_small_448", 96, (2, 2, 18, 2), (3, 6, 12, 24), drop_path_rate=0.3, notes="~70 GFLOP/img"))
@@ -67,14 +104,19 @@ def _register_prior_models() -> None:
 
     # The shipped default: EfficientNet-Lite0's ImageNet stages (frozen, from a PyPI package)
     # as the patch embedding of two Swin stages, fused with its pooled statistics in one head.
-    register(PriorSwinConfig("lite0_swin", notes="default: pretrained Lite0 trunk + Swin at 28/14, ~3 GFLOP/img at 448"))
+    register(
+        PriorSwinConfig("lite0_swin", notes="default: pretrained Lite0 trunk + Swin at 28/14, ~3 GFLOP/img at 448")
+    )
     # The same Swin over the same tokens, without the pooled statistics in the head.
     register(PriorSwinConfig("lite0_swin_only", use_pooled=False, notes="Swin over the Lite0 tokens alone"))
     # Larger priors from the same family (issue 23): Lite1 has Lite0's widths, Lite2 its own.
     register(PriorSwinConfig("lite1_swin", prior="lite1", notes="pretrained Lite1 trunk + Swin at 28/14"))
     register(PriorSwinConfig("lite2_swin", prior="lite2", notes="pretrained Lite2 trunk + Swin at 28/14"))
-    register(PriorSwinConfig("lite0_swin_test", embed_dim=8, depths=(1, 1), num_heads=(1, 1), drop_path_rate=0.0,
-                             notes="tests only"))
+    register(
+        PriorSwinConfig(
+            "lite0_swin_test", embed_dim=8, depths=(1, 1), num_heads=(1, 1), drop_path_rate=0.0, notes="tests only"
+        )
+    )
 
 
 _register_prior_models()
@@ -107,9 +149,14 @@ class SwinScorer(nn.Module):
 
         self.config = cfg
         self.backbone = SwinTransformer(
-            img_size=cfg.img_size, patch_size=cfg.patch_size, window_size=cfg.window_size,
-            embed_dim=cfg.embed_dim, depths=cfg.depths, num_heads=cfg.num_heads,
-            drop_path_rate=cfg.drop_path_rate, num_classes=0,
+            img_size=cfg.img_size,
+            patch_size=cfg.patch_size,
+            window_size=cfg.window_size,
+            embed_dim=cfg.embed_dim,
+            depths=cfg.depths,
+            num_heads=cfg.num_heads,
+            drop_path_rate=cfg.drop_path_rate,
+            num_classes=0,
         )
         width = self.backbone.num_features
         if cfg.head_hidden:
@@ -139,8 +186,11 @@ class SwinScorer(nn.Module):
             # small energies lose their meaning in FP16.
             with torch.autocast(x.device.type, enabled=False):
                 features = self.stats(x.float())
-                stats_score = (self.stats_head(features) if member is None
-                               else self.stats_head.each(features).gather(1, member.view(-1, 1)))
+                stats_score = (
+                    self.stats_head(features)
+                    if member is None
+                    else self.stats_head.each(features).gather(1, member.view(-1, 1))
+                )
                 score = score.float() + stats_score
         return score
 
@@ -164,8 +214,13 @@ class TwinScorer(nn.Module):
         super().__init__()
         self.scorer = scorer
 
-    def forward(self, a: torch.Tensor, b: torch.Tensor, member_a: torch.Tensor | None = None,
-                member_b: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        a: torch.Tensor,
+        b: torch.Tensor,
+        member_a: torch.Tensor | None = None,
+        member_b: torch.Tensor | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Standardised scores of both images (see `SwinScorer.forward_z` for members). One
         pass over the concatenation: same weights, one kernel launch per layer."""
         member = None if member_a is None else torch.cat([member_a, member_b])

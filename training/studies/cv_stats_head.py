@@ -27,12 +27,12 @@ from scipy.stats import pearsonr, spearmanr
 from sampleiqa.training.config import StageConfig
 from sampleiqa.training.data.cache import build_cache
 from sampleiqa.training.data.datasets import load_biq2021
-from sampleiqa.training.prediction import raw_stats
-from sampleiqa.training.stats_stage import fit_stats_head
-from sampleiqa.training.schedule import lr_at
 from sampleiqa.training.losses import RANK_LOSSES
 from sampleiqa.training.models import create_model
 from sampleiqa.training.models.stats import FEATURE_NAMES, StatsHead
+from sampleiqa.training.prediction import raw_stats
+from sampleiqa.training.schedule import lr_at
+from sampleiqa.training.stats_stage import fit_stats_head
 
 # What v2 added: colour and texture groups, and the third MSCN scale and left/right spreads.
 V2_ONLY = ("rg_", "yb_", "hue_", "grad", "gmlog", "lbp", "mscn2_")
@@ -90,5 +90,8 @@ for features in (sys.argv[2] if len(sys.argv) > 2 else "all").split(","):
         with torch.no_grad():
             oof[test] = head.eval()(x[test]).view(-1).numpy()
         print(f"{variant} {features} fold {k}: SROCC {spearmanr(oof[test], z[test])[0]:.4f}", flush=True)
-    print(f"{variant} {features} ({x.shape[1]} statistics): out-of-fold SROCC {spearmanr(oof, z)[0]:.4f} "
-          f"PLCC {pearsonr(oof, z)[0]:.4f}", flush=True)
+    print(
+        f"{variant} {features} ({x.shape[1]} statistics): out-of-fold SROCC {spearmanr(oof, z)[0]:.4f} "
+        f"PLCC {pearsonr(oof, z)[0]:.4f}",
+        flush=True,
+    )

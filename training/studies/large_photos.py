@@ -53,8 +53,9 @@ def scores_at(photos: list[bytes], session) -> tuple[np.ndarray, float]:
     """Scores of the photos through the served preprocessing and scorer; preprocessing ms/photo."""
     start, pixels = time.perf_counter(), [preprocess_bytes(d).pixels for d in photos]
     ms = (time.perf_counter() - start) * 1000 / len(photos)
-    out = np.concatenate([session.run(None, {"PIXELS": np.stack(pixels[i:i + 8])})[0].reshape(-1)
-                          for i in range(0, len(pixels), 8)])
+    out = np.concatenate(
+        [session.run(None, {"PIXELS": np.stack(pixels[i : i + 8])})[0].reshape(-1) for i in range(0, len(pixels), 8)]
+    )
     return out, ms
 
 
@@ -62,9 +63,12 @@ def compare(native: np.ndarray, other: np.ndarray) -> dict:
     from scipy.stats import spearmanr
 
     d = other - native
-    return {"mean_shift": float(d.mean()), "max_abs_diff": float(np.abs(d).max()),
-            "within_tolerance": float((np.abs(d) <= TOLERANCE).mean()),
-            "srocc_vs_native": float(spearmanr(native, other).statistic)}
+    return {
+        "mean_shift": float(d.mean()),
+        "max_abs_diff": float(np.abs(d).max()),
+        "within_tolerance": float((np.abs(d) <= TOLERANCE).mean()),
+        "srocc_vs_native": float(spearmanr(native, other).statistic),
+    }
 
 
 def study(count: int) -> dict:
@@ -85,9 +89,10 @@ def study(count: int) -> dict:
         finally:
             crops.VIEW_SIDE = now
         native = by_factor[1][0]
-        result["policies"][policy] = {f"{f}x": {**(compare(native, s) if f > 1 else {}), "preprocess_ms": ms,
-                                                "mean_score": float(s.mean())}
-                                      for f, (s, ms) in by_factor.items()}
+        result["policies"][policy] = {
+            f"{f}x": {**(compare(native, s) if f > 1 else {}), "preprocess_ms": ms, "mean_score": float(s.mean())}
+            for f, (s, ms) in by_factor.items()
+        }
     return result
 
 
@@ -101,17 +106,26 @@ def kernels(count: int) -> dict:
 
     session = cpu_session(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx", threads=2)
     paths = val_photos(count)
-    run = lambda px: np.concatenate([session.run(None, {"PIXELS": np.stack(px[i:i + 8])})[0].reshape(-1)  # noqa: E731
-                                     for i in range(0, len(px), 8)])
+
+    def run(px):
+        return np.concatenate(
+            [session.run(None, {"PIXELS": np.stack(px[i : i + 8])})[0].reshape(-1) for i in range(0, len(px), 8)]
+        )
+
     native = run([preprocess_bytes(p.read_bytes()).pixels for p in paths])
-    cv = {"OpenCV INTER_AREA (used)": cv2.INTER_AREA, "OpenCV INTER_CUBIC (no antialiasing)": cv2.INTER_CUBIC,
-          "OpenCV INTER_LANCZOS4 (no antialiasing)": cv2.INTER_LANCZOS4}
+    cv = {
+        "OpenCV INTER_AREA (used)": cv2.INTER_AREA,
+        "OpenCV INTER_CUBIC (no antialiasing)": cv2.INTER_CUBIC,
+        "OpenCV INTER_LANCZOS4 (no antialiasing)": cv2.INTER_LANCZOS4,
+    }
     pil = {"Pillow BICUBIC (antialiased)": Image.BICUBIC, "Pillow LANCZOS (antialiased)": Image.LANCZOS}
     out = {}
     for f in FACTORS[1:]:
         ups = [cv2.resize(cv2.imread(str(p)), None, fx=f, fy=f, interpolation=cv2.INTER_LANCZOS4) for p in paths]
-        downs = {**{k: [cv2.resize(u, (512, 512), interpolation=v) for u in ups] for k, v in cv.items()},
-                 **{k: [np.asarray(Image.fromarray(u).resize((512, 512), v)) for u in ups] for k, v in pil.items()}}
+        downs = {
+            **{k: [cv2.resize(u, (512, 512), interpolation=v) for u in ups] for k, v in cv.items()},
+            **{k: [np.asarray(Image.fromarray(u).resize((512, 512), v)) for u in ups] for k, v in pil.items()},
+        }
         for name, images in downs.items():
             scores = run([to_pixels(np.ascontiguousarray(d[32:480, 32:480])) for d in images])
             out.setdefault(name, {})[f"{f}x"] = compare(native, scores)
@@ -119,28 +133,44 @@ def kernels(count: int) -> dict:
 
 
 def markdown(r: dict) -> str:
-    lines = ["# Large photos: the same photos at native size, 2x and 4x (Lanczos, JPEG q95)", "",
-             f"`python -m sampleiqa.training.studies.large_photos --photos {r['photos']}`: {r['photos']} BIQ2021 `val` "
-             "photos (512x512), scored through `preprocess_bytes` and the shipped ONNX scorer.", "",
-             f"| policy | size | mean shift | within {r['tolerance']} | max diff | SROCC vs native | preprocess ms |",
-             "|---|---|---|---|---|---|---|"]
+    lines = [
+        "# Large photos: the same photos at native size, 2x and 4x (Lanczos, JPEG q95)",
+        "",
+        f"`python -m sampleiqa.training.studies.large_photos --photos {r['photos']}`: {r['photos']} BIQ2021 `val` "
+        "photos (512x512), scored through `preprocess_bytes` and the shipped ONNX scorer.",
+        "",
+        f"| policy | size | mean shift | within {r['tolerance']} | max diff | SROCC vs native | preprocess ms |",
+        "|---|---|---|---|---|---|---|",
+    ]
     for policy, rows in r["policies"].items():
         for size, row in rows.items():
             if size == "1x":
                 lines.append(f"| {policy} | 1x (512) | | | | | {row['preprocess_ms']:.1f} |")
                 continue
-            lines.append(f"| {policy} | {size} | {row['mean_shift']:+.3f} | {row['within_tolerance']:.0%} | "
-                         f"{row['max_abs_diff']:.3f} | {row['srocc_vs_native']:.3f} | {row['preprocess_ms']:.1f} |")
+            lines.append(
+                f"| {policy} | {size} | {row['mean_shift']:+.3f} | {row['within_tolerance']:.0%} | "
+                f"{row['max_abs_diff']:.3f} | {row['srocc_vs_native']:.3f} | {row['preprocess_ms']:.1f} |"
+            )
     if "kernels" in r:
-        lines += ["", "The downscale's kernel, on the same stand-in (upscaled photo back to 512, centre crop):", "",
-                  "| kernel | 2x mean shift | 2x within | 4x mean shift | 4x within |", "|---|---|---|---|---|"]
+        lines += [
+            "",
+            "The downscale's kernel, on the same stand-in (upscaled photo back to 512, centre crop):",
+            "",
+            "| kernel | 2x mean shift | 2x within | 4x mean shift | 4x within |",
+            "|---|---|---|---|---|",
+        ]
         for name, rows in r["kernels"].items():
-            lines.append(f"| {name} | {rows['2x']['mean_shift']:+.3f} | {rows['2x']['within_tolerance']:.0%} | "
-                         f"{rows['4x']['mean_shift']:+.3f} | {rows['4x']['within_tolerance']:.0%} |")
-        lines += ["", "INTER_AREA stays. The kernels that do better here do not antialias: an upscaled photo has no "
-                  "detail past its old resolution, so they lose nothing on the stand-in, but on a real 12 MP photo "
-                  "(a 6x reduction) they alias, and aliasing reads as noise. The antialiased kernels (Pillow's) are "
-                  "as soft as INTER_AREA here, and the GPU path already matches INTER_AREA."]
+            lines.append(
+                f"| {name} | {rows['2x']['mean_shift']:+.3f} | {rows['2x']['within_tolerance']:.0%} | "
+                f"{rows['4x']['mean_shift']:+.3f} | {rows['4x']['within_tolerance']:.0%} |"
+            )
+        lines += [
+            "",
+            "INTER_AREA stays. The kernels that do better here do not antialias: an upscaled photo has no "
+            "detail past its old resolution, so they lose nothing on the stand-in, but on a real 12 MP photo "
+            "(a 6x reduction) they alias, and aliasing reads as noise. The antialiased kernels (Pillow's) are "
+            "as soft as INTER_AREA here, and the GPU path already matches INTER_AREA.",
+        ]
     return "\n".join(lines) + "\n"
 
 

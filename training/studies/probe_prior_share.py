@@ -22,22 +22,30 @@ from sampleiqa.training.metrics import evaluate_scores, headline
 
 args = [a for a in sys.argv[1:] if "=" not in a and not a.startswith("--")]
 spec = dict(a.split("=", 1) for a in sys.argv[1:] if "=" in a) or {
-    "kind": "biq2021", "root": "../shared/data/biq2021", "split": "val"}
+    "kind": "biq2021",
+    "root": "../shared/data/biq2021",
+    "split": "val",
+}
 model, _ = load_scorer(args[0] if args else "training/weights/biq2021_default.pt")
 data = build_features(build_cache(create_dataset(spec)), model.trunk, views=3)
 top = model.top.eval()
 parts = {"Swin": [], "pooled statistics": [], "Swin-only auxiliary head": []}
 with torch.no_grad():
     for start in range(0, len(data), 64):
-        tokens = torch.from_numpy(data.tokens[start:start + 64, 0].astype(np.float32))
-        swin, pooled = top.parts(tokens, torch.from_numpy(data.pooled[start:start + 64, 0]))
+        tokens = torch.from_numpy(data.tokens[start : start + 64, 0].astype(np.float32))
+        swin, pooled = top.parts(tokens, torch.from_numpy(data.pooled[start : start + 64, 0]))
         parts["Swin"].append((swin @ top.swin_weight()[0]).numpy())
-        parts["pooled statistics"].append((pooled @ top.pooled_weight()[0]).numpy() if top.config.use_pooled
-                                          else np.zeros(len(swin), np.float32))
+        parts["pooled statistics"].append(
+            (pooled @ top.pooled_weight()[0]).numpy() if top.config.use_pooled else np.zeros(len(swin), np.float32)
+        )
         parts["Swin-only auxiliary head"].append(top.swin_head(swin).view(-1).numpy())
 parts = {k: np.concatenate(v) for k, v in parts.items()}
 parts["served (sum)"] = parts["Swin"] + parts["pooled statistics"]
 print(f"{len(data)} photos ({spec})")
 for name, z in parts.items():
-    h = headline(evaluate_scores(z, data.scores, data.scenes)) if z.std() > 0 else {"srocc": float("nan"), "plcc": float("nan")}
+    h = (
+        headline(evaluate_scores(z, data.scores, data.scenes))
+        if z.std() > 0
+        else {"srocc": float("nan"), "plcc": float("nan")}
+    )
     print(f"| {name} | std {z.std():.3f} | SROCC {h['srocc']:.4f} | PLCC {h['plcc']:.4f} |")

@@ -16,9 +16,14 @@ from sampleiqa.training.data.cache import build_cache
 from sampleiqa.training.data.datasets import load_biq2021
 from sampleiqa.training.prediction import predict_cached
 
-model, _ = load_scorer(sys.argv[1] if len(sys.argv) > 1 else sys.exit(
-    "usage: CHECKPOINT of a statistics model (swin_compact_stats; the shipped one until 2026-11-27 is "
-    "training/weights/biq2021_default.pt in git history before the prior)"))
+model, _ = load_scorer(
+    sys.argv[1]
+    if len(sys.argv) > 1
+    else sys.exit(
+        "usage: CHECKPOINT of a statistics model (swin_compact_stats; the shipped one until 2026-11-27 is "
+        "training/weights/biq2021_default.pt in git history before the prior)"
+    )
+)
 for split in ("train", "val"):
     dataset = load_biq2021("../shared/data/biq2021", split)
     dataset.samples = dataset.samples[:500]

@@ -60,11 +60,15 @@ class TritonPythonModel:
                 boxes[k] = result.face_box
                 found[k, 0] = result.face_found
             if error is None:
-                responses.append(pb_utils.InferenceResponse(output_tensors=[
-                    pb_utils.Tensor(PIXELS, pixels[start:stop]),
-                    pb_utils.Tensor(FACE_BOX, boxes[start:stop]),
-                    pb_utils.Tensor(FACE_FOUND, found[start:stop]),
-                ]))
+                responses.append(
+                    pb_utils.InferenceResponse(
+                        output_tensors=[
+                            pb_utils.Tensor(PIXELS, pixels[start:stop]),
+                            pb_utils.Tensor(FACE_BOX, boxes[start:stop]),
+                            pb_utils.Tensor(FACE_FOUND, found[start:stop]),
+                        ]
+                    )
+                )
             else:
                 responses.append(pb_utils.InferenceResponse(error=pb_utils.TritonError(error)))
                 if self.credits:  # the scorer never sees a failed request

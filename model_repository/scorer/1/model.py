@@ -49,8 +49,11 @@ class TritonPythonModel:
         # 8); shrinking it after every large batch costs as much under sustained load (a
         # third of the throughput at 16 requests in flight). So it grows under load and is
         # shrunk back once no batch over arena_keep_batch has run for arena_shrink_after_s.
-        self.arena = ArenaShrinker(self.session, int(_param(parameters, "arena_keep_batch", "1")),
-                                   float(_param(parameters, "arena_shrink_after_s", "5")))
+        self.arena = ArenaShrinker(
+            self.session,
+            int(_param(parameters, "arena_keep_batch", "1")),
+            float(_param(parameters, "arena_shrink_after_s", "5")),
+        )
         self.run_batch = max(1, int(_param(parameters, "run_batch", "4")))
         limit = limit_from(parameters)
         self.credits = CropCredits(limit) if limit else None
@@ -58,8 +61,9 @@ class TritonPythonModel:
     def execute(self, requests):
         batches = request_pixels(pb_utils, requests)
         with self.credits.scoring() if self.credits else nullcontext():
-            scores = score_in_chunks(self._run, batches, self.run_batch,
-                                     self.credits.give_back if self.credits else None)
+            scores = score_in_chunks(
+                self._run, batches, self.run_batch, self.credits.give_back if self.credits else None
+            )
         return split_responses(pb_utils, batches, scores)
 
     def _run(self, pixels):
