@@ -29,6 +29,8 @@ model that cannot build fails in CI, not on a GPU host. This module imports with
 TensorRT (it is imported inside the functions); the tests drive the whole builder through a
 fake `tensorrt` module that records its calls. No machine here has TensorRT or a GPU: no
 real engine has been built by this project.
+
+(Over 300 lines: one builder, from the ONNX checks to the plan and its profile, read in order.)
 """
 
 from __future__ import annotations

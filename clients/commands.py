@@ -1,5 +1,8 @@
 """`sampleiqa score` and `sampleiqa serve`: their flags and what they run. Light at import
-(the CLI builds every parser); the work is in bulk.py and server.py."""
+(the CLI builds every parser); the work is in bulk.py and server.py.
+
+(Over 300 lines: the flags of `score` and `serve` and their runs; one engine interface is issue 26's part 4.)
+"""
 
 from __future__ import annotations
 

@@ -15,6 +15,8 @@ same name: one row per file, never two.
 
 Same rows, error codes and exit codes as the local CLI; a rerun with --resume scores the
 shards that are missing or hold [server]/[timeout]/[storage] rows, keeping their final rows.
+
+(Over 300 lines: the driver, its listing thread and the actors share one protocol of shards.)
 """
 
 from __future__ import annotations

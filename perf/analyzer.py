@@ -2,6 +2,8 @@
 
 One call per level lets the harness read Triton's statistics before and after it, so the
 scorer's executed batch sizes belong to that level alone. Its CSV (`-f`) is parsed here.
+
+(Over 300 lines: finding perf_analyzer and its libraries, one call, and its CSV belong together.)
 """
 
 from __future__ import annotations

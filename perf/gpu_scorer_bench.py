@@ -15,6 +15,8 @@ FLOPs per image are counted by torch.utils.flop_counter on one FP32 forward
 not counted). A time budget (default 7.5 min) keeps it under 8 minutes: whatever does
 not fit is skipped and says so. Writes <out>/gpu_scorer_<card>_<model>.{md,json,png} after
 every point, so a run killed by an outer timeout keeps what it measured.
+
+(Over 300 lines: one benchmark with its anchors, report and plot.)
 """
 
 from __future__ import annotations

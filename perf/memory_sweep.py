@@ -14,6 +14,8 @@ Triton too), which is what a cgroup limit sees; the sum of RSS is shown beside i
 last point the server idles --idle-s and its memory is compared with the warm server's.
 --large-photos N adds one point over N of the photos upscaled (Lanczos) to 12 MP phone-size
 JPEGs (4032x3024), at --large-concurrency: decoding them is where preprocess's memory grows.
+
+(Over 300 lines: one study, sampling /proc while real clients run, with its report and plot.)
 """
 
 from __future__ import annotations
