@@ -131,20 +131,17 @@ class Served:
             "same_scores": bool(scored and not errors and max(diffs) <= FP16_TOLERANCE),
         }
 
-    def figures(
-        self, photos: list[bytes], pixels: list, out: Path, levels: dict[str, int], measurement_ms: int
-    ) -> dict:
+    def figures(self, photos: list[bytes], pixels: list, out: Path, levels: dict[str, int], settings) -> dict:
         """Each model alone and the ensemble, at one level each, with every tensor through
         system shared memory (the steps' own figures, not gRPC's transfer of crops), and the
-        batch sizes Triton formed meanwhile."""
+        batch sizes Triton formed meanwhile. `settings`: perf_analyzer's (AnalyzerSettings)."""
         import tritonclient.grpc as grpcclient
 
-        from .analyzer import AnalyzerSettings, Load, measure
+        from .analyzer import Load, measure
         from .batch_stats import batch_executions, executed_between, mean_batch
         from .inputs import write_inputs
 
         data = write_inputs(out, photos, pixels)
-        settings = AnalyzerSettings(measurement_ms=measurement_ms, stability_percent=25, max_trials=4)
         inputs = {ENSEMBLE: data["image"], PREPROCESS: data["image"], SCORER: data["pixels"]}
         rows = {}
         client = grpcclient.InferenceServerClient(self.server.url)
