@@ -112,51 +112,25 @@ def graphed(fn, x):
 
 def gpu_preprocess(device: str, photos: list[bytes], batch: int, seconds: float) -> dict:
     """The GPU preprocessing (TorchPreprocessor: nvJPEG, YuNet in torch, crops on the device)
-    against the CPU path on these photos: face decisions, boxes, pixels, scores (the committed
-    ONNX scorer on CPU for both), and its images/s in batches of `batch` against OpenCV's
-    path on one core."""
-    import numpy as np
-
-    from sampleiqa.onnx_runtime import cpu_session
-    from sampleiqa.paths import DEFAULT_REPOSITORY
-    from sampleiqa.preprocessing import PreprocessError, preprocess_bytes
+    against the CPU path on these photos, compared as gpu_preprocess_parity compares the 500
+    `val` photos (face decisions, boxes, pixels, scores of the committed ONNX scorer on CPU),
+    and its images/s in batches of `batch`, held for `seconds`."""
     from sampleiqa.preprocessing.torch_pipeline import TorchPreprocessor
 
+    from .gpu_preprocess_parity import compare, run_cpu, run_torch, score
     from .gpu_scorer_bench import rate
-    from .gpu_served import iou
 
     pre = TorchPreprocessor(device=device)
-    got = pre(photos)
-    session = cpu_session(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx")
-    decisions, ious, diffs, pixel_diffs = 0, [], [], []
-    for k, data in enumerate(photos):
-        try:
-            ref = preprocess_bytes(data)
-        except PreprocessError:
-            continue
-        if got.errors[k]:
-            continue
-        mine = got.pixels[k].cpu().numpy()
-        decisions += bool(got.found[k]) == ref.face_found
-        if got.found[k] and ref.face_found:
-            ious.append(iou(tuple(got.boxes[k]), tuple(ref.face_box)))
-        pixel_diffs.append(float(np.abs(mine.astype(np.int16) - ref.pixels).mean()))
-        scores = session.run(None, {"PIXELS": np.stack([mine, ref.pixels])})[0].reshape(-1)
-        diffs.append(abs(float(scores[0]) - float(scores[1])))
+    t, c = run_torch(photos, device, batch, pre), run_cpu(photos)
+    r = compare(t, c, score(t["pixels"]), score(c["pixels"]))
     chunk = (photos * (batch // len(photos) + 1))[:batch]
-    n = len(diffs)
     return {
-        "photos": len(photos),
-        "compared": n,
-        "errors": sum(bool(e) for e in got.errors),
-        "same_face_decision": decisions / n if n else None,
-        "min_face_iou": min(ious, default=None),
-        "scores_within_1e-2": sum(d <= 1e-2 for d in diffs) / n if n else None,
-        "max_score_diff": max(diffs, default=None),
-        "mean_abs_pixel_diff": float(np.mean(pixel_diffs)) if n else None,
+        **r,
+        "compared": r["scored"],
+        "same_face_decision": r["same_decision_pct"] / 100,
+        "scores_within_1e-2": r["within_1e-2_pct"] / 100,
         "torch_img_s": rate(lambda: pre(chunk), batch, seconds, device),
         "batch": batch,
-        "opencv_one_core_img_s": rate(lambda: [preprocess_bytes(d) for d in photos], len(photos), seconds, "cpu"),
     }
 
 

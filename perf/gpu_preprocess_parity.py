@@ -38,12 +38,12 @@ def val_photos(data: Path, limit: int | None) -> tuple[list[Path], np.ndarray]:
     return [data / "biq2021" / "images" / r["image"] for r in rows], np.array([float(r["mos"]) for r in rows])
 
 
-def run_torch(blobs: list[bytes], device: str, batch: int) -> dict:
+def run_torch(blobs: list[bytes], device: str, batch: int, pre=None) -> dict:
     import torch
 
     from sampleiqa.preprocessing.torch_pipeline import TorchPreprocessor
 
-    pre = TorchPreprocessor(device=device)
+    pre = pre or TorchPreprocessor(device=device)
     pre(blobs[: min(batch, 8)])  # warm-up: model load, kernels, weight caches
     sync = torch.cuda.synchronize if device.startswith("cuda") else (lambda: None)
     pixels, boxes, found, errors, fallback = [], [], [], [], []
@@ -96,17 +96,15 @@ def score(pixels: np.ndarray, batch: int = 32) -> np.ndarray:
     )
 
 
-def compare(t: dict, c: dict, st: np.ndarray, sc: np.ndarray, mos: np.ndarray) -> dict:
-    from scipy.stats import spearmanr
-
-    n = len(mos)
+def compare(t: dict, c: dict, st: np.ndarray, sc: np.ndarray, mos: np.ndarray | None = None) -> dict:
+    """The two paths' outputs side by side; with `mos`, each path's SROCC too."""
+    n = len(st)
     ok = np.array([a is None and b is None for a, b in zip(t["errors"], c["errors"])])
     both = ok & t["found"] & c["found"]
     ious = np.array([iou(tuple(t["boxes"][i]), tuple(c["boxes"][i])) for i in np.flatnonzero(both)])
     diff = np.abs(st - sc)[ok]
     pix = np.abs(t["pixels"][ok].astype(np.int16) - c["pixels"][ok].astype(np.int16))
-    s_t, s_c = float(spearmanr(st[ok], mos[ok])[0]), float(spearmanr(sc[ok], mos[ok])[0])
-    return {
+    report = {
         "photos": n,
         "scored": int(ok.sum()),
         "same_errors": t["errors"] == c["errors"],
@@ -123,13 +121,16 @@ def compare(t: dict, c: dict, st: np.ndarray, sc: np.ndarray, mos: np.ndarray) -
         "pixels_max_abs_diff": int(pix.max()),
         "pixels_mean_abs_diff": float(pix.mean()),
         "pixels_identical_pct": 100.0 * float((pix.reshape(len(pix), -1).max(1) == 0).mean()),
-        "srocc_torch": s_t,
-        "srocc_cpu": s_c,
-        "srocc_delta": abs(s_t - s_c),
         "fallback": dict(Counter(f for f in t["fallback"] if f is not None)),
         "images_per_s_torch": n / t["seconds"],
         "images_per_s_cpu": n / c["seconds"],
     }
+    if mos is not None:
+        from scipy.stats import spearmanr
+
+        s_t, s_c = float(spearmanr(st[ok], mos[ok])[0]), float(spearmanr(sc[ok], mos[ok])[0])
+        report.update(srocc_torch=s_t, srocc_cpu=s_c, srocc_delta=abs(s_t - s_c))
+    return report
 
 
 def passed(r: dict) -> dict:

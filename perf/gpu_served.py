@@ -12,6 +12,8 @@ from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
 from sampleiqa.cuda_pool import cuda_pool_args
 from sampleiqa.paths import DEFAULT_REPOSITORY
 
+from .face_settings import iou
+
 FP16_TOLERANCE = 1e-2  # served FP16 scores against the CPU FP32 path, on a 0-1 scale
 
 
@@ -169,12 +171,3 @@ class Served:
         if ENSEMBLE in rows and steps:
             rows["ensemble_over_slowest_step"] = rows[ENSEMBLE]["img_s"] / min(steps)
         return rows
-
-
-def iou(a, b) -> float:
-    ax0, ay0, aw, ah = a
-    bx0, by0, bw, bh = b
-    w = max(0, min(ax0 + aw, bx0 + bw) - max(ax0, bx0))
-    h = max(0, min(ay0 + ah, by0 + bh) - max(ay0, by0))
-    union = aw * ah + bw * bh - w * h
-    return w * h / union if union else 0.0
