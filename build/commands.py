@@ -10,7 +10,7 @@ import tempfile
 from pathlib import Path
 
 from sampleiqa.commands import Command
-from sampleiqa.contracts import CPU_MAX_BATCH, GPU_MAX_BATCH
+from sampleiqa.runtime.contracts import CPU_MAX_BATCH, GPU_MAX_BATCH
 
 
 def add_build_repository_arguments(p: argparse.ArgumentParser) -> None:

@@ -13,7 +13,7 @@ import logging
 import warnings
 from pathlib import Path
 
-from sampleiqa.contracts import CROP, PIXELS, SCORE
+from sampleiqa.runtime.contracts import CROP, PIXELS, SCORE
 
 from .onnx_files import save_onnx_atomic, tmp_path
 

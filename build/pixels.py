@@ -2,7 +2,7 @@
 
 Every target serves this module: the ONNX export traces it (cpu, gpu-onnx, gpu-trt) and the
 gpu-torch runner runs it, so the uint8 crop is normalised the same way everywhere, with the
-constants training uses (sampleiqa/preprocessing/normalize.py). The normalisation is its own
+constants training uses (sampleiqa/runtime/preprocessing/normalize.py). The normalisation is its own
 submodule, so its ONNX nodes are named /normalize/... and the FP16 copy keeps them FP32.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import torch
 
-from sampleiqa.preprocessing.normalize import SCALE, SHIFT
+from sampleiqa.runtime.preprocessing.normalize import SCALE, SHIFT
 
 
 class Normalize(torch.nn.Module):

@@ -23,8 +23,8 @@ import shutil
 import struct
 from pathlib import Path
 
-from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
 from sampleiqa.paths import DEFAULT_REPOSITORY, REPO_ROOT, SAMPLES
+from sampleiqa.runtime.contracts import ENSEMBLE, PREPROCESS, SCORER
 
 from .triton_config import WARMUP_FILE, RepositorySettings, all_configs, to_pbtxt
 
@@ -36,8 +36,7 @@ PACKAGE_DIR = REPO_ROOT / "sampleiqa"
 # The smallest sample (451x300, 38 KB): a server started with low --max-pixels / --max-bytes
 # (the tests use 200,000) still passes its warm-up. No face in it: detection runs, then the crop.
 WARMUP_PHOTO = SAMPLES / "chelsea.jpg"
-# What a vendored preprocess model needs from the package: no torch, no clients.
-VENDORED = ("__init__.py", "admission.py", "contracts.py", "environment.py", "preprocessing", "scores.py")
+RUNTIME_DIR = PACKAGE_DIR / "runtime"  # what runs inside Triton, and all that is vendored
 
 
 def _copy(src: Path, dst: Path) -> None:
@@ -51,8 +50,8 @@ def _copy(src: Path, dst: Path) -> None:
 
 
 def vendor_preprocessing(version_dir: Path) -> None:
-    for name in VENDORED:
-        _copy(PACKAGE_DIR / name, version_dir / "sampleiqa" / name)
+    _copy(PACKAGE_DIR / "__init__.py", version_dir / "sampleiqa" / "__init__.py")
+    _copy(RUNTIME_DIR, version_dir / "sampleiqa" / "runtime")
 
 
 def write_warmup_inputs(out: Path, photo: Path = WARMUP_PHOTO) -> None:
@@ -125,7 +124,7 @@ def build_repository(
         _copy(SOURCE_REPOSITORY / SCORER / "1" / "model.py", scorer_dir / "model.py")
         _copy(Path(onnx_path), scorer_dir / "model.onnx")
         if vendor:
-            vendor_preprocessing(scorer_dir)  # sampleiqa.scores, beside the model
+            vendor_preprocessing(scorer_dir)  # sampleiqa.runtime.scores, beside the model
     elif settings.target == "gpu-onnx":
         _copy(Path(onnx_path), scorer_dir / "model.onnx")
     elif settings.target == "gpu-torch":

@@ -41,7 +41,7 @@ import os
 import time
 from pathlib import Path
 
-from sampleiqa.contracts import GPU_MAX_BATCH, PIXELS, SCORE
+from sampleiqa.runtime.contracts import GPU_MAX_BATCH, PIXELS, SCORE
 
 log = logging.getLogger(__name__)
 

@@ -143,7 +143,7 @@ def check_onnx(path: str | Path, pixels: np.ndarray | None = None) -> None:
 
 
 def sample_pixels(folder: str | Path, n: int = 4) -> np.ndarray:
-    from sampleiqa.preprocessing import preprocess_file
+    from sampleiqa.runtime.preprocessing import preprocess_file
 
     paths = sorted(p for p in Path(folder).iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png"))[:n]
     if not paths:

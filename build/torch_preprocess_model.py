@@ -2,13 +2,13 @@
 FACE_BOX, FACE_FOUND, in PyTorch on the instance's device.
 
 build_repository copies this file to preprocess/1/model.py when the repository's preprocess
-is "torch". The work is sampleiqa.preprocessing.torch_pipeline.TorchPreprocessor: the batch's
+is "torch". The work is sampleiqa.runtime.preprocessing.torch_pipeline.TorchPreprocessor: the batch's
 JPEGs decoded together by nvJPEG, faces found by YuNet in torch, crops cut and resized on the
-device with the crop policy of the CPU path (sampleiqa.preprocessing.crops); whatever nvJPEG
+device with the crop policy of the CPU path (sampleiqa.runtime.preprocessing.crops); whatever nvJPEG
 cannot take goes through the CPU path item by item, with its checks and errors. On a GPU
 instance PIXELS leave as GPU tensors (DLPack), and the scorer takes them there. A bad item
 fails only its own request, with the "[code] message" the CPU model gives; credits
-(sampleiqa.admission) work as in the CPU model.
+(sampleiqa.runtime.admission) work as in the CPU model.
 """
 
 import json
@@ -21,9 +21,9 @@ for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.path
 import torch
 import triton_python_backend_utils as pb_utils
 
-from sampleiqa.admission import CropCredits, limit_from
-from sampleiqa.contracts import FACE_BOX, FACE_FOUND, IMAGE, PIXELS
-from sampleiqa.preprocessing.torch_pipeline import TorchPreprocessor
+from sampleiqa.runtime.admission import CropCredits, limit_from
+from sampleiqa.runtime.contracts import FACE_BOX, FACE_FOUND, IMAGE, PIXELS
+from sampleiqa.runtime.preprocessing.torch_pipeline import TorchPreprocessor
 
 
 class TritonPythonModel:

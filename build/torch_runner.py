@@ -29,7 +29,7 @@ from typing import Iterator, Sequence, Union
 import numpy as np
 import torch
 
-from sampleiqa.contracts import GPU_MAX_BATCH
+from sampleiqa.runtime.contracts import GPU_MAX_BATCH
 
 from .pixels import PixelsScorer
 

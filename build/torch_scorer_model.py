@@ -20,10 +20,10 @@ for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.path
 import torch
 import triton_python_backend_utils as pb_utils
 
-from sampleiqa.admission import CropCredits, limit_from
 from sampleiqa.build.torch_runner import TorchScorer
-from sampleiqa.contracts import PIXELS
-from sampleiqa.scores import split_responses
+from sampleiqa.runtime.admission import CropCredits, limit_from
+from sampleiqa.runtime.contracts import PIXELS
+from sampleiqa.runtime.scores import split_responses
 
 
 def request_tensors(requests) -> list:
@@ -36,7 +36,7 @@ class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         limit = limit_from(config.get("parameters", {}))
-        self.credits = CropCredits(limit) if limit else None  # given back to preprocess (sampleiqa.admission)
+        self.credits = CropCredits(limit) if limit else None  # given back to preprocess (sampleiqa.runtime.admission)
         parameters = {k: v["string_value"] for k, v in config.get("parameters", {}).items()}
         gpu = args["model_instance_kind"] == "GPU"
         device = f"cuda:{args['model_instance_device_id']}" if gpu else "cpu"

@@ -1,7 +1,7 @@
 """Triton model configs, generated as `model_config_pb2.ModelConfig` messages.
 
 Every config.pbtxt in a SampleIQA repository is written from here, so tensor names,
-shapes and batch sizes are set in one place (sampleiqa.contracts) for every target.
+shapes and batch sizes are set in one place (sampleiqa.runtime.contracts) for every target.
 """
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ from pathlib import Path
 from google.protobuf import text_format
 from tritonclient.grpc import model_config_pb2 as mc
 
-from sampleiqa.admission import PARAMETER as CROPS_IN_FLIGHT
-from sampleiqa.contracts import (
+from sampleiqa.runtime.admission import PARAMETER as CROPS_IN_FLIGHT
+from sampleiqa.runtime.contracts import (
     CPU_MAX_BATCH,
     CROP,
     ENSEMBLE,
@@ -63,7 +63,7 @@ class RepositorySettings:
     scorer_queue_delay_us: int = 2000
     preferred_batch_sizes: tuple[int, ...] = ()
     # Back-pressure (perf/results/memory-under-load.md). Crops that preprocess may have made and
-    # the scorer not yet scored (sampleiqa.admission); None: the target's default, 0: no limit
+    # the scorer not yet scored (sampleiqa.runtime.admission); None: the target's default, 0: no limit
     # (gpu-trt and gpu-onnx scorers are not python models and cannot give credits back).
     crops_in_flight: int | None = None
     preprocess_max_queue: int = (

@@ -15,8 +15,8 @@ from collections import Counter
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sampleiqa.contracts import RETRIED_CODES
 from sampleiqa.progress import Progress
+from sampleiqa.runtime.contracts import RETRIED_CODES
 
 from .files import FileRefused, not_done, read_image_file
 from .protocol import ScoreResult, TransportError

@@ -12,9 +12,9 @@ import sys
 import time
 from pathlib import Path
 
-from sampleiqa import environment
 from sampleiqa.commands import Command
 from sampleiqa.paths import DEFAULT_REPOSITORY, SAMPLES
+from sampleiqa.runtime import environment
 
 from .endpoints import server_urls, tls_config
 

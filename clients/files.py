@@ -14,7 +14,7 @@ import stat
 from pathlib import Path
 from typing import Iterable
 
-from sampleiqa.contracts import MAX_BYTES
+from sampleiqa.runtime.contracts import MAX_BYTES
 
 from .protocol import ScoreResult
 

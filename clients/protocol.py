@@ -14,7 +14,7 @@ from typing import Sequence
 
 import numpy as np
 
-from sampleiqa.contracts import ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, SCORE
+from sampleiqa.runtime.contracts import ENSEMBLE, FACE_BOX, FACE_FOUND, IMAGE, SCORE
 
 from .channels import REFRESH_S, Channels, channel_args, channel_target
 

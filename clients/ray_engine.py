@@ -33,8 +33,8 @@ from contextlib import nullcontext
 from dataclasses import dataclass
 from typing import Iterator, Sequence
 
-from sampleiqa import environment
 from sampleiqa.progress import Progress
+from sampleiqa.runtime import environment
 
 from .bulk import Summary
 from .client import ScoringClient

@@ -19,7 +19,7 @@ import json
 import os
 from pathlib import Path
 
-from sampleiqa.contracts import CSV_COLUMNS, RETRIED_CODES
+from sampleiqa.runtime.contracts import CSV_COLUMNS, RETRIED_CODES
 
 from .files import not_done
 from .protocol import ScoreResult, split_code

@@ -27,7 +27,7 @@ import uuid
 from dataclasses import asdict, dataclass
 from typing import Iterable
 
-from sampleiqa.contracts import CSV_COLUMNS
+from sampleiqa.runtime.contracts import CSV_COLUMNS
 
 from .listing import is_uri
 from .rows import format_row, header, parse_rows, retried

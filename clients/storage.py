@@ -19,7 +19,7 @@ from concurrent.futures import ThreadPoolExecutor
 from typing import Callable, Iterable, Iterator, TypeVar
 from urllib.parse import unquote, urlsplit
 
-from sampleiqa.contracts import MAX_BYTES
+from sampleiqa.runtime.contracts import MAX_BYTES
 
 from .files import FileRefused, read_image_file
 from .listing import is_uri

@@ -13,8 +13,9 @@ import json
 import math
 from dataclasses import dataclass, field
 
-from sampleiqa import __version__, environment
+from sampleiqa import __version__
 from sampleiqa.paths import REPO_ROOT
+from sampleiqa.runtime import environment
 
 from . import layout
 

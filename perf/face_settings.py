@@ -20,7 +20,7 @@ from pathlib import Path
 import cv2
 
 from sampleiqa.paths import REPO_ROOT, SAMPLES, SHARED_DATA
-from sampleiqa.preprocessing import Box, create_detector, decode_bgr, find_face
+from sampleiqa.runtime.preprocessing import Box, create_detector, decode_bgr, find_face
 
 MARKED = SAMPLES / "faces_marked.csv"
 

@@ -115,7 +115,7 @@ def gpu_preprocess(device: str, photos: list[bytes], batch: int, seconds: float)
     against the CPU path on these photos, compared as gpu_preprocess_parity compares the 500
     `val` photos (face decisions, boxes, pixels, scores of the committed ONNX scorer on CPU),
     and its images/s in batches of `batch`, held for `seconds`."""
-    from sampleiqa.preprocessing.torch_pipeline import TorchPreprocessor
+    from sampleiqa.runtime.preprocessing.torch_pipeline import TorchPreprocessor
 
     from .gpu_preprocess_parity import compare, run_cpu, run_torch, score
     from .gpu_scorer_bench import rate

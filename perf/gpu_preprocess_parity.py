@@ -22,9 +22,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sampleiqa.onnx_runtime import cpu_session
 from sampleiqa.paths import DEFAULT_REPOSITORY, RESULTS, SHARED_DATA
-from sampleiqa.preprocessing import PreprocessError, preprocess_bytes
+from sampleiqa.runtime.onnx_runtime import cpu_session
+from sampleiqa.runtime.preprocessing import PreprocessError, preprocess_bytes
 
 from .face_settings import iou
 
@@ -41,7 +41,7 @@ def val_photos(data: Path, limit: int | None) -> tuple[list[Path], np.ndarray]:
 def run_torch(blobs: list[bytes], device: str, batch: int, pre=None) -> dict:
     import torch
 
-    from sampleiqa.preprocessing.torch_pipeline import TorchPreprocessor
+    from sampleiqa.runtime.preprocessing.torch_pipeline import TorchPreprocessor
 
     pre = pre or TorchPreprocessor(device=device)
     pre(blobs[: min(batch, 8)])  # warm-up: model load, kernels, weight caches

@@ -8,9 +8,9 @@ import re
 import time
 from pathlib import Path
 
-from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
 from sampleiqa.cuda_pool import cuda_pool_args
 from sampleiqa.paths import DEFAULT_REPOSITORY
+from sampleiqa.runtime.contracts import ENSEMBLE, PREPROCESS, SCORER
 
 from .face_settings import iou
 
@@ -62,8 +62,8 @@ def cpu_reference(photos: list[bytes]) -> list[dict]:
     preprocessing, the committed ONNX scorer through ONNX Runtime): no second server start."""
     import numpy as np
 
-    from sampleiqa.onnx_runtime import cpu_session
-    from sampleiqa.preprocessing import PreprocessError, preprocess_bytes
+    from sampleiqa.runtime.onnx_runtime import cpu_session
+    from sampleiqa.runtime.preprocessing import PreprocessError, preprocess_bytes
 
     session = cpu_session(DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx")
     rows = []

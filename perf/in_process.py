@@ -17,7 +17,7 @@ from typing import Callable, NamedTuple
 
 import numpy as np
 
-from sampleiqa.contracts import CROP
+from sampleiqa.runtime.contracts import CROP
 
 
 def best_of(*results: dict[int, "Rate"]) -> dict[int, "Rate"]:
@@ -42,7 +42,7 @@ def images_per_second(step: Callable[[int], int], seconds: float) -> Rate:
 
 def preprocess_ms_per_image(photos: list[bytes], seconds: float) -> Rate:
     """(wall-clock images/s, CPU ms per photo) on one thread; the CPU figure holds on a busy machine."""
-    from sampleiqa.preprocessing import preprocess_bytes
+    from sampleiqa.runtime.preprocessing import preprocess_bytes
 
     out = np.empty((3, CROP, CROP), np.uint8)
 
@@ -65,7 +65,7 @@ def model_only(session, tensors: list[np.ndarray], batch_sizes: list[int], secon
 
 def pipeline(session, photos: list[bytes], batch_sizes: list[int], threads: int, seconds: float) -> dict[int, Rate]:
     """{batch size: rate} of bytes -> score in this process, preprocessing on `threads` threads."""
-    from sampleiqa.preprocessing import preprocess_bytes
+    from sampleiqa.runtime.preprocessing import preprocess_bytes
 
     name = session.get_inputs()[0].name
     result = {}

@@ -2,7 +2,7 @@
 
 IMAGE (TYPE_STRING) carries the file bytes as base64 of a 4-byte little-endian length
 followed by the bytes (perf_analyzer's serialised BYTES form). PIXELS carries real
-preprocessed crops, made by sampleiqa.preprocessing from the same photos, as base64 of
+preprocessed crops, made by sampleiqa.runtime.preprocessing from the same photos, as base64 of
 their raw uint8 bytes.
 """
 
@@ -18,9 +18,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sampleiqa import environment
-from sampleiqa.contracts import IMAGE, PIXELS
 from sampleiqa.paths import SHARED_DATA
+from sampleiqa.runtime import environment
+from sampleiqa.runtime.contracts import IMAGE, PIXELS
 
 DEFAULT_IMAGES = SHARED_DATA / "biq2021" / "images"
 BIQ_IMAGES = Path(os.environ.get(environment.DATA, SHARED_DATA)) / "biq2021" / "images"
@@ -51,7 +51,7 @@ def pixels_entry(pixels: np.ndarray) -> dict:
 
 
 def preprocessed(photos: list[bytes]) -> list[np.ndarray]:
-    from sampleiqa.preprocessing import preprocess_bytes
+    from sampleiqa.runtime.preprocessing import preprocess_bytes
 
     return [preprocess_bytes(data).pixels for data in photos]
 

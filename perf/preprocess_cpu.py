@@ -16,7 +16,7 @@ from pathlib import Path
 
 import cv2
 
-from sampleiqa.preprocessing import create_detector, preprocess_bytes
+from sampleiqa.runtime.preprocessing import create_detector, preprocess_bytes
 
 from .inputs import DEFAULT_IMAGES
 

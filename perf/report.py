@@ -11,7 +11,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
+from sampleiqa.runtime.contracts import ENSEMBLE, PREPROCESS, SCORER
 
 from .batch_stats import mean_batch
 from .plots import new_axes, save

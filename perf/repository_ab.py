@@ -28,8 +28,8 @@ import tempfile
 from contextlib import chdir
 from pathlib import Path
 
-from sampleiqa import environment
 from sampleiqa.paths import DEFAULT_REPOSITORY
+from sampleiqa.runtime import environment
 from sampleiqa.server import TritonServer, stub_environment
 
 from .cpu_time import process_tree_cpu_s

@@ -23,9 +23,9 @@ from pathlib import Path
 
 import numpy as np
 
-from sampleiqa import environment
 from sampleiqa.paths import SAMPLES, SHARED_DATA
 from sampleiqa.procfs import child_pids, rss_kib
+from sampleiqa.runtime import environment
 
 DATA = Path(os.environ.get(environment.DATA, SHARED_DATA)) / "biq2021" / "images"
 # After warm-up ONNX Runtime's arena may still extend once, by a chunk of ~85 MiB with the

@@ -12,7 +12,7 @@ import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from sampleiqa.contracts import ENSEMBLE, PREPROCESS, SCORER
+from sampleiqa.runtime.contracts import ENSEMBLE, PREPROCESS, SCORER
 
 from .analyzer import AnalyzerSettings, Load, Measurement, UnstableMeasurement, measure
 from .batch_stats import batch_executions, executed_between, inference_count, mean_batch
@@ -136,7 +136,7 @@ class RunResult:
 
 
 def run_baselines(plan: SweepPlan, photos: list[bytes], tensors) -> Baselines:
-    from sampleiqa.onnx_runtime import cpu_session
+    from sampleiqa.runtime.onnx_runtime import cpu_session
 
     from .in_process import best_of, model_only, pipeline, preprocess_ms_per_image
 

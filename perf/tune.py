@@ -13,7 +13,7 @@ import argparse
 import tempfile
 from pathlib import Path
 
-from sampleiqa.contracts import SCORER
+from sampleiqa.runtime.contracts import SCORER
 
 from .harness import add_arguments, run
 

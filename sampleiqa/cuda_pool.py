@@ -10,7 +10,7 @@ from __future__ import annotations
 
 from pathlib import Path
 
-from .contracts import CROP
+from .runtime.contracts import CROP
 
 MIN_POOL = 256 * 2**20
 PIXELS_BYTES = 3 * CROP * CROP  # one uint8 crop

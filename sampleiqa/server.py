@@ -45,11 +45,11 @@ import threading
 import time
 from pathlib import Path
 
-from sampleiqa.contracts import ENSEMBLE
 from sampleiqa.paths import DEFAULT_REPOSITORY
+from sampleiqa.runtime.contracts import ENSEMBLE
 
-from .admission import credits_path
 from .procfs import SHM, alive, make_private, orphans_of, stub_regions
+from .runtime.admission import credits_path
 from .triton_flags import (  # noqa: F401  (the names callers import from here)
     ADMIN_HEADER,
     ADMIN_KEY_ENV,
@@ -367,7 +367,7 @@ class TritonServer:
             (SHM / region).unlink(missing_ok=True)
         self.regions.clear()
         if proc is not None:
-            credits_path(proc.pid).unlink(missing_ok=True)  # the stubs' crop credits (sampleiqa.admission)
+            credits_path(proc.pid).unlink(missing_ok=True)  # the stubs' crop credits (sampleiqa.runtime.admission)
         self.stub_pids = []
 
     def __enter__(self) -> "TritonServer":

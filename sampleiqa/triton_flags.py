@@ -14,8 +14,8 @@ import sysconfig
 from dataclasses import dataclass
 from pathlib import Path
 
-from . import environment
 from .cuda_pool import cuda_pool_args
+from .runtime import environment
 
 # What an inference client never needs: loading/unloading models, registering shared
 # memory, and changing trace or log settings.

@@ -11,7 +11,7 @@ import cv2
 import numpy as np
 from PIL import Image
 
-from sampleiqa.contracts import MAX_BYTES
+from sampleiqa.runtime.contracts import MAX_BYTES
 
 from .helpers import FACES, SAMPLES
 

@@ -14,9 +14,9 @@ from pathlib import Path
 
 import pytest
 
-from sampleiqa.contracts import CSV_COLUMNS
 from sampleiqa.paths import DEFAULT_REPOSITORY, REPO_ROOT, RESULTS, SAMPLES, SHARED_DATA, WEIGHTS  # noqa: F401
 from sampleiqa.perf.face_settings import iou, marked_faces, on_face  # noqa: F401
+from sampleiqa.runtime.contracts import CSV_COLUMNS
 
 # Real labelled photos, never copied in (SAMPLEIQA_DATA points elsewhere).
 DATA = Path(os.environ.get("SAMPLEIQA_DATA", SHARED_DATA))

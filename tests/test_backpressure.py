@@ -15,12 +15,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from sampleiqa import admission
-from sampleiqa.admission import CropCredits
 from sampleiqa.build.repository import build_repository
 from sampleiqa.build.triton_config import RepositorySettings, all_configs
-from sampleiqa.contracts import PREPROCESS, SCORER
-from sampleiqa.scores import score_in_chunks
+from sampleiqa.runtime import admission
+from sampleiqa.runtime.admission import CropCredits
+from sampleiqa.runtime.contracts import PREPROCESS, SCORER
+from sampleiqa.runtime.scores import score_in_chunks
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer
 
 from .helpers import SAMPLEIQA, biq_images, rows
@@ -28,7 +28,7 @@ from .helpers import SAMPLEIQA, biq_images, rows
 ONNX = DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx"
 
 
-# --- the credits (sampleiqa.admission), between real processes ----------------------------
+# --- the credits (sampleiqa.runtime.admission), between real processes ----------------------------
 
 
 def busy_scorer(path: Path):

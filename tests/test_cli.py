@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from sampleiqa.contracts import CSV_COLUMNS
+from sampleiqa.runtime.contracts import CSV_COLUMNS
 
 from .helpers import SAMPLEIQA, biq_images, rows, run
 from .helpers import SAMPLES as SAMPLES_DIR

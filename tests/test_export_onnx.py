@@ -14,7 +14,7 @@ ort = pytest.importorskip("onnxruntime")
 
 from sampleiqa.build.export_onnx import clean_onnx, export_checkpoint, export_onnx  # noqa: E402
 from sampleiqa.build.fp16 import convert_to_fp16  # noqa: E402
-from sampleiqa.contracts import CROP, PIXELS, SCORE  # noqa: E402
+from sampleiqa.runtime.contracts import CROP, PIXELS, SCORE  # noqa: E402
 
 from .helpers import BIQ  # noqa: E402
 
@@ -52,7 +52,7 @@ def onnx_path(model, tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="module")
 def photos() -> np.ndarray:
-    from sampleiqa.preprocessing import preprocess_file
+    from sampleiqa.runtime.preprocessing import preprocess_file
 
     paths = [IMAGES / name for name in PHOTOS]
     if not all(p.is_file() for p in paths):
@@ -62,7 +62,7 @@ def photos() -> np.ndarray:
 
 def _torch_scores(model, x: np.ndarray) -> np.ndarray:
     """The network as trained: on the crops normalised by training's own code."""
-    from sampleiqa.preprocessing import normalize
+    from sampleiqa.runtime.preprocessing import normalize
 
     with torch.no_grad():
         scores = model(torch.from_numpy(normalize(x))).numpy()

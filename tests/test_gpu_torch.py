@@ -13,7 +13,7 @@ from sampleiqa.build.repository import build_repository  # noqa: E402
 from sampleiqa.build.torch_runner import TorchScorer, buckets, chunks, guard, half_weights  # noqa: E402
 from sampleiqa.build.triton_config import RepositorySettings, read_config  # noqa: E402
 from sampleiqa.clients import ScoringClient  # noqa: E402
-from sampleiqa.preprocessing import preprocess_file  # noqa: E402
+from sampleiqa.runtime.preprocessing import preprocess_file  # noqa: E402
 from sampleiqa.server import TritonServer  # noqa: E402
 
 from .helpers import SAMPLES, WEIGHTS, biq_images  # noqa: E402

@@ -16,8 +16,8 @@ import pillow_heif
 import pytest
 from PIL import AvifImagePlugin, Image, ImageOps
 
-from sampleiqa.preprocessing import PreprocessError, decode_bgr
-from sampleiqa.preprocessing.decode import layout, sniff
+from sampleiqa.runtime.preprocessing import PreprocessError, decode_bgr
+from sampleiqa.runtime.preprocessing.decode import layout, sniff
 
 from .badinputs import PORTRAIT, PORTRAIT_FACE
 from .helpers import FACES, on_face

@@ -23,8 +23,8 @@ from tritonclient.utils import InferenceServerException
 from sampleiqa import procfs as stubs
 from sampleiqa.clients import ScoringClient
 from sampleiqa.clients.protocol import classify
-from sampleiqa.contracts import CROP, PIXELS, SCORE
-from sampleiqa.preprocessing import PreprocessError, decode_bgr
+from sampleiqa.runtime.contracts import CROP, PIXELS, SCORE
+from sampleiqa.runtime.preprocessing import PreprocessError, decode_bgr
 from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port
 
 from .helpers import SAMPLEIQA, SAMPLES, biq_images, jsonl_rows, score_cli
@@ -106,7 +106,7 @@ def test_any_uint8_pixels_score_in_range_and_float_pixels_are_refused(server, cl
     NaN, no 1e30), so extremes and noise score in [0, 1]; the old FP32 tensors are refused
     by Triton for their type, and the server goes on."""
     photo = client.score(PORTRAIT.read_bytes())
-    from sampleiqa.preprocessing import preprocess_bytes
+    from sampleiqa.runtime.preprocessing import preprocess_bytes
 
     good = preprocess_bytes(PORTRAIT.read_bytes()).pixels
     noise = np.random.default_rng(0).integers(0, 256, good.shape, dtype=np.uint8)

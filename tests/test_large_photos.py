@@ -8,8 +8,8 @@ from __future__ import annotations
 
 import pytest
 
-from sampleiqa.preprocessing.crops import CROP, VIEW_SIDE, crop_scale, plan_crop
-from sampleiqa.preprocessing.faces import Box
+from sampleiqa.runtime.preprocessing.crops import CROP, VIEW_SIDE, crop_scale, plan_crop
+from sampleiqa.runtime.preprocessing.faces import Box
 
 from .helpers import biq_images
 

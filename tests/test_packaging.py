@@ -24,7 +24,7 @@ def test_every_python_package_folder_is_listed_in_pyproject():
 def test_scoring_path_never_imports_torch():
     code = (
         "import sys, sampleiqa.cli, sampleiqa.clients, sampleiqa.clients.aio, sampleiqa.clients.bulk, "
-        "sampleiqa.server, sampleiqa.preprocessing, sampleiqa.build.triton_config, "
+        "sampleiqa.server, sampleiqa.runtime.preprocessing, sampleiqa.build.triton_config, "
         "sampleiqa.clients.ray_commands, sampleiqa.clients.ray_engine, ray.data; "
         "sampleiqa.cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'"
     )

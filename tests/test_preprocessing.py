@@ -4,8 +4,8 @@ import cv2
 import numpy as np
 import pytest
 
-from sampleiqa.contracts import CROP
-from sampleiqa.preprocessing import (
+from sampleiqa.runtime.contracts import CROP
+from sampleiqa.runtime.preprocessing import (
     Box,
     PreprocessError,
     apply_plan,
@@ -47,7 +47,7 @@ def test_no_face_gives_the_centre_crop(path):
 
 
 def test_pixels_are_uint8_rgb_chw_and_normalise_with_imagenet_statistics():
-    from sampleiqa.preprocessing import normalize, to_tensor
+    from sampleiqa.runtime.preprocessing import normalize, to_tensor
 
     img = np.zeros((500, 600, 3), np.uint8)
     img[:, :, 2] = 255  # pure red in BGR
@@ -59,7 +59,7 @@ def test_pixels_are_uint8_rgb_chw_and_normalise_with_imagenet_statistics():
     np.testing.assert_allclose(x[0], (1 - 0.485) / 0.229, rtol=1e-5)
     np.testing.assert_allclose(x[2], (0 - 0.406) / 0.225, rtol=1e-5)
     crop = np.random.default_rng(0).integers(0, 256, (CROP, CROP, 3), dtype=np.uint8)
-    from sampleiqa.preprocessing import to_pixels
+    from sampleiqa.runtime.preprocessing import to_pixels
 
     np.testing.assert_array_equal(to_tensor(crop), normalize(to_pixels(crop)))  # training's input, bit for bit
 
@@ -163,8 +163,8 @@ def test_bad_bytes_give_a_coded_error(data, code):
 
 
 def test_yunet_ships_with_its_licence_and_haar_still_plugs_in():
-    from sampleiqa.preprocessing import HaarFaceDetector, YuNetFaceDetector, create_detector, default_detector
-    from sampleiqa.preprocessing.faces import YUNET_MODEL
+    from sampleiqa.runtime.preprocessing import HaarFaceDetector, YuNetFaceDetector, create_detector, default_detector
+    from sampleiqa.runtime.preprocessing.faces import YUNET_MODEL
 
     assert isinstance(default_detector(), YuNetFaceDetector)
     assert YUNET_MODEL.is_file() and (YUNET_MODEL.parent / "LICENSE.yunet").read_text().count("Apache License") >= 1
@@ -178,7 +178,7 @@ def test_yunet_ships_with_its_licence_and_haar_still_plugs_in():
 def test_yunet_never_fails_on_tiny_images():
     """CI once saw YuNet return a non-finite box for a flat 8x8 PNG in the server: images under
     16 px are not searched, and non-finite boxes are dropped."""
-    from sampleiqa.preprocessing import create_detector
+    from sampleiqa.runtime.preprocessing import create_detector
 
     det = create_detector("yunet")
     portrait = decode_bgr((SAMPLES / "astronaut.jpg").read_bytes())

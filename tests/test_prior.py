@@ -17,7 +17,7 @@ from .helpers import BIQ, REPO_ROOT, SAMPLES, biq_images
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from sampleiqa.preprocessing import normalize, preprocess_file  # noqa: E402
+from sampleiqa.runtime.preprocessing import normalize, preprocess_file  # noqa: E402
 from sampleiqa.training.models import create_model  # noqa: E402
 
 
@@ -131,7 +131,7 @@ def test_prior_model_trains_on_cached_features_and_serves_the_same_scores(tmp_pa
     )
     import onnxruntime as ort
 
-    from sampleiqa.contracts import PIXELS, SCORE
+    from sampleiqa.runtime.contracts import PIXELS, SCORE
 
     got = ort.InferenceSession(str(onnx_path), providers=["CPUExecutionProvider"]).run([SCORE], {PIXELS: pixels})[0]
     np.testing.assert_allclose(got.reshape(-1), full, atol=1e-4)

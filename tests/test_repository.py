@@ -19,7 +19,7 @@ from sampleiqa.build.triton_config import (
     read_config,
     to_pbtxt,
 )
-from sampleiqa.contracts import CROP, ENSEMBLE, IMAGE, PIXELS, PREPROCESS, SCORER
+from sampleiqa.runtime.contracts import CROP, ENSEMBLE, IMAGE, PIXELS, PREPROCESS, SCORER
 from sampleiqa.server import DEFAULT_REPOSITORY
 
 
@@ -103,7 +103,7 @@ def test_generated_configs_parse_and_keep_the_contract(tmp_path, target):
         "FACE_BOX": mc.TYPE_INT32,
         "FACE_FOUND": mc.TYPE_BOOL,
     }
-    assert (out / PREPROCESS / "1" / "sampleiqa" / "preprocessing" / "crops.py").exists()  # vendored
+    assert (out / PREPROCESS / "1" / "sampleiqa" / "runtime" / "preprocessing" / "crops.py").exists()  # vendored
     # Warm-up on each composing model (an ensemble cannot carry it): a real photo, zeros for the scorer.
     assert [w.inputs[IMAGE].input_data_file for w in pre.model_warmup] == [WARMUP_FILE]
     assert (out / PREPROCESS / "warmup" / WARMUP_FILE).read_bytes()[4:] == WARMUP_PHOTO.read_bytes()
@@ -111,7 +111,7 @@ def test_generated_configs_parse_and_keep_the_contract(tmp_path, target):
     assert not ens.model_warmup
     if target == "cpu":
         assert scorer.backend == "python" and (out / SCORER / "1" / "model.onnx").exists()
-        assert (out / SCORER / "1" / "sampleiqa" / "scores.py").exists()  # vendored beside the scorer too
+        assert (out / SCORER / "1" / "sampleiqa" / "runtime" / "scores.py").exists()  # vendored beside the scorer too
     elif target == "gpu-torch":
         assert scorer.backend == "python" and (out / SCORER / "1" / "model.pt").exists()
         assert scorer.instance_group[0].kind == mc.ModelInstanceGroup.KIND_GPU
@@ -169,7 +169,7 @@ def test_vendored_preprocessing_runs_without_the_installed_package(tmp_path):
 
     import numpy as np
 
-    from sampleiqa.preprocessing import preprocess_file
+    from sampleiqa.runtime.preprocessing import preprocess_file
 
     from .helpers import SAMPLES
 
@@ -178,7 +178,7 @@ def test_vendored_preprocessing_runs_without_the_installed_package(tmp_path):
     )
     version_dir = out / PREPROCESS / "1"
     code = (
-        "import sys, numpy as np, sampleiqa.preprocessing as p; "
+        "import sys, numpy as np, sampleiqa.runtime.preprocessing as p; "
         f"assert p.__file__.startswith({str(version_dir)!r}), p.__file__; "
         f"np.save(sys.argv[1], p.preprocess_file({str(SAMPLES / 'astronaut.jpg')!r}).pixels)"
     )

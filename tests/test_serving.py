@@ -7,7 +7,7 @@ import numpy as np
 import pytest
 import tritonclient.grpc as grpcclient
 
-from sampleiqa.contracts import CROP, FACE_BOX, FACE_FOUND, IMAGE, PIXELS, PREPROCESS, SCORE
+from sampleiqa.runtime.contracts import CROP, FACE_BOX, FACE_FOUND, IMAGE, PIXELS, PREPROCESS, SCORE
 
 from .helpers import FACES, NO_FACE, biq_images, on_face
 
@@ -54,7 +54,7 @@ def test_served_pixels_equal_training_evaluation_tensor(server, tmp_path):
     normalises it, is training's evaluation tensor (the crop cache and the batches the loop
     evaluates on), bit for bit."""
     pytest.importorskip("torch")
-    from sampleiqa.preprocessing import normalize
+    from sampleiqa.runtime.preprocessing import normalize
     from sampleiqa.training.data.cache import build_cache
     from sampleiqa.training.data.datasets import LabelledSet, Sample
     from sampleiqa.training.prediction import eval_batches

@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 
 from sampleiqa.build import tensorrt_engine as te
-from sampleiqa.contracts import PIXELS, SCORE
+from sampleiqa.runtime.contracts import PIXELS, SCORE
 
 
 def test_tensorrt_not_available_here():

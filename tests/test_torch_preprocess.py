@@ -1,4 +1,4 @@
-"""The torch preprocessing path (sampleiqa/preprocessing/torch_*.py), run on CPU: its resize is
+"""The torch preprocessing path (sampleiqa/runtime/preprocessing/torch_*.py), run on CPU: its resize is
 OpenCV's to a grey level, and TorchPreprocessor gives preprocess_bytes' faces, crops and
 errors, item by item, in mixed batches."""
 
@@ -16,10 +16,10 @@ torch = pytest.importorskip("torch")
 pytest.importorskip("torchvision")
 pytestmark = pytest.mark.torch
 
-from sampleiqa.preprocessing import PreprocessError, preprocess_bytes  # noqa: E402
-from sampleiqa.preprocessing.torch_jpeg import orient, route_jpeg  # noqa: E402
-from sampleiqa.preprocessing.torch_pipeline import TorchPreprocessor  # noqa: E402
-from sampleiqa.preprocessing.torch_resize import resize_uint8  # noqa: E402
+from sampleiqa.runtime.preprocessing import PreprocessError, preprocess_bytes  # noqa: E402
+from sampleiqa.runtime.preprocessing.torch_jpeg import orient, route_jpeg  # noqa: E402
+from sampleiqa.runtime.preprocessing.torch_pipeline import TorchPreprocessor  # noqa: E402
+from sampleiqa.runtime.preprocessing.torch_resize import resize_uint8  # noqa: E402
 
 from .badinputs import CASES, PORTRAIT  # noqa: E402
 from .helpers import BIQ, SAMPLES, iou  # noqa: E402
@@ -182,7 +182,7 @@ def test_the_serving_path_does_not_import_torch():
     import sys
 
     code = (
-        "import sys, sampleiqa.preprocessing as p; p.preprocess_file(sys.argv[1]); "
+        "import sys, sampleiqa.runtime.preprocessing as p; p.preprocess_file(sys.argv[1]); "
         "assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code, str(PORTRAIT)], check=True)

@@ -1,4 +1,4 @@
-"""YuNet in torch (sampleiqa/preprocessing/torch_yunet.py) against ONNX Runtime on the shipped
+"""YuNet in torch (sampleiqa/runtime/preprocessing/torch_yunet.py) against ONNX Runtime on the shipped
 ONNX, and against OpenCV's cv2.FaceDetectorYN (faces.YuNetFaceDetector) on real photos."""
 
 from __future__ import annotations
@@ -10,7 +10,7 @@ import cv2
 import numpy as np
 import pytest
 
-from sampleiqa.preprocessing.faces import YUNET_MODEL, YuNetFaceDetector, create_detector, find_face
+from sampleiqa.runtime.preprocessing.faces import YUNET_MODEL, YuNetFaceDetector, create_detector, find_face
 
 from .helpers import BIQ, FACES, NO_FACE, REPO_ROOT, SAMPLES, biq_images, iou
 
@@ -18,7 +18,7 @@ pytestmark = pytest.mark.torch
 torch = pytest.importorskip("torch")
 onnx = pytest.importorskip("onnx")
 
-from sampleiqa.preprocessing.torch_yunet import OnnxYuNet, TorchYuNetDetector  # noqa: E402
+from sampleiqa.runtime.preprocessing.torch_yunet import OnnxYuNet, TorchYuNetDetector  # noqa: E402
 
 
 @pytest.fixture(scope="module")
@@ -165,5 +165,5 @@ def test_half_precision_weights_find_the_same_face():
 
 def test_registered_lazily_without_torch_at_import():
     assert isinstance(create_detector("yunet-torch"), TorchYuNetDetector)
-    code = "import sys, sampleiqa.preprocessing.faces; assert 'torch' not in sys.modules, 'torch imported'"
+    code = "import sys, sampleiqa.runtime.preprocessing.faces; assert 'torch' not in sys.modules, 'torch imported'"
     subprocess.run([sys.executable, "-c", code], check=True, cwd=REPO_ROOT)

@@ -17,7 +17,7 @@ from .helpers import REPO_ROOT, biq_images
 torch = pytest.importorskip("torch")
 pytestmark = pytest.mark.torch
 
-from sampleiqa.preprocessing import Box  # noqa: E402
+from sampleiqa.runtime.preprocessing import Box  # noqa: E402
 from sampleiqa.server import free_port  # noqa: E402
 from sampleiqa.training.data.synthetic import DISTORTIONS, ranked_pair  # noqa: E402
 from sampleiqa.training.data.train_crops import random_face_crop  # noqa: E402
@@ -128,7 +128,7 @@ def test_stats_fusion_exports_and_scores_on_the_label_scale():
 def test_statistics_move_the_way_each_distortion_should():
     import cv2
 
-    from sampleiqa.preprocessing import to_tensor
+    from sampleiqa.runtime.preprocessing import to_tensor
     from sampleiqa.training.models.stats import BASIC_NAMES as BASIC
     from sampleiqa.training.models.stats import FEATURE_NAMES, QualityStats
 
@@ -156,7 +156,7 @@ def test_statistics_move_the_way_each_distortion_should():
 def test_statistics_of_flat_and_grey_images_are_finite_and_hueless():
     import cv2
 
-    from sampleiqa.preprocessing import to_tensor
+    from sampleiqa.runtime.preprocessing import to_tensor
     from sampleiqa.training.models.stats import FEATURE_NAMES, QualityStats
 
     grey = cv2.cvtColor(
@@ -314,7 +314,7 @@ def test_a_local_timm_weights_file_initialises_the_backbone(tmp_path):
 def test_cache_keeps_only_the_region_face_crops_come_from(tmp_path):
     import cv2
 
-    from sampleiqa.preprocessing import find_face
+    from sampleiqa.runtime.preprocessing import find_face
     from sampleiqa.training.data.cache import build_cache
     from sampleiqa.training.data.datasets import load_csv
 

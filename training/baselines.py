@@ -16,8 +16,8 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sampleiqa.preprocessing import PreprocessError, decode_bgr, to_tensor
 from sampleiqa.progress import Progress
+from sampleiqa.runtime.preprocessing import PreprocessError, decode_bgr, to_tensor
 
 from .data.datasets import LabelledSet
 

@@ -9,7 +9,7 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from sampleiqa.preprocessing import to_tensor
+from sampleiqa.runtime.preprocessing import to_tensor
 
 from .config import StageConfig
 from .data.cache import CachedSet

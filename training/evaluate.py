@@ -12,8 +12,8 @@ from pathlib import Path
 
 import numpy as np
 
-from sampleiqa.preprocessing import PreprocessError, preprocess_file
 from sampleiqa.progress import Progress
+from sampleiqa.runtime.preprocessing import PreprocessError, preprocess_file
 
 from .data.datasets import LabelledSet
 from .metrics import evaluate_scores
@@ -34,8 +34,8 @@ def predict_checkpoint(checkpoint: str | Path, dataset: LabelledSet, batch_size:
 
 
 def predict_onnx(onnx_path: str | Path, dataset: LabelledSet, batch_size: int = 16, threads: int = 0) -> Predictions:
-    from sampleiqa.contracts import PIXELS
-    from sampleiqa.onnx_runtime import cpu_session
+    from sampleiqa.runtime.contracts import PIXELS
+    from sampleiqa.runtime.onnx_runtime import cpu_session
 
     session = cpu_session(onnx_path, threads)
     scores = np.full(len(dataset.samples), np.nan)

@@ -32,11 +32,11 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from sampleiqa import environment
-from sampleiqa.contracts import CROP
-from sampleiqa.preprocessing import Box, PreprocessError, apply_plan, decode_bgr, find_face, plan_crop
-from sampleiqa.preprocessing.crops import face_crops_region
 from sampleiqa.progress import Progress
+from sampleiqa.runtime import environment
+from sampleiqa.runtime.contracts import CROP
+from sampleiqa.runtime.preprocessing import Box, PreprocessError, apply_plan, decode_bgr, find_face, plan_crop
+from sampleiqa.runtime.preprocessing.crops import face_crops_region
 
 from .datasets import LabelledSet
 
@@ -51,7 +51,7 @@ def default_root() -> Path:
 
 def preprocessing_fingerprint() -> bytes:
     """The preprocessing sources: a change of detector or crop policy invalidates the cache."""
-    import sampleiqa.preprocessing as pre
+    import sampleiqa.runtime.preprocessing as pre
 
     h = hashlib.sha1()
     for src in sorted(Path(pre.__file__).parent.glob("*.py")):

@@ -23,11 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from sampleiqa import environment
-from sampleiqa.contracts import CROP
-from sampleiqa.onnx_runtime import cpu_session
-from sampleiqa.preprocessing import to_tensor
 from sampleiqa.progress import Progress
+from sampleiqa.runtime import environment
+from sampleiqa.runtime.contracts import CROP
+from sampleiqa.runtime.onnx_runtime import cpu_session
+from sampleiqa.runtime.preprocessing import to_tensor
 
 from .cache import CachedSet, preprocessing_fingerprint
 from .train_crops import random_face_crop

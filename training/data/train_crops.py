@@ -2,7 +2,7 @@
 crop, kept by data/cache.py; tests/test_serving.py checks it against the live server).
 
 `random_face_crop` draws a random 448x448 crop that holds the whole face
-(sampleiqa.preprocessing.random_plan) and may flip it: flips keep perceived quality; blur,
+(sampleiqa.runtime.preprocessing.random_plan) and may flip it: flips keep perceived quality; blur,
 noise, JPEG, colour and rescaling do not.
 """
 
@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from sampleiqa.preprocessing import Box, apply_plan, random_plan
+from sampleiqa.runtime.preprocessing import Box, apply_plan, random_plan
 
 
 def random_face_crop(bgr: np.ndarray, face: Box | None, rng: np.random.Generator, hflip_p: float = 0.5) -> np.ndarray:

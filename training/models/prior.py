@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from sampleiqa.contracts import CROP, MEAN, STD
+from sampleiqa.runtime.contracts import CROP, MEAN, STD
 
 TOKEN_BLOCK = 4  # blocks[4] ends at stride 16 (112 channels in Lite0): the Swin's patch embedding input
 POOLED_BLOCKS = (1, 2, 3, 4, 5, 6)  # stage outputs whose per-channel mean and std are pooled

@@ -39,7 +39,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from sampleiqa.contracts import MEAN, STD
+from sampleiqa.runtime.contracts import MEAN, STD
 
 SCALES = 3  # 448, 224, 112
 BLOCK = 16  # block size for the distribution of local detail energy

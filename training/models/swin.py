@@ -10,7 +10,7 @@ from dataclasses import asdict, dataclass, field
 import torch
 from torch import nn
 
-from sampleiqa.contracts import CROP
+from sampleiqa.runtime.contracts import CROP
 
 
 @dataclass(frozen=True)

@@ -5,7 +5,7 @@ label here covers.
     python -m sampleiqa.training.studies.large_photos [--photos 50] [--out training/results/large_photos.md]
 
 Scores go through the served path in process: `preprocess_bytes` (the crop policy of
-sampleiqa/preprocessing/crops.py) and the shipped ONNX scorer on ONNX Runtime. Each figure
+sampleiqa/runtime/preprocessing/crops.py) and the shipped ONNX scorer on ONNX Runtime. Each figure
 is given for the policy now (short side brought down to VIEW_SIDE before the crop) and for
 the policy before (a native 448 crop whatever the size), with the CPU time of preprocessing.
 """
@@ -21,7 +21,7 @@ import cv2
 import numpy as np
 
 from sampleiqa.paths import DEFAULT_REPOSITORY
-from sampleiqa.preprocessing import crops, preprocess_bytes
+from sampleiqa.runtime.preprocessing import crops, preprocess_bytes
 
 FACTORS = (1, 2, 4)
 TOLERANCE = 0.03
@@ -72,7 +72,7 @@ def compare(native: np.ndarray, other: np.ndarray) -> dict:
 
 
 def study(count: int) -> dict:
-    from sampleiqa.onnx_runtime import cpu_session
+    from sampleiqa.runtime.onnx_runtime import cpu_session
 
     session = cpu_session(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx", threads=2)
     paths = val_photos(count)
@@ -101,8 +101,8 @@ def kernels(count: int) -> dict:
     each kernel and centre-cropped, against the native photo's served score."""
     from PIL import Image
 
-    from sampleiqa.onnx_runtime import cpu_session
-    from sampleiqa.preprocessing.normalize import to_pixels
+    from sampleiqa.runtime.onnx_runtime import cpu_session
+    from sampleiqa.runtime.preprocessing.normalize import to_pixels
 
     session = cpu_session(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx", threads=2)
     paths = val_photos(count)

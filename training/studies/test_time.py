@@ -21,7 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from sampleiqa.paths import DEFAULT_REPOSITORY, SHARED_DATA
-from sampleiqa.preprocessing import apply_plan, decode_bgr, find_face, plan_crop, random_plan, to_pixels
+from sampleiqa.runtime.preprocessing import apply_plan, decode_bgr, find_face, plan_crop, random_plan, to_pixels
 
 
 def val_set() -> tuple[list[Path], np.ndarray]:
@@ -43,7 +43,7 @@ def crops_of(data: bytes, extra: int, rng: np.random.Generator) -> np.ndarray:
 def study() -> dict:
     from scipy.stats import pearsonr, spearmanr
 
-    from sampleiqa.onnx_runtime import cpu_session
+    from sampleiqa.runtime.onnx_runtime import cpu_session
 
     session = cpu_session(DEFAULT_REPOSITORY / "scorer" / "1" / "model.onnx", threads=2)
     paths, mos = val_set()

@@ -40,9 +40,9 @@ import numpy as np
 import torch
 from torch import nn
 
-from sampleiqa.onnx_runtime import cpu_session
-from sampleiqa.preprocessing import decode_bgr, preprocess_bytes, to_pixels
 from sampleiqa.progress import Progress
+from sampleiqa.runtime.onnx_runtime import cpu_session
+from sampleiqa.runtime.preprocessing import decode_bgr, preprocess_bytes, to_pixels
 
 from ..data.datasets import create_dataset
 from ..data.features import FeatureSet

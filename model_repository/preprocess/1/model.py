@@ -1,9 +1,9 @@
 """Triton python-backend model `preprocess`: IMAGE bytes -> PIXELS, FACE_BOX, FACE_FOUND.
 
-All the work is sampleiqa.preprocessing, the code training evaluates with. A bad item
+All the work is sampleiqa.runtime.preprocessing, the code training evaluates with. A bad item
 fails only its own request, with a "[code] message" error; the others in the batch go on.
 With `crops_in_flight` set, a batch first takes a credit per item and waits while the
-scorer has that many crops to score (sampleiqa.admission): the back-pressure that makes
+scorer has that many crops to score (sampleiqa.runtime.admission): the back-pressure that makes
 Triton refuse work at this model's queue instead of holding every crop in memory.
 """
 
@@ -16,16 +16,16 @@ import sys
 for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.pathsep)):
     site.addsitedir(_dir)
 try:
-    import sampleiqa.preprocessing  # noqa: F401  installed package
+    import sampleiqa.runtime.preprocessing  # noqa: F401  installed package
 except ImportError:  # a deployed repository carries a vendored copy beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from sampleiqa.admission import CropCredits, limit_from
-from sampleiqa.contracts import CROP, FACE_BOX, FACE_FOUND, IMAGE, PIXELS
-from sampleiqa.preprocessing import PreprocessError, preprocess_bytes
+from sampleiqa.runtime.admission import CropCredits, limit_from
+from sampleiqa.runtime.contracts import CROP, FACE_BOX, FACE_FOUND, IMAGE, PIXELS
+from sampleiqa.runtime.preprocessing import PreprocessError, preprocess_bytes
 
 
 class TritonPythonModel:

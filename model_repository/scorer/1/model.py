@@ -3,7 +3,7 @@
 It has the same name and tensors as the GPU scorers (tensorrt_plan / onnxruntime_onnx), so
 clients never know which target is deployed. The requests' crops are scored in ORT runs of at
 most `run_batch` (the memory of a run grows with its batch, its speed per crop does not), and
-each run gives its crops' credits back to `preprocess` (sampleiqa.admission).
+each run gives its crops' credits back to `preprocess` (sampleiqa.runtime.admission).
 PIXELS are the uint8 crops; the graph normalises them. It answers a raw score that is not
 finite with NaN; here that request fails with a `[non_finite]` error naming the item (the
 GPU targets return the NaN, which the clients turn into the same error).
@@ -18,15 +18,15 @@ from contextlib import nullcontext
 for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.pathsep)):
     site.addsitedir(_dir)
 try:
-    import sampleiqa.scores  # noqa: F401  installed package
+    import sampleiqa.runtime.scores  # noqa: F401  installed package
 except ImportError:  # a deployed repository carries a vendored copy beside this file
     sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from sampleiqa.admission import CropCredits, limit_from
-from sampleiqa.scores import ArenaShrinker, request_pixels, score_in_chunks, split_responses
+from sampleiqa.runtime.admission import CropCredits, limit_from
+from sampleiqa.runtime.scores import ArenaShrinker, request_pixels, score_in_chunks, split_responses
 
 
 class TritonPythonModel:

@@ -20,7 +20,7 @@ import torch
 import torch.nn.functional as F
 from onnx import numpy_helper
 
-from sampleiqa.preprocessing.faces import MIN_SIDE, YUNET_MODEL, Box, clip_boxes
+from sampleiqa.runtime.preprocessing.faces import MIN_SIDE, YUNET_MODEL, Box, clip_boxes
 
 STRIDES = (8, 16, 32)
 DIVISOR = 32  # OpenCV pads the input with zeros at right/bottom to a multiple of this

@@ -138,7 +138,7 @@ def _torch_yunet(**kwargs) -> FaceDetector:
     torch, and torch_yunet imports this module (an import here would be a cycle)."""
     import importlib
 
-    return importlib.import_module("sampleiqa.preprocessing.torch_yunet").TorchYuNetDetector(**kwargs)
+    return importlib.import_module("sampleiqa.runtime.preprocessing.torch_yunet").TorchYuNetDetector(**kwargs)
 
 
 _DETECTORS = {"yunet": YuNetFaceDetector, "haar": HaarFaceDetector, "yunet-torch": _torch_yunet}
