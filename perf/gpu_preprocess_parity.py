@@ -25,8 +25,7 @@ import numpy as np
 from sampleiqa.paths import DEFAULT_REPOSITORY, RESULTS, SHARED_DATA
 from sampleiqa.runtime.onnx_runtime import cpu_session
 from sampleiqa.runtime.preprocessing import PreprocessError, preprocess_bytes
-
-from .face_settings import iou
+from sampleiqa.runtime.preprocessing.faces import box_iou
 
 TARGETS = {"same_decision_pct": 99.0, "iou_min": 0.9, "within_1e-2_pct": 99.0, "srocc_delta": 0.003}
 
@@ -101,7 +100,7 @@ def compare(t: dict, c: dict, st: np.ndarray, sc: np.ndarray, mos: np.ndarray | 
     n = len(st)
     ok = np.array([a is None and b is None for a, b in zip(t["errors"], c["errors"])])
     both = ok & t["found"] & c["found"]
-    ious = np.array([iou(tuple(t["boxes"][i]), tuple(c["boxes"][i])) for i in np.flatnonzero(both)])
+    ious = np.array([box_iou(tuple(t["boxes"][i]), tuple(c["boxes"][i])) for i in np.flatnonzero(both)])
     diff = np.abs(st - sc)[ok]
     pix = np.abs(t["pixels"][ok].astype(np.int16) - c["pixels"][ok].astype(np.int16))
     report = {

@@ -11,8 +11,7 @@ from pathlib import Path
 from sampleiqa.cuda_pool import cuda_pool_args
 from sampleiqa.paths import DEFAULT_REPOSITORY
 from sampleiqa.runtime.contracts import ENSEMBLE, PREPROCESS, SCORER
-
-from .face_settings import iou
+from sampleiqa.runtime.preprocessing.faces import box_iou
 
 FP16_TOLERANCE = 1e-2  # served FP16 scores against the CPU FP32 path, on a 0-1 scale
 
@@ -120,7 +119,7 @@ class Served:
             diffs.append(abs(r.score - ref["score"]))
             decisions += r.face_found == ref["face_found"]
             if r.face_found and ref["face_found"]:
-                ious.append(iou(r.face_box, ref["face_box"]))
+                ious.append(box_iou(r.face_box, ref["face_box"]))
         scored = len(diffs)
         return {
             "photos": len(photos),

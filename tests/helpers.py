@@ -15,8 +15,9 @@ from pathlib import Path
 import pytest
 
 from sampleiqa.paths import DEFAULT_REPOSITORY, REPO_ROOT, RESULTS, SAMPLES, SHARED_DATA, WEIGHTS  # noqa: F401
-from sampleiqa.perf.face_settings import iou, marked_faces, on_face  # noqa: F401
 from sampleiqa.runtime.contracts import CSV_COLUMNS
+from sampleiqa.runtime.preprocessing.faces import box_iou as iou  # noqa: F401
+from sampleiqa.training.studies.face_detectors import marked_faces, on_face  # noqa: F401
 
 # Real labelled photos, never copied in (SAMPLEIQA_DATA points elsewhere).
 DATA = Path(os.environ.get("SAMPLEIQA_DATA", SHARED_DATA))
@@ -24,7 +25,7 @@ BIQ = DATA / "biq2021"
 
 # Faces marked by hand or checked by eye (samples/faces_marked.csv, x, y, w, h in original
 # pixels, generous by a few pixels), and photos with no face. A detected box "lies on the
-# face" when its centre is inside and IoU >= 0.3 (sampleiqa.perf.face_settings.on_face).
+# face" when its centre is inside and IoU >= 0.3 (sampleiqa.training.studies.face_detectors.on_face).
 _MARKS = marked_faces(DATA)
 FACES = {path: tuple(box) for path, box in _MARKS.items() if box is not None}
 NO_FACE = [path for path, box in _MARKS.items() if box is None]

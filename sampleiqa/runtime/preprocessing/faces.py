@@ -7,7 +7,7 @@ and maps the largest box back to full resolution.
 The default is YuNet (Apache-2.0, `models/yunet_s_640_640.onnx`, see `models/README.md`)
 through OpenCV's own `cv2.FaceDetectorYN`: on a 256 px copy it finds about 3x more of the
 faces in BIQ2021's portraits than the Haar cascade did, in ~3 ms instead of ~8 ms per
-512x512 photo (perf/results/face_detectors.md, `python -m sampleiqa.perf.face_settings`).
+512x512 photo (training/results/face_detectors.md, `python -m sampleiqa.training.studies.face_detectors`).
 The Haar cascade stays available as `HaarFaceDetector`.
 """
 
@@ -84,6 +84,16 @@ class YuNetFaceDetector:
         return clip_boxes(found[:, :4], h, w)
 
 
+def box_iou(a, b) -> float:
+    """Intersection over union of two (x, y, w, h) boxes: how the detectors and pipelines are compared."""
+    ax, ay, aw, ah = a
+    bx, by, bw, bh = b
+    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
+    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
+    inter = ix * iy
+    return inter / (aw * ah + bw * bh - inter)
+
+
 def clip_boxes(found, h: int, w: int) -> list[Box]:
     """YuNet's float boxes (x, y, w, h), which may reach past the border, clipped to the
     image and rounded; non-finite ones dropped."""
@@ -100,7 +110,7 @@ def clip_boxes(found, h: int, w: int) -> list[Box]:
 
 class HaarFaceDetector:
     """OpenCV's frontal-face Haar cascade, shipped inside opencv-python-headless < 5 (the
-    detector before YuNet: alt2 on a 200 px copy, perf/results/haar_settings.md)."""
+    detector before YuNet: alt2 on a 200 px copy, training/results/haar_settings.md)."""
 
     def __init__(
         self,

@@ -1,6 +1,6 @@
 """Compare face detectors and their settings: accuracy on marked faces, recall and speed.
 
-    python -m sampleiqa.perf.face_settings [--data ../shared/data] [--out perf/results/face_detectors.md]
+    python -m sampleiqa.training.studies.face_detectors [--data ../shared/data] [--out training/results/face_detectors.md]
 
 - Marked faces: `samples/faces_marked.csv` (boxes marked by hand or checked by eye, and
   photos with no face). A detection is a hit when its centre lies in the marked box and
@@ -21,6 +21,7 @@ import cv2
 
 from sampleiqa.paths import REPO_ROOT, SAMPLES, SHARED_DATA
 from sampleiqa.runtime.preprocessing import Box, create_detector, decode_bgr, find_face
+from sampleiqa.runtime.preprocessing.faces import box_iou
 
 MARKED = SAMPLES / "faces_marked.csv"
 
@@ -36,20 +37,11 @@ CANDIDATES = [
 ]
 
 
-def iou(a, b) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    ix = max(0, min(ax + aw, bx + bw) - max(ax, bx))
-    iy = max(0, min(ay + ah, by + bh) - max(ay, by))
-    inter = ix * iy
-    return inter / (aw * ah + bw * bh - inter)
-
-
 def on_face(box, face) -> bool:
     """A detected box lies on a marked face: centre inside it and IoU >= 0.3."""
     cx, cy = box[0] + box[2] / 2, box[1] + box[3] / 2
     fx, fy, fw, fh = face
-    return fx <= cx <= fx + fw and fy <= cy <= fy + fh and iou(box, face) >= 0.3
+    return fx <= cx <= fx + fw and fy <= cy <= fy + fh and box_iou(box, face) >= 0.3
 
 
 def marked_faces(data: Path, marks: Path = MARKED) -> dict[Path, Box | None]:
@@ -68,7 +60,7 @@ def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     p.add_argument("--data", default=str(SHARED_DATA))
     p.add_argument("--count", type=int, default=600, help="ss03 photos for the recall proxy and the timing")
-    p.add_argument("--out", default="perf/results/face_detectors.md")
+    p.add_argument("--out", default="training/results/face_detectors.md")
     args = p.parse_args(argv)
     cv2.setNumThreads(1)
     marks = marked_faces(Path(args.data))
