@@ -59,7 +59,7 @@ def add_build_repository_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument(
         "--no-vendor",
         action="store_true",
-        help="do not copy the preprocessing package into the repository (it must be installed)",
+        help="do not copy sampleiqa/runtime/ into the repository (sampleiqa must be installed where Triton runs)",
     )
 
 

@@ -1,6 +1,6 @@
 """The scorer in PyTorch for the `gpu-torch` target: PIXELS [N,3,448,448] UINT8 -> SCORE [N,1].
 
-Triton's python backend runs it (build/torch_scorer_model.py) where no TensorRT or ONNX
+Triton's python backend runs it (sampleiqa/runtime/triton_models/scorer_torch.py) where no TensorRT or ONNX
 Runtime backend is at hand, e.g. the Triton 2.51 of the nvidia-pytriton wheel on a GPU host
 that has PyTorch. On CUDA:
 - FP16 weights at load for every convolution and linear layer outside the FP32 scopes (the

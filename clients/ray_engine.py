@@ -36,13 +36,13 @@ from typing import Iterator, Sequence
 from sampleiqa.progress import Progress
 from sampleiqa.runtime import environment
 
-from .bulk import Summary
 from .client import ScoringClient
 from .listing import iter_inputs
 from .protocol import RetryPolicy, ScoreResult, TLSConfig, TransportError
 from .rows import retried, to_row
 from .shards import Job, Output, escaped
 from .storage import Reader, read_ahead
+from .summary import Summary
 
 # What the workers get from the driver's environment: the server's input limits, nothing
 # else. Credentials never travel in runtime_env (Ray keeps it in the job's metadata, and it

@@ -36,7 +36,7 @@ def to_yaml(document) -> str:
 def check_args(flavour: Flavour) -> None:
     """The container arguments parse with the real `serve` and `build-repository` parsers."""
     from sampleiqa.build.commands import add_build_repository_arguments
-    from sampleiqa.clients.commands import add_serve_arguments
+    from sampleiqa.serve_command import add_serve_arguments
 
     for args, add in (
         (flavour.serve_args()[1:], add_serve_arguments),

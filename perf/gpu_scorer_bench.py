@@ -31,7 +31,7 @@ from pathlib import Path
 import torch
 
 from sampleiqa.paths import RESULTS
-from sampleiqa.training.models.swin import create_model
+from sampleiqa.training.models import create_model
 
 from .plots import new_axes, save
 
@@ -276,7 +276,9 @@ def plot(r: dict, path: Path) -> bool:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    p.add_argument("--model", default="swin_compact", help="a name from training/models/swin.py's registry")
+    p.add_argument(
+        "--model", default="swin_compact", help="a name from the model registry (training/models/registry.py)"
+    )
     p.add_argument("--device", default="cuda")
     p.add_argument("--batches", default="1,2,4,8,16,32,64,128,256")
     p.add_argument("--modes", default="fp32,fp16,compile-fp16")

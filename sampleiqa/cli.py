@@ -14,6 +14,7 @@ from . import __version__
 # Where each stage's commands live, in the order `--help` lists them (the data flow).
 STAGES = (
     "sampleiqa.clients.commands",
+    "sampleiqa.serve_command",
     "sampleiqa.training.commands",
     "sampleiqa.build.commands",
     "sampleiqa.perf.harness",

@@ -31,12 +31,12 @@ import pytest
 import yaml
 
 from sampleiqa import __version__
-from sampleiqa.clients.commands import add_serve_arguments
 from sampleiqa.deploy import layout, rayjob, render
 from sampleiqa.deploy.cluster import TLS_ARGS, tls_patch
 from sampleiqa.deploy.flavours import FLAVOURS, MEMORY_HEADROOM_MIB, MEMORY_SWEEP, measured_peak_mib
 from sampleiqa.paths import DEFAULT_REPOSITORY
 from sampleiqa.procfs import child_pids, stub_regions
+from sampleiqa.serve_command import add_serve_arguments
 from sampleiqa.server import HTTP_APIS, HTTP_OPEN_ENV, TRITONSERVER_DIR_ENV, TritonServer, free_port, triton_paths
 
 from .helpers import REPO_ROOT, SAMPLES

@@ -25,7 +25,7 @@ def test_scoring_path_never_imports_torch():
     code = (
         "import sys, sampleiqa.cli, sampleiqa.clients, sampleiqa.clients.aio, sampleiqa.clients.bulk, "
         "sampleiqa.server, sampleiqa.runtime.preprocessing, sampleiqa.build.triton_config, "
-        "sampleiqa.clients.ray_commands, sampleiqa.clients.ray_engine, ray.data; "
+        "sampleiqa.clients.ray_driver, sampleiqa.clients.ray_engine, ray.data; "
         "sampleiqa.cli.build_parser(); assert 'torch' not in sys.modules, 'torch imported'"
     )
     subprocess.run([sys.executable, "-c", code], check=True)

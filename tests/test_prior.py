@@ -183,17 +183,15 @@ def _random_features(n: int, scenes=None, seed: int = 0):
 @pytest.mark.training
 def test_shrinkage_penalties_shrink_their_part_of_the_head():
     """`pooled_l2` and `swin_l2` act as ridge penalties on their part of the fused head."""
-    from sampleiqa.training.config import StageConfig
-    from sampleiqa.training.prior_loop import fit_top, prepare_top
+    from sampleiqa.training.config import PriorStage, StageConfig
+    from sampleiqa.training.prior.loop import fit_top, prepare_top
 
     norms = {}
     for l2 in (0.0, 50.0):
         torch.manual_seed(0)
         model, data = _random_features(32)
         prepare_top(model, data)
-        stage = StageConfig(
-            "p", kind="prior", epochs=3, batch_size=8, warmup_steps=1, lr=1e-2, pooled_l2=l2, swin_l2=l2
-        )
+        stage = PriorStage("p", epochs=3, batch_size=8, warmup_steps=1, lr=1e-2, pooled_l2=l2, swin_l2=l2)
         top = fit_top(model.top, data, np.arange(32), stage, seed=0)
         norms[l2] = (float(top.pooled_weight().norm()), float(top.swin_weight().norm()))
     assert norms[50.0][0] < 0.5 * norms[0.0][0] and norms[50.0][1] < 0.5 * norms[0.0][1], norms

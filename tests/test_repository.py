@@ -8,7 +8,7 @@ import struct
 import pytest
 from tritonclient.grpc import model_config_pb2 as mc
 
-from sampleiqa.build.repository import WARMUP_PHOTO, build_repository
+from sampleiqa.build.repository import REGENERATE, WARMUP_PHOTO, build_repository
 from sampleiqa.build.tensorrt_engine import write_engine_profile
 from sampleiqa.build.triton_config import (
     TARGETS,
@@ -27,10 +27,31 @@ def test_committed_cpu_repository_matches_the_generator():
     expected = all_configs(RepositorySettings(target="cpu"))
     for name, config in expected.items():
         text = (DEFAULT_REPOSITORY / name / "config.pbtxt").read_text()
-        assert parse_pbtxt(text) == config, f"{name}/config.pbtxt was edited by hand or is stale"
+        assert parse_pbtxt(text) == config, f"{name}/config.pbtxt was edited by hand or is stale: {REGENERATE}"
     assert (DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx").stat().st_size > 1_000_000
     warmup = (DEFAULT_REPOSITORY / PREPROCESS / "warmup" / WARMUP_FILE).read_bytes()
     assert struct.unpack("<I", warmup[:4])[0] == len(warmup) - 4 and warmup[4:] == WARMUP_PHOTO.read_bytes()
+
+
+def test_committed_cpu_repository_is_wholly_generated(tmp_path):
+    """model_repository/ is build-repository's output for the cpu target (from its own
+    model.onnx, unvendored): regenerated elsewhere it gives the same files, byte for byte."""
+    out = build_repository(
+        tmp_path / "repo",
+        RepositorySettings(),
+        onnx_path=DEFAULT_REPOSITORY / SCORER / "1" / "model.onnx",
+        vendor=False,
+    )
+    committed, generated = _files(DEFAULT_REPOSITORY), _files(out)
+    hint = f"model_repository/ was edited by hand or is stale; regenerate it with `{REGENERATE}`"
+    assert committed == generated, f"{hint}: files differ {sorted(committed ^ generated)}"
+    differ = [f for f in sorted(generated) if (out / f).read_bytes() != (DEFAULT_REPOSITORY / f).read_bytes()]
+    assert not differ, f"{hint}: {differ}"
+    assert {f"{PREPROCESS}/1/model.py", f"{SCORER}/1/model.py", f"{ENSEMBLE}/1/.keep"} <= generated
+
+
+def _files(root) -> set[str]:
+    return {p.relative_to(root).as_posix() for p in root.rglob("*") if p.is_file() and "__pycache__" not in p.parts}
 
 
 @pytest.mark.server
@@ -95,7 +116,16 @@ def test_generated_configs_parse_and_keep_the_contract(tmp_path, target):
     # gpu-torch preprocesses on the GPU in torch (nvJPEG, YuNet in torch); the others with OpenCV on CPU
     pre_kind = mc.ModelInstanceGroup.KIND_GPU if target == "gpu-torch" else mc.ModelInstanceGroup.KIND_CPU
     assert pre.backend == "python" and pre.instance_group[0].kind == pre_kind
-    assert ("TorchPreprocessor" in (out / PREPROCESS / "1" / "model.py").read_text()) == (target == "gpu-torch")
+    # each model.py is the one bootstrap, then the target's model from sampleiqa.runtime.triton_models
+    preprocess_model = "preprocess_torch" if target == "gpu-torch" else "preprocess"
+    assert (
+        f"triton_models.{preprocess_model} import TritonPythonModel"
+        in (out / PREPROCESS / "1" / "model.py").read_text()
+    )
+    scorer_model = {"cpu": "scorer_onnx", "gpu-torch": "scorer_torch"}.get(target)
+    assert (out / SCORER / "1" / "model.py").exists() == (scorer_model is not None)
+    if scorer_model:
+        assert f"triton_models.{scorer_model} import" in (out / SCORER / "1" / "model.py").read_text()
     assert [(i.name, i.data_type, list(i.dims)) for i in pre.input] == [("IMAGE", mc.TYPE_STRING, [1])]
     assert [(o.name, list(o.dims)) for o in scorer.input] == [("PIXELS", [3, CROP, CROP])]
     assert {o.name: o.data_type for o in ens.output} == {
@@ -185,3 +215,19 @@ def test_vendored_preprocessing_runs_without_the_installed_package(tmp_path):
     env = {"PYTHONPATH": f"{version_dir}:{sysconfig.get_paths()['purelib']}"}
     subprocess.run([sys.executable, "-S", "-c", code, str(tmp_path / "px.npy")], check=True, env=env, cwd=tmp_path)
     np.testing.assert_array_equal(np.load(tmp_path / "px.npy"), preprocess_file(SAMPLES / "astronaut.jpg").pixels)
+    # The generated model.py itself falls back to the vendored copy (a stand-in for the stub's
+    # triton_python_backend_utils, which exists only inside Triton).
+    (tmp_path / "stub").mkdir()
+    (tmp_path / "stub" / "triton_python_backend_utils.py").write_text("")
+    code = (
+        "import runpy, sys; m = runpy.run_path(sys.argv[1])['TritonPythonModel']; "
+        "f = sys.modules[m.__module__].__file__; "
+        f"assert m.__module__ == 'sampleiqa.runtime.triton_models.preprocess' and f.startswith({str(version_dir)!r}), f"
+    )
+    env = {"PYTHONPATH": f"{tmp_path / 'stub'}:{sysconfig.get_paths()['purelib']}"}
+    subprocess.run(
+        [sys.executable, "-S", "-c", code, str(version_dir / "model.py")],
+        check=True,
+        env=env,
+        cwd=tmp_path,
+    )

@@ -68,6 +68,53 @@ def _own_cache(tmp_path, monkeypatch):
     monkeypatch.setenv("SAMPLEIQA_CACHE", str(tmp_path / "cache"))
 
 
+def test_registry_defaults_to_the_shipped_model_names_pipelines_and_warns_on_retired_names():
+    import warnings
+
+    from sampleiqa.training import models
+
+    assert models.DEFAULT_MODEL == "lite0_swin"
+    ckpt = torch.load(REPO_ROOT / "training" / "weights" / "biq2021_default.pt", map_location="cpu", weights_only=True)
+    assert ckpt["config"]["name"] == models.DEFAULT_MODEL  # the default is what ships
+    assert models.pipeline_of("lite0_swin") == "prior" and models.pipeline_of("swin_test_micro") == "pixel"
+    retired = models.deprecated_models()
+    assert {"swin_compact", "swin_compact_p4", "swin_small_448", "swin_base_448"} <= set(retired)
+    assert not set(retired) & set(models.list_models())
+    assert set(retired) <= set(models.list_models(include_deprecated=True))
+    used = {
+        line.split('"')[1]
+        for c in (REPO_ROOT / "training" / "configs").glob("*.toml")
+        for line in c.read_text().splitlines()
+        if line.startswith("model = ")
+    }
+    assert used <= set(models.list_models()), used  # no config trains a retired model
+    with pytest.warns(FutureWarning, match="swin_compact_stats"):
+        models.create_model("swin_compact")
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        models.create_model("swin_test_micro")
+
+
+def test_a_stage_takes_only_its_kinds_keys(tmp_path):
+    from sampleiqa.training.config import PriorStage, StatsStage, TwinStage, load_config
+
+    head = f'model = "swin_test_micro"\nout_dir = "{tmp_path}"\n[data]\ntrain = {{ kind = "csv", path = "x.csv" }}\n'
+    cfg = tmp_path / "c.toml"
+    cfg.write_text(
+        head + '[[stages]]\nname = "a"\nkind = "stats"\ncross_fit = 2\n[[stages]]\nname = "b"\nema_decay = 0.9\n'
+        '[[stages]]\nname = "c"\nkind = "prior"\npooled_l2 = 1.0\n'
+    )
+    stages = load_config(cfg).stages
+    assert [type(s) for s in stages] == [StatsStage, TwinStage, PriorStage]
+    assert stages[0].cross_fit == 2 and stages[1].kind == "mos" and stages[2].pooled_l2 == 1.0
+    cfg.write_text(head + '[[stages]]\nname = "a"\nkind = "mos"\npooled_l2 = 1.0\n')
+    with pytest.raises(ValueError, match="pooled_l2"):
+        load_config(cfg)
+    cfg.write_text(head + '[[stages]]\nname = "a"\nkind = "nope"\n')
+    with pytest.raises(ValueError, match="unknown kind"):
+        load_config(cfg)
+
+
 def test_fidelity_loss_orders_pairs_and_treats_ties_as_ties():
     sa = torch.tensor([1.0, 0.0, 0.0], requires_grad=True)
     sb = torch.tensor([0.0, 1.0, 0.0])
@@ -287,7 +334,7 @@ def test_ddp_two_gloo_processes(tmp_path):
 def test_a_local_timm_weights_file_initialises_the_backbone(tmp_path):
     from timm.models.swin_transformer import SwinTransformer
 
-    from sampleiqa.training.loop import init_weights
+    from sampleiqa.training.pixel.prepare import init_weights
 
     scorer = create_model("swin_test_micro")
     cfg = scorer.config
@@ -339,17 +386,18 @@ def test_stats_stage_fits_the_head_and_a_frozen_head_stays_put(tmp_path):
     import dataclasses
 
     from sampleiqa.training.config import load_config
-    from sampleiqa.training.loop import Trainer
+    from sampleiqa.training.pixel.loop import Trainer
+    from sampleiqa.training.pixel.prepare import prepare_run
 
     cfg = load_config(_config(tmp_path, stages="mos"))
     assert [s.kind for s in cfg.stages] == ["stats", "mos"]
-    first = Trainer(dataclasses.replace(cfg, stages=cfg.stages[:1]))
+    first = Trainer(prepare_run(dataclasses.replace(cfg, stages=cfg.stages[:1])))
     initial = {k: v.clone() for k, v in first.scorer.stats_head.state_dict().items()}
     first.run()
     fitted = {k: v.clone() for k, v in first.scorer.stats_head.state_dict().items()}
     assert any(not torch.equal(initial[k], fitted[k]) for k in fitted)  # the stats stage trained the head
 
-    second = Trainer(cfg, resume=True)  # the mos stage (freeze = ["stats_head"]) continues the run
+    second = Trainer(prepare_run(cfg, resume=True))  # the mos stage (freeze = ["stats_head"]) continues the run
     backbone = second.scorer.backbone.patch_embed.proj.weight.clone()
     second.run()
     for k, v in second.scorer.stats_head.state_dict().items():
@@ -359,9 +407,9 @@ def test_stats_stage_fits_the_head_and_a_frozen_head_stays_put(tmp_path):
 
 @pytest.mark.training
 def test_cross_fitted_stats_head_never_learns_an_image_with_the_mlp_that_scores_it():
-    from sampleiqa.training.config import StageConfig
+    from sampleiqa.training.config import StatsStage
     from sampleiqa.training.models import create_model
-    from sampleiqa.training.stats_stage import cross_fit_folds, fit_stats_head
+    from sampleiqa.training.pixel.stats_stage import cross_fit_folds, fit_stats_head
 
     torch.manual_seed(0)
     scorer = create_model("swin_test_micro")
@@ -371,7 +419,7 @@ def test_cross_fitted_stats_head_never_learns_an_image_with_the_mlp_that_scores_
     assert np.array_equal(folds, cross_fit_folds(40, 2, seed=0))
 
     features, z = torch.randn(40, scorer.stats.num_features), torch.randn(40)
-    stage = StageConfig("stats", kind="stats", epochs=3, lr=1e-2, weight_decay=0.0, batch_size=8, warmup_steps=1)
+    stage = StatsStage("stats", epochs=3, lr=1e-2, weight_decay=0.0, batch_size=8, warmup_steps=1)
     before = [{k: v.clone() for k, v in m.state_dict().items()} for m in scorer.stats_head.mlps]
     only_fold_0 = torch.zeros(40, dtype=torch.long)  # every image is held out from MLP 0
     fit_stats_head(scorer, features, z, stage, seed=0, progress=False, folds=only_fold_0)
@@ -438,14 +486,15 @@ def test_a_stage_with_a_weight_average_validates_ships_and_resumes_it_exactly(tm
 
     from sampleiqa.training import ema as ema_module
     from sampleiqa.training.config import load_config
-    from sampleiqa.training.loop import Trainer
     from sampleiqa.training.metrics import evaluate_scores, headline
+    from sampleiqa.training.pixel.loop import Trainer
+    from sampleiqa.training.pixel.prepare import prepare_run
     from sampleiqa.training.prediction import predict_cached
 
     cfg = load_config(_config(tmp_path, epochs=1, stages="mos"))
     assert cfg.stages[-1].ema_decay == 0.9
     cfg = dataclasses.replace(cfg, checkpoint_every_s=0.0)  # a checkpoint after every step
-    whole = Trainer(dataclasses.replace(cfg, out_dir=str(tmp_path / "whole")))
+    whole = Trainer(prepare_run(dataclasses.replace(cfg, out_dir=str(tmp_path / "whole"))))
     whole.run()
     final = whole.scorer.state_dict()
     history = [json.loads(line) for line in (tmp_path / "whole" / "log.jsonl").read_text().splitlines()]
@@ -465,9 +514,9 @@ def test_a_stage_with_a_weight_average_validates_ships_and_resumes_it_exactly(tm
     monkeypatch.setattr(ema_module.WeightAverage, "update", dies_at_step_2)
     broken = dataclasses.replace(cfg, out_dir=str(tmp_path / "broken"))
     with pytest.raises(KeyboardInterrupt):
-        Trainer(broken).run()
+        Trainer(prepare_run(broken)).run()
     monkeypatch.setattr(ema_module.WeightAverage, "update", update)
-    resumed = Trainer(broken, resume=True)
+    resumed = Trainer(prepare_run(broken, resume=True))
     assert resumed.state["done"] == [3, 0] and resumed.state["step_in_epoch"] == 1  # mid-epoch
     resumed.run()
     for k, v in resumed.scorer.state_dict().items():

@@ -26,7 +26,7 @@ def cmd_train(args) -> int:
 
     faulthandler.register(signal.SIGUSR1)  # `kill -USR1 PID` prints every thread's stack of a stuck run
     from sampleiqa.training.config import load_config
-    from sampleiqa.training.loop import train
+    from sampleiqa.training.pipelines import train
 
     overrides = {"out_dir": args.out_dir} if args.out_dir else {}
     result = train(load_config(args.config, overrides), resume=args.resume)

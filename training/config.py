@@ -1,9 +1,12 @@
 """Training configuration: a TOML file read into dataclasses (configs are data, not code).
 
-A run is a list of stages. A `synthetic` stage pre-trains the twin on synthetic quality
-rankings of the training photos (no labels used); a `stats` stage fits the head on the
-fixed image statistics of the served crops (fast: the statistics are computed once); an
-`mos` stage trains the twin on the labels with MSE + rank loss. See training/configs/*.toml.
+A run is a list of stages; each stage's `kind` picks its class, the fields every kind has
+(`StageConfig`) plus its own. A prior model (training/prior/) trains `prior` stages: the twin
+on its frozen trunk's cached outputs. A pixel model (training/pixel/) trains the others: a
+`synthetic` stage pre-trains the twin on synthetic quality rankings of the training photos
+(no labels used); a `stats` stage fits the head on the fixed image statistics of the served
+crops (fast: the statistics are computed once); an `mos` stage trains the twin on the labels
+with MSE + rank loss. See training/configs/*.toml.
 """
 
 from __future__ import annotations
@@ -18,8 +21,10 @@ from .resample import ResampleConfig
 
 @dataclass(frozen=True)
 class StageConfig:
+    """What every kind of stage has; each kind's own fields are in its class (STAGE_KINDS)."""
+
     name: str
-    kind: str = "mos"  # mos | synthetic | stats (pixel models) | prior (prior models, training/prior_loop.py)
+    kind: str = "mos"  # mos | synthetic | stats (pixel models) | prior (prior models)
     epochs: int = 1
     lr: float = 3e-4
     weight_decay: float = 0.05
@@ -28,24 +33,61 @@ class StageConfig:
     rank_loss: str = "fidelity"
     rank_weight: float = 1.0
     mse_weight: float = 1.0
+
+
+@dataclass(frozen=True)
+class TwinStage(StageConfig):
+    """`mos` and `synthetic` stages of a pixel model: the twin on pairs of crops (training/pixel/)."""
+
     epoch_size: int | None = None  # images per epoch; default: the re-sampled epoch / the training set
     freeze: tuple[str, ...] = ()  # scorer modules this stage leaves alone (kept in eval mode), e.g. "stats_head"
-    # stats stage: the number of folds (0 = off; true = one per MLP). MLP k < folds never
-    # trains on fold k of the images, and later stages score each training image with the MLP
-    # that did not see it, so the backbone learns the statistics' out-of-fold error, not a
-    # memorised one. MLPs beyond the folds learn from every image; serving averages all.
-    cross_fit: int = 0
-    # mos/synthetic stages: evaluate, keep and pass on an exponential moving average of the
-    # weights with this decay (0 = off); see training/ema.py.
+    # Evaluate, keep and pass on an exponential moving average of the weights with this decay
+    # (0 = off); see training/ema.py.
     ema_decay: float = 0.0
-    # prior stages: weight of the loss of the Swin's own auxiliary head beside the fused one's.
-    aux_weight: float = 0.5
-    # prior stages: L2 penalty on the fused head's weights over the pooled statistics
-    # (`pooled_l2`) and over the Swin features (`swin_l2`), added to the loss as in a ridge
-    # regression (alpha / photos). Strong shrinkage is what transfers to held-out sources
+
+
+@dataclass(frozen=True)
+class StatsStage(StageConfig):
+    """A pixel model's `stats` stage: fit the statistics head on the served crops' statistics."""
+
+    kind: str = "stats"
+    # The number of folds (0 = off; true = one per MLP). MLP k < folds never trains on fold k
+    # of the images, and later stages score each training image with the MLP that did not see
+    # it, so the backbone learns the statistics' out-of-fold error, not a memorised one. MLPs
+    # beyond the folds learn from every image; serving averages all.
+    cross_fit: int = 0
+
+
+@dataclass(frozen=True)
+class PriorStage(StageConfig):
+    """A prior model's `prior` stage: the twin on the frozen trunk's cached outputs (training/prior/)."""
+
+    kind: str = "prior"
+    epoch_size: int | None = None  # images per epoch; default: the re-sampled epoch
+    ema_decay: float = 0.0  # as in TwinStage
+    aux_weight: float = 0.5  # weight of the loss of the Swin's own auxiliary head beside the fused one's
+    # L2 penalty on the fused head's weights over the pooled statistics (`pooled_l2`) and over
+    # the Swin features (`swin_l2`), added to the loss as in a ridge regression (alpha /
+    # photos). Strong shrinkage is what transfers to held-out sources
     # (training/results/prior_study.md).
     pooled_l2: float = 0.0
     swin_l2: float = 0.0
+
+
+STAGE_KINDS: dict[str, type[StageConfig]] = {
+    "mos": TwinStage,
+    "synthetic": TwinStage,
+    "stats": StatsStage,
+    "prior": PriorStage,
+}
+
+
+def make_stage(table: dict, where: str = "[[stages]]") -> StageConfig:
+    """A `[[stages]]` table as its kind's class (no `kind`: mos); a key of another kind is refused."""
+    kind = table.get("kind", "mos")
+    if kind not in STAGE_KINDS:
+        raise ValueError(f"{where}: unknown kind {kind!r}; known: {sorted(STAGE_KINDS)}")
+    return _take(STAGE_KINDS[kind], table, f"{where} (kind = {kind!r})")
 
 
 @dataclass(frozen=True)
@@ -91,7 +133,7 @@ def load_config(path: str | Path, overrides: dict | None = None) -> TrainConfig:
     raw = tomllib.loads(path.read_text())
     raw.update(overrides or {})
     base = Path.cwd()
-    stages = tuple(_take(StageConfig, s, f"{path}: [[stages]]") for s in raw.pop("stages", []))
+    stages = tuple(make_stage(s, f"{path}: [[stages]]") for s in raw.pop("stages", []))
     if not stages:
         raise ValueError(f"{path}: no [[stages]]")
     data = raw.pop("data", {})

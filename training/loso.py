@@ -29,7 +29,7 @@ from .data.datasets import create_dataset
 from .data.features import FeatureSet
 from .metrics import evaluate_scores, headline
 from .models import create_model
-from .prior_loop import fit_top, load_features, predict_top, prepare_top
+from .prior.loop import fit_top, load_features, predict_top, prepare_top
 from .resample import resample
 
 log = logging.getLogger(__name__)

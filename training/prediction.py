@@ -1,4 +1,5 @@
-"""Scores and statistics of a model over a crop cache's served crops, in batches."""
+"""Scores of a model over a crop cache's served crops, in batches (any family: the served
+graph takes the crop)."""
 
 from __future__ import annotations
 
@@ -6,10 +7,16 @@ import numpy as np
 import torch
 
 from sampleiqa.progress import Progress
+from sampleiqa.runtime.preprocessing import to_tensor
 
-from .batches import batch_to_tensor
 from .data.cache import CachedSet
-from .models import SwinScorer
+
+
+def batch_to_tensor(crops: list[np.ndarray]) -> torch.Tensor:
+    out = np.empty((len(crops), 3, crops[0].shape[0], crops[0].shape[1]), dtype=np.float32)
+    for i, c in enumerate(crops):
+        to_tensor(c, out[i])
+    return torch.from_numpy(out)
 
 
 def eval_batches(data: CachedSet, indices, batch_size: int, label: str | None = None):
@@ -29,7 +36,7 @@ def eval_batches(data: CachedSet, indices, batch_size: int, label: str | None = 
 
 @torch.no_grad()
 def predict_cached(
-    scorer: SwinScorer, data: CachedSet, batch_size: int = 32, device=None, progress: bool = False
+    scorer: torch.nn.Module, data: CachedSet, batch_size: int = 32, device=None, progress: bool = False
 ) -> np.ndarray:
     """Scores of the served crops (exactly what the `preprocess` model produces)."""
     scorer.eval()
@@ -39,10 +46,3 @@ def predict_cached(
         for _, x in eval_batches(data, range(len(data)), batch_size, "evaluating" if progress else None)
     ]
     return np.concatenate(out) if out else np.zeros(0, np.float32)
-
-
-def raw_stats(scorer: SwinScorer, data: CachedSet, indices, label: str | None = None) -> torch.Tensor:
-    """Raw statistics [len(indices), F] of the served crops, on the scorer's device."""
-    device = scorer.stats.mean.device
-    with torch.no_grad():
-        return torch.cat([scorer.stats.raw(x.to(device)) for _, x in eval_batches(data, indices, 64, label)])

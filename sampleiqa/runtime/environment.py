@@ -1,7 +1,8 @@
 """Every environment variable SampleIQA reads or sets, named once.
 
-(The python models' own `model.py` files read SITE_DIRS by its literal name: they run before
-any sampleiqa module can be imported, which is what that variable makes possible.)
+(A repository's `model.py` files read SITE_DIRS by its literal name, which build/repository.py
+writes into them: they run before any sampleiqa module can be imported, which is what that
+variable makes possible.)
 """
 
 MAX_BYTES = "SAMPLEIQA_MAX_BYTES"  # encoded-input byte limit (`serve --max-bytes` sets it for the stubs)

@@ -1,6 +1,6 @@
-"""ONNX Runtime sessions on CPU, made one way for every in-process user (training's trunk
-cache, `evaluate --onnx`, the perf baselines). The served CPU scorer builds its own from its
-Triton config (model_repository/scorer/1/model.py)."""
+"""ONNX Runtime sessions on CPU, made one way (`cpu_session`) for the served CPU scorer
+(triton_models/scorer_onnx.py, with its config's threads and spinning) and for every
+in-process user (training's trunk cache, `evaluate --onnx`, the perf baselines)."""
 
 from __future__ import annotations
 
@@ -8,8 +8,9 @@ from pathlib import Path
 
 
 def cpu_session(model: str | Path | bytes, threads: int = 0, spinning: bool = True):
-    """threads 0: ONNX Runtime's default (one per core). spinning False: idle threads sleep
-    instead of busy-waiting for work (they would burn cores other work needs)."""
+    """threads 0: ONNX Runtime's default (one per core); one inter-op thread; every graph
+    optimisation. spinning False: idle threads sleep instead of busy-waiting for work (they
+    would burn cores other work needs)."""
     import onnxruntime as ort
 
     options = ort.SessionOptions()

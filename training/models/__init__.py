@@ -1,3 +1,19 @@
-from .swin import ScorerConfig, SwinScorer, TwinScorer, create_model, get_config, list_models, register
+"""Scorers by registered name (registry.py); importing the package registers every family."""
 
-__all__ = ["ScorerConfig", "SwinScorer", "TwinScorer", "create_model", "get_config", "list_models", "register"]
+from . import prior, swin  # noqa: F401  (each registers its family and models)
+from .registry import DEFAULT_MODEL, create_model, deprecated_models, get_config, list_models, pipeline_of, register
+from .swin import ScorerConfig, SwinScorer
+from .twin import TwinScorer
+
+__all__ = [
+    "DEFAULT_MODEL",
+    "ScorerConfig",
+    "SwinScorer",
+    "TwinScorer",
+    "create_model",
+    "deprecated_models",
+    "get_config",
+    "list_models",
+    "pipeline_of",
+    "register",
+]

@@ -32,6 +32,8 @@ from torch import nn
 
 from sampleiqa.runtime.contracts import CROP, MEAN, STD
 
+from .registry import register, register_family
+
 TOKEN_BLOCK = 4  # blocks[4] ends at stride 16 (112 channels in Lite0): the Swin's patch embedding input
 POOLED_BLOCKS = (1, 2, 3, 4, 5, 6)  # stage outputs whose per-channel mean and std are pooled
 # TF EfficientNet-Lite takes (pixel - 127) / 128; the contract's input is ImageNet-normalised.
@@ -268,3 +270,25 @@ class PriorSwinScorer(nn.Module):
 
     def half_backbone(self) -> PriorSwinScorer:
         return self.half()
+
+
+@register_family(PriorSwinConfig, pipeline="prior")
+def build_prior_swin(cfg: PriorSwinConfig, pretrained: bool = True) -> PriorSwinScorer:
+    """The prior family (trained by training/prior/ on the trunk's cached outputs)."""
+    return PriorSwinScorer(cfg, pretrained=pretrained)
+
+
+# The shipped model (training/weights/, biq2021_default.toml): EfficientNet-Lite0's frozen
+# ImageNet stages as the patch embedding of two Swin stages, fused with its pooled statistics.
+register(PriorSwinConfig("lite0_swin", notes="default: pretrained Lite0 trunk + Swin at 28/14, ~3 GFLOP/img at 448"))
+# A larger prior from the same family (issue 23; biq2021_lite2.toml).
+register(PriorSwinConfig("lite2_swin", prior="lite2", notes="pretrained Lite2 trunk + Swin at 28/14"))
+register(
+    PriorSwinConfig(
+        "lite0_swin_test", embed_dim=8, depths=(1, 1), num_heads=(1, 1), drop_path_rate=0.0, notes="tests only"
+    )
+)
+# Study designs that no config ships (prior_study.md, transfer_study.md; issue 23 compares them
+# held out): the Swin alone in the head, and the Lite1 prior.
+register(PriorSwinConfig("lite0_swin_only", use_pooled=False, notes="Swin over the Lite0 tokens alone"))
+register(PriorSwinConfig("lite1_swin", prior="lite1", notes="pretrained Lite1 trunk + Swin at 28/14"))

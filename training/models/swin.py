@@ -1,6 +1,6 @@
-"""Swin scorers: a timm Swin backbone at 448x448 with a regression head, and the twin.
-
-Configs are data in a registry; `create_model(name)` is the one entry point (as in timm).
+"""The pixel family: a timm Swin backbone at 448x448 trained from scratch with a regression
+head, optionally fused with the in-graph statistics (training/models/stats.py). Trained by
+the pixel pipeline (training/pixel/); its configs register in training/models/registry.py.
 """
 
 from __future__ import annotations
@@ -11,6 +11,8 @@ import torch
 from torch import nn
 
 from sampleiqa.runtime.contracts import CROP
+
+from .registry import register, register_family
 
 
 @dataclass(frozen=True)
@@ -32,105 +34,6 @@ class ScorerConfig:
 
     def to_dict(self) -> dict:
         return asdict(self)
-
-
-_REGISTRY: dict[str, ScorerConfig] = {}  # and PriorSwinConfig (training/models/prior.py)
-
-
-def register(cfg):
-    _REGISTRY[cfg.name] = cfg
-    return cfg
-
-
-# The CPU default: patch 8 keeps the token grid at 56x56 for a 448 crop (as Swin-T at 224),
-# ~1.7 GFLOP and 4.8M parameters per image.
-register(
-    ScorerConfig(
-        "swin_compact",
-        embed_dim=40,
-        depths=(2, 2, 6, 2),
-        num_heads=(2, 4, 8, 16),
-        patch_size=8,
-        notes="CPU default, ~1.7 GFLOP/img at 448",
-    )
-)
-# The shipped CPU default: swin_compact plus the in-graph quality statistics and their head
-# of 10 MLPs (5 cross-fitted, 5 on every photo with a cross_fit = 5 stats stage).
-register(
-    ScorerConfig(
-        "swin_compact_stats",
-        embed_dim=40,
-        depths=(2, 2, 6, 2),
-        num_heads=(2, 4, 8, 16),
-        patch_size=8,
-        stats=True,
-        stats_heads=10,
-        notes="CPU default with fused statistics, ~1.7 GFLOP/img at 448",
-    )
-)
-# A few-kFLOP network for the test suite's end-to-end training runs.
-register(
-    ScorerConfig(
-        "swin_test_micro",
-        embed_dim=8,
-        depths=(1, 1, 1, 1),
-        num_heads=(1, 1, 1, 1),
-        patch_size=8,
-        stats=True,
-        stats_hidden=8,
-        stats_heads=3,
-        drop_path_rate=0.0,
-        notes="tests only",
-    )
-)
-# Full-resolution tokens (patch 4) at a small width: ~4.3 GFLOP, 3.1M parameters.
-register(
-    ScorerConfig(
-        "swin_compact_p4",
-        embed_dim=32,
-        depths=(2, 2, 6, 2),
-        num_heads=(1, 2, 4, 8),
-        notes="finer tokens, ~4.3 GFLOP/img at 448",
-    )
-)
-# timm's standard sizes, at 448 (timm weight names: swin_{tiny,small,base}_patch4_window7_224).
-register(ScorerConfig("swin_tiny_448", 96, (2, 2, 6, 2), (3, 6, 12, 24), drop_path_rate=0.2, notes="~36 GFLOP/img"))
-register(ScorerConfig("swin_small_448", 96, (2, 2, 18, 2), (3, 6, 12, 24), drop_path_rate=0.3, notes="~70 GFLOP/img"))
-register(ScorerConfig("swin_base_448", 128, (2, 2, 18, 2), (4, 8, 16, 32), drop_path_rate=0.5, notes="~124 GFLOP/img"))
-
-
-def _register_prior_models() -> None:
-    from .prior import PriorSwinConfig
-
-    # The shipped default: EfficientNet-Lite0's ImageNet stages (frozen, from a PyPI package)
-    # as the patch embedding of two Swin stages, fused with its pooled statistics in one head.
-    register(
-        PriorSwinConfig("lite0_swin", notes="default: pretrained Lite0 trunk + Swin at 28/14, ~3 GFLOP/img at 448")
-    )
-    # The same Swin over the same tokens, without the pooled statistics in the head.
-    register(PriorSwinConfig("lite0_swin_only", use_pooled=False, notes="Swin over the Lite0 tokens alone"))
-    # Larger priors from the same family (issue 23): Lite1 has Lite0's widths, Lite2 its own.
-    register(PriorSwinConfig("lite1_swin", prior="lite1", notes="pretrained Lite1 trunk + Swin at 28/14"))
-    register(PriorSwinConfig("lite2_swin", prior="lite2", notes="pretrained Lite2 trunk + Swin at 28/14"))
-    register(
-        PriorSwinConfig(
-            "lite0_swin_test", embed_dim=8, depths=(1, 1), num_heads=(1, 1), drop_path_rate=0.0, notes="tests only"
-        )
-    )
-
-
-_register_prior_models()
-
-
-def list_models() -> list[str]:
-    return sorted(_REGISTRY)
-
-
-def get_config(name: str) -> ScorerConfig:
-    try:
-        return _REGISTRY[name]
-    except KeyError:
-        raise KeyError(f"unknown model {name!r}; known: {', '.join(list_models())}") from None
 
 
 class SwinScorer(nn.Module):
@@ -207,37 +110,74 @@ class SwinScorer(nn.Module):
         return self
 
 
-class TwinScorer(nn.Module):
-    """Two branches with shared weights: (a, b) -> (score_a, score_b), for MSE + rank loss."""
-
-    def __init__(self, scorer: SwinScorer):
-        super().__init__()
-        self.scorer = scorer
-
-    def forward(
-        self,
-        a: torch.Tensor,
-        b: torch.Tensor,
-        member_a: torch.Tensor | None = None,
-        member_b: torch.Tensor | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Standardised scores of both images (see `SwinScorer.forward_z` for members). One
-        pass over the concatenation: same weights, one kernel launch per layer."""
-        member = None if member_a is None else torch.cat([member_a, member_b])
-        scores = self.scorer.forward_z(torch.cat([a, b], dim=0), member)
-        return scores[: a.shape[0]], scores[a.shape[0] :]
+@register_family(ScorerConfig, pipeline="pixel")
+def build_swin(cfg: ScorerConfig, pretrained: bool = True) -> SwinScorer:
+    """The from-scratch pixel family (trained by training/pixel/); nothing is pretrained."""
+    return SwinScorer(cfg)
 
 
-def create_model(name: str = "swin_compact", twin: bool = False, pretrained: bool = True, **overrides) -> nn.Module:
-    """A scorer by registered name. `pretrained` (prior models only): load the packaged
-    ImageNet weights into the trunk; a checkpoint that carries them passes False."""
-    cfg = get_config(name)
-    if overrides:
-        cfg = type(cfg)(**{**cfg.to_dict(), **overrides})
-    if isinstance(cfg, ScorerConfig):
-        scorer = SwinScorer(cfg)
-    else:
-        from .prior import PriorSwinScorer
+# The previous shipped model (until the pretrained prior, lite0_swin): a from-scratch Swin
+# at patch 8 (a 56x56 token grid for a 448 crop, as Swin-T at 224) plus the in-graph quality
+# statistics and their head of 10 MLPs (5 cross-fitted, 5 on every photo with a cross_fit = 5
+# stats stage). biq2021_stats.toml and biq2021_gpu.toml train it.
+register(
+    ScorerConfig(
+        "swin_compact_stats",
+        embed_dim=40,
+        depths=(2, 2, 6, 2),
+        num_heads=(2, 4, 8, 16),
+        patch_size=8,
+        stats=True,
+        stats_heads=10,
+        notes="the previous default: fused statistics + Swin from scratch, ~1.7 GFLOP/img at 448",
+    )
+)
+# A few-kFLOP network for the test suite's end-to-end training runs.
+register(
+    ScorerConfig(
+        "swin_test_micro",
+        embed_dim=8,
+        depths=(1, 1, 1, 1),
+        num_heads=(1, 1, 1, 1),
+        patch_size=8,
+        stats=True,
+        stats_hidden=8,
+        stats_heads=3,
+        drop_path_rate=0.0,
+        notes="tests only",
+    )
+)
+# timm's standard size at 448 (timm weight names: swin_tiny_patch4_window7_224);
+# piq23_overall_scene.toml trains it.
+register(ScorerConfig("swin_tiny_448", 96, (2, 2, 6, 2), (3, 6, 12, 24), drop_path_rate=0.2, notes="~36 GFLOP/img"))
 
-        scorer = PriorSwinScorer(cfg, pretrained=pretrained)
-    return TwinScorer(scorer) if twin else scorer
+# Retired: no config or shipped checkpoint uses them (they still build, with a FutureWarning).
+register(
+    ScorerConfig(
+        "swin_compact",
+        embed_dim=40,
+        depths=(2, 2, 6, 2),
+        num_heads=(2, 4, 8, 16),
+        patch_size=8,
+        notes="swin_compact_stats without the statistics, ~1.7 GFLOP/img at 448",
+    ),
+    deprecated="swin_compact_stats",
+)
+register(
+    ScorerConfig(
+        "swin_compact_p4",
+        embed_dim=32,
+        depths=(2, 2, 6, 2),
+        num_heads=(1, 2, 4, 8),
+        notes="finer tokens (patch 4), ~4.3 GFLOP/img at 448",
+    ),
+    deprecated="swin_compact_stats",
+)
+register(
+    ScorerConfig("swin_small_448", 96, (2, 2, 18, 2), (3, 6, 12, 24), drop_path_rate=0.3, notes="~70 GFLOP/img"),
+    deprecated="swin_tiny_448",
+)
+register(
+    ScorerConfig("swin_base_448", 128, (2, 2, 18, 2), (4, 8, 16, 32), drop_path_rate=0.5, notes="~124 GFLOP/img"),
+    deprecated="swin_tiny_448",
+)

@@ -24,15 +24,14 @@ import numpy as np
 import torch
 from scipy.stats import pearsonr, spearmanr
 
-from sampleiqa.training.config import StageConfig
+from sampleiqa.training.config import StatsStage
 from sampleiqa.training.data.cache import build_cache
 from sampleiqa.training.data.datasets import load_biq2021
 from sampleiqa.training.losses import RANK_LOSSES
 from sampleiqa.training.models import create_model
 from sampleiqa.training.models.stats import FEATURE_NAMES, StatsHead
-from sampleiqa.training.prediction import raw_stats
+from sampleiqa.training.pixel.stats_stage import fit_stats_head, raw_stats
 from sampleiqa.training.schedule import lr_at
-from sampleiqa.training.stats_stage import fit_stats_head
 
 # What v2 added: colour and texture groups, and the third MSCN scale and left/right spreads.
 V2_ONLY = ("rg_", "yb_", "hue_", "grad", "gmlog", "lbp", "mscn2_")
@@ -40,7 +39,7 @@ FEATURE_SETS = {
     "all": [i for i, _ in enumerate(FEATURE_NAMES)],
     "v1": [i for i, n in enumerate(FEATURE_NAMES) if not n.startswith(V2_ONLY) and not n.endswith(("_left", "_right"))],
 }
-STAGE = StageConfig("stats", kind="stats", epochs=150, lr=1e-3, weight_decay=1e-2, batch_size=64, warmup_steps=2000)
+STAGE = StatsStage("stats", epochs=150, lr=1e-3, weight_decay=1e-2, batch_size=64, warmup_steps=2000)
 
 
 class _Holder(torch.nn.Module):  # fit_stats_head takes a scorer; it only uses .stats_head

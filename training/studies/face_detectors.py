@@ -1,6 +1,7 @@
 """Compare face detectors and their settings: accuracy on marked faces, recall and speed.
 
-    python -m sampleiqa.training.studies.face_detectors [--data ../shared/data] [--out training/results/face_detectors.md]
+    python -m sampleiqa.training.studies.face_detectors [--data ../shared/data] \
+        [--out training/results/face_detectors.md]
 
 - Marked faces: `samples/faces_marked.csv` (boxes marked by hand or checked by eye, and
   photos with no face). A detection is a hit when its centre lies in the marked box and

@@ -8,24 +8,13 @@ Triton refuse work at this model's queue instead of holding every crop in memory
 """
 
 import json
-import os
-import site
-import sys
-
-# The stub embeds the system libpython; the launcher names the environment's site dirs.
-for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.pathsep)):
-    site.addsitedir(_dir)
-try:
-    import sampleiqa.runtime.preprocessing  # noqa: F401  installed package
-except ImportError:  # a deployed repository carries a vendored copy beside this file
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
 
 import numpy as np
 import triton_python_backend_utils as pb_utils
 
-from sampleiqa.runtime.admission import CropCredits, limit_from
-from sampleiqa.runtime.contracts import CROP, FACE_BOX, FACE_FOUND, IMAGE, PIXELS
-from sampleiqa.runtime.preprocessing import PreprocessError, preprocess_bytes
+from ..admission import CropCredits, limit_from
+from ..contracts import CROP, FACE_BOX, FACE_FOUND, IMAGE, PIXELS
+from ..preprocessing import PreprocessError, preprocess_bytes
 
 
 class TritonPythonModel:

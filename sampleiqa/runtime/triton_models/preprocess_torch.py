@@ -1,8 +1,8 @@
 """Triton python-backend model `preprocess` for the gpu targets: IMAGE bytes -> PIXELS,
 FACE_BOX, FACE_FOUND, in PyTorch on the instance's device.
 
-build_repository copies this file to preprocess/1/model.py when the repository's preprocess
-is "torch". The work is sampleiqa.runtime.preprocessing.torch_pipeline.TorchPreprocessor: the batch's
+A repository's preprocess/1/model.py imports it when its preprocess is "torch"
+(build/repository.py). The work is sampleiqa.runtime.preprocessing.torch_pipeline.TorchPreprocessor: the batch's
 JPEGs decoded together by nvJPEG, faces found by YuNet in torch, crops cut and resized on the
 device with the crop policy of the CPU path (sampleiqa.runtime.preprocessing.crops); whatever nvJPEG
 cannot take goes through the CPU path item by item, with its checks and errors. On a GPU
@@ -12,18 +12,13 @@ fails only its own request, with the "[code] message" the CPU model gives; credi
 """
 
 import json
-import os
-import site
-
-for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.pathsep)):
-    site.addsitedir(_dir)
 
 import torch
 import triton_python_backend_utils as pb_utils
 
-from sampleiqa.runtime.admission import CropCredits, limit_from
-from sampleiqa.runtime.contracts import FACE_BOX, FACE_FOUND, IMAGE, PIXELS
-from sampleiqa.runtime.preprocessing.torch_pipeline import TorchPreprocessor
+from ..admission import CropCredits, limit_from
+from ..contracts import FACE_BOX, FACE_FOUND, IMAGE, PIXELS
+from ..preprocessing.torch_pipeline import TorchPreprocessor
 
 
 class TritonPythonModel:

@@ -6,43 +6,33 @@ most `run_batch` (the memory of a run grows with its batch, its speed per crop d
 each run gives its crops' credits back to `preprocess` (sampleiqa.runtime.admission).
 PIXELS are the uint8 crops; the graph normalises them. It answers a raw score that is not
 finite with NaN; here that request fails with a `[non_finite]` error naming the item (the
-GPU targets return the NaN, which the clients turn into the same error).
+GPU targets return the NaN, which the clients turn into the same error). Its ONNX Runtime
+session is made as every in-process one is (sampleiqa.runtime.onnx_runtime.cpu_session), with
+the threads and spinning of its config.
 """
 
 import json
 import os
-import site
-import sys
 from contextlib import nullcontext
 
-for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.pathsep)):
-    site.addsitedir(_dir)
-try:
-    import sampleiqa.runtime.scores  # noqa: F401  installed package
-except ImportError:  # a deployed repository carries a vendored copy beside this file
-    sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
-
-import onnxruntime as ort
 import triton_python_backend_utils as pb_utils
 
-from sampleiqa.runtime.admission import CropCredits, limit_from
-from sampleiqa.runtime.scores import ArenaShrinker, request_pixels, score_in_chunks, split_responses
+from ..admission import CropCredits, limit_from
+from ..onnx_runtime import cpu_session
+from ..scores import ArenaShrinker, request_pixels, score_in_chunks, split_responses
 
 
 class TritonPythonModel:
     def initialize(self, args):
         config = json.loads(args["model_config"])
         parameters = config.get("parameters", {})
-        threads = int(parameters.get("intra_op_threads", {}).get("string_value", "0"))
-        options = ort.SessionOptions()
-        options.intra_op_num_threads = threads
-        options.inter_op_num_threads = 1
-        options.graph_optimization_level = ort.GraphOptimizationLevel.ORT_ENABLE_ALL
-        # Spinning threads burn the cores that the preprocess instances need between runs.
-        spinning = parameters.get("allow_spinning", {}).get("string_value", "1")
-        options.add_session_config_entry("session.intra_op.allow_spinning", spinning)
         path = os.path.join(args["model_repository"], args["model_version"], "model.onnx")
-        self.session = ort.InferenceSession(path, options, providers=["CPUExecutionProvider"])
+        # Spinning threads burn the cores that the preprocess instances need between runs.
+        self.session = cpu_session(
+            path,
+            threads=int(_param(parameters, "intra_op_threads", "0")),
+            spinning=_param(parameters, "allow_spinning", "1") == "1",
+        )
         self.input_name = self.session.get_inputs()[0].name
         # ORT's arena keeps the peak of the largest batch for the stub's life (2.4 GB after
         # one batch of 32). Without it every run faults fresh pages in (1.6x slower at batch

@@ -1,29 +1,29 @@
 """Triton python-backend model `scorer` for the gpu-torch target: PIXELS -> SCORE in PyTorch.
 
-build_repository copies this file to scorer/1/model.py beside the checkpoint (model.pt).
+A gpu-torch repository's scorer/1/model.py imports it, beside the checkpoint (model.pt).
 The work is sampleiqa.build.torch_runner.TorchScorer (FP16 weights, CUDA graphs per batch
-bucket, pinned staging). Its inputs stay where Triton has them: on a GPU instance the config
-sets FORCE_CPU_ONLY_INPUT_TENSORS "no", so PIXELS made on the GPU (the GPU preprocessing)
-arrive through DLPack without a trip to the host, and host ones as numpy views. Requests are
-scored as one batch and split back. A request holding an item with no finite score fails
-with `[non_finite]`, as the CPU scorer does.
+bucket, pinned staging): the one import from outside sampleiqa.runtime, declared in
+tests/test_architecture.py, since the runner loads the training checkpoint's network (so a
+gpu-torch repository needs sampleiqa installed, with the train extra, where Triton runs).
+Its inputs stay where Triton has them: on a GPU instance the config sets
+FORCE_CPU_ONLY_INPUT_TENSORS "no", so PIXELS made on the GPU (the GPU preprocessing) arrive
+through DLPack without a trip to the host, and host ones as numpy views. Requests are scored
+as one batch and split back. A request holding an item with no finite score fails with
+`[non_finite]`, as the CPU scorer does.
 """
 
 import json
 import os
-import site
 from contextlib import nullcontext
-
-for _dir in filter(None, os.environ.get("SAMPLEIQA_SITE_DIRS", "").split(os.pathsep)):
-    site.addsitedir(_dir)
 
 import torch
 import triton_python_backend_utils as pb_utils
 
 from sampleiqa.build.torch_runner import TorchScorer
-from sampleiqa.runtime.admission import CropCredits, limit_from
-from sampleiqa.runtime.contracts import PIXELS
-from sampleiqa.runtime.scores import split_responses
+
+from ..admission import CropCredits, limit_from
+from ..contracts import PIXELS
+from ..scores import split_responses
 
 
 def request_tensors(requests) -> list:

@@ -9,26 +9,18 @@ from concurrent.futures import ThreadPoolExecutor
 import numpy as np
 import torch
 
-from sampleiqa.runtime.preprocessing import to_tensor
-
-from .config import StageConfig
-from .data.cache import CachedSet
-from .data.synthetic import ranked_pair
-from .data.train_crops import random_face_crop
-from .pairs import epoch_pairs
-
-
-def batch_to_tensor(crops: list[np.ndarray]) -> torch.Tensor:
-    out = np.empty((len(crops), 3, crops[0].shape[0], crops[0].shape[1]), dtype=np.float32)
-    for i, c in enumerate(crops):
-        to_tensor(c, out[i])
-    return torch.from_numpy(out)
+from ..config import TwinStage
+from ..data.cache import CachedSet
+from ..data.synthetic import ranked_pair
+from ..data.train_crops import random_face_crop
+from ..pairs import epoch_pairs
+from ..prediction import batch_to_tensor
 
 
 class PairBatches:
     """The batches of one epoch of one stage, as index pairs (deterministic)."""
 
-    def __init__(self, data: CachedSet, epoch_indices: np.ndarray, stage: StageConfig, seed: int):
+    def __init__(self, data: CachedSet, epoch_indices: np.ndarray, stage: TwinStage, seed: int):
         self.data, self.epoch_indices, self.stage, self.seed = data, epoch_indices, stage, seed
 
     def pairs(self, stage_index: int, epoch: int) -> np.ndarray:

@@ -10,12 +10,19 @@ import torch
 
 from sampleiqa.progress import Progress
 
-from .config import StageConfig
-from .data.cache import CachedSet
-from .losses import RANK_LOSSES
-from .models import SwinScorer
-from .prediction import raw_stats
-from .schedule import lr_at
+from ..config import StageConfig, StatsStage
+from ..data.cache import CachedSet
+from ..losses import RANK_LOSSES
+from ..models import SwinScorer
+from ..prediction import eval_batches
+from ..schedule import lr_at
+
+
+def raw_stats(scorer: SwinScorer, data: CachedSet, indices, label: str | None = None) -> torch.Tensor:
+    """Raw statistics [len(indices), F] of the served crops, on the scorer's device."""
+    device = scorer.stats.mean.device
+    with torch.no_grad():
+        return torch.cat([scorer.stats.raw(x.to(device)) for _, x in eval_batches(data, indices, 64, label)])
 
 
 def fit_stats(scorer: SwinScorer, data: CachedSet, n: int) -> None:
@@ -29,7 +36,7 @@ def cross_fit_folds(n: int, folds: int, seed: int) -> np.ndarray:
     return (np.random.default_rng([seed, 7]).permutation(n) % folds).astype(np.int64)
 
 
-def fold_count(stage: StageConfig, heads: int) -> int:
+def fold_count(stage: StatsStage, heads: int) -> int:
     """A `stats` stage's number of folds: `cross_fit = true` means one per MLP."""
     folds = heads if stage.cross_fit is True else int(stage.cross_fit)
     if not 2 <= folds <= heads:
