@@ -37,6 +37,7 @@ from .cpu_time import process_tree_cpu_s
 from .inputs import copy_photos
 
 SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli", "score"]
+# Ray 2.60 clusters check a shared token on every connection (docs/cluster.md).
 RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
@@ -76,29 +77,24 @@ def cluster_roots(temp: Path) -> list[int]:
     return [pid for pid in all_stats() if str(temp).encode() in b"\0".join(argv(pid))]
 
 
-def ray_cluster(temp: Path) -> str:
-    ray = str(Path(sys.executable).parent / "ray")
+RAY = str(Path(sys.executable).parent / "ray")
+
+
+def start_head(temp: Path, env: dict, extra: tuple[str, ...] = ()) -> str:
+    """`ray start --head` on loopback, its files under `temp`; the cluster's address."""
     port = free_port()
     subprocess.run(
-        [
-            ray,
-            "start",
-            "--head",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--include-dashboard",
-            "false",
-            "--temp-dir",
-            str(temp),
-            "--disable-usage-stats",
-        ],
+        [RAY, "start", "--head", "--node-ip-address", "127.0.0.1", "--port", str(port)]
+        + ["--include-dashboard", "false", "--temp-dir", str(temp), *extra],
         check=True,
         capture_output=True,
-        env={**os.environ, **RAY_ENV},
+        env=env,
     )
     return f"127.0.0.1:{port}"
+
+
+def ray_cluster(temp: Path) -> str:
+    return start_head(temp, {**os.environ, **RAY_ENV}, ("--disable-usage-stats",))
 
 
 def throughput(photos: int, rounds: int, concurrency: int, actors: int, shard_size: int, work: Path) -> dict:

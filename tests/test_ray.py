@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import json
 import os
-import secrets
 import shutil
 import signal
 import subprocess
@@ -24,9 +23,10 @@ pa_fs = pytest.importorskip("pyarrow.fs")
 
 from sampleiqa.clients.shards import META, Output, decode_rows  # noqa: E402
 from sampleiqa.perf.faultproxy import FaultProxy  # noqa: E402
+from sampleiqa.perf.ray_scaling import RAY, RAY_ENV, start_head  # noqa: E402
 from sampleiqa.perf.s3 import S3_ENV, moto_server, options  # noqa: E402
 from sampleiqa.procfs import all_stats, argv  # noqa: E402
-from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer, free_port  # noqa: E402
+from sampleiqa.server import DEFAULT_REPOSITORY, TritonServer  # noqa: E402
 
 from .badinputs import CASES  # noqa: E402
 from .helpers import SAMPLES, all_running, biq_images  # noqa: E402
@@ -37,8 +37,6 @@ from .helpers import SAMPLES, all_running, biq_images  # noqa: E402
 SAMPLEIQA = [sys.executable, "-m", "sampleiqa.cli"]
 BAD = [c for c in CASES if c.outcome != "ok" and c.name != "oversize.jpg"]  # 64 MiB: kept out of S3
 PHOTOS = int(os.environ.get("SAMPLEIQA_RAY_PHOTOS", 200))
-# Ray 2.60 clusters check a shared token on every connection (docs/cluster.md).
-RAY_ENV = {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN": secrets.token_hex(16), "RAY_USAGE_STATS_ENABLED": "0"}
 
 
 @pytest.fixture(scope="module")
@@ -53,40 +51,19 @@ def replicas(tmp_path_factory):
 @pytest.fixture(scope="module")
 def cluster(tmp_path_factory):
     """`ray start --head` on loopback, and one worker node process joining it."""
-    ray = shutil.which("ray", path=str(Path(sys.executable).parent))
-    port = free_port()
-    temp = tmp_path_factory.mktemp("ray")
     env = {**os.environ, **S3_ENV, **RAY_ENV}
-    common = ["--num-cpus", "1", "--disable-usage-stats"]
-    subprocess.run(
-        [
-            ray,
-            "start",
-            "--head",
-            "--node-ip-address",
-            "127.0.0.1",
-            "--port",
-            str(port),
-            "--include-dashboard",
-            "false",
-            "--temp-dir",
-            str(temp),
-            *common,
-        ],
-        check=True,
-        env=env,
-        capture_output=True,
-    )
+    common = ("--num-cpus", "1", "--disable-usage-stats")
+    address = start_head(tmp_path_factory.mktemp("ray"), env, common)
     try:
         subprocess.run(
-            [ray, "start", "--address", f"127.0.0.1:{port}", "--node-ip-address", "127.0.0.1", *common],
+            [RAY, "start", "--address", address, "--node-ip-address", "127.0.0.1", *common],
             check=True,
             env=env,
             capture_output=True,
         )
-        yield f"127.0.0.1:{port}"
+        yield address
     finally:
-        subprocess.run([ray, "stop", "--force"], env=env, capture_output=True)
+        subprocess.run([RAY, "stop", "--force"], env=env, capture_output=True)
 
 
 @pytest.fixture(scope="module")

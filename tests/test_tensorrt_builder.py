@@ -7,6 +7,19 @@ import pytest
 from sampleiqa.build import tensorrt_engine as te
 from sampleiqa.runtime.contracts import PIXELS, SCORE
 
+# An engine's profile as build_engine writes it beside model.plan.
+PROFILE = dict(
+    min_batch=1,
+    opt_batch=16,
+    max_batch=64,
+    precision="fp16",
+    strongly_typed=True,
+    tensorrt_version="10.8.0.43",
+    input=PIXELS,
+    output=SCORE,
+    img_size=448,
+)
+
 
 def test_tensorrt_not_available_here():
     if te.tensorrt_available():
@@ -32,17 +45,7 @@ def test_build_engine_rejects_bad_profile(tmp_path):
 
 def test_profile_round_trip(tmp_path):
     plan = tmp_path / "scorer" / "1" / "model.plan"
-    fields = dict(
-        min_batch=1,
-        opt_batch=16,
-        max_batch=64,
-        precision="fp16",
-        strongly_typed=True,
-        tensorrt_version="10.13.0",
-        input=PIXELS,
-        output=SCORE,
-        img_size=448,
-    )
+    fields = {**PROFILE, "tensorrt_version": "10.13.0"}
     sidecar = te.write_engine_profile(plan, **fields)
     assert sidecar == plan.with_name("model.plan.json")
     assert te.read_engine_profile(plan) == fields
@@ -125,18 +128,7 @@ def test_builder_checks_tensorrt_limits_before_building(fake_trt, tmp_path):
 
 def test_engine_version_must_match_the_runtime(tmp_path):
     plan = tmp_path / "model.plan"
-    te.write_engine_profile(
-        plan,
-        min_batch=1,
-        opt_batch=16,
-        max_batch=64,
-        precision="fp16",
-        strongly_typed=True,
-        tensorrt_version="10.8.0.43",
-        input=PIXELS,
-        output=SCORE,
-        img_size=448,
-    )
+    te.write_engine_profile(plan, **PROFILE)
     te.check_engine_version(plan, "10.8.0")
     with pytest.raises(RuntimeError, match="built with TensorRT 10.8.0.43.*is 11.1.0"):
         te.check_engine_version(plan, "11.1.0")
@@ -148,32 +140,10 @@ def test_gpu_trt_repository_lets_the_batcher_fill_batches(tmp_path):
 
     plan = tmp_path / "model.plan"
     plan.write_bytes(b"PLAN")
-    te.write_engine_profile(
-        plan,
-        min_batch=1,
-        opt_batch=16,
-        max_batch=64,
-        precision="fp16",
-        strongly_typed=True,
-        tensorrt_version="10.8.0.43",
-        input=PIXELS,
-        output=SCORE,
-        img_size=448,
-    )
+    te.write_engine_profile(plan, **PROFILE)
     out = build_repository(tmp_path / "repo", RepositorySettings(target="gpu-trt"), engine_path=plan, vendor=False)
     scorer = read_config(out / "scorer")
     assert scorer.max_batch_size == 64 and not scorer.dynamic_batching.preferred_batch_size
-    te.write_engine_profile(
-        plan,
-        min_batch=8,
-        opt_batch=16,
-        max_batch=64,
-        precision="fp16",
-        strongly_typed=True,
-        tensorrt_version="10.8.0.43",
-        input=PIXELS,
-        output=SCORE,
-        img_size=448,
-    )
+    te.write_engine_profile(plan, **{**PROFILE, "min_batch": 8})
     with pytest.raises(ValueError, match="batches from 1 up"):
         build_repository(tmp_path / "repo2", RepositorySettings(target="gpu-trt"), engine_path=plan, vendor=False)
