@@ -1,7 +1,16 @@
 """Scorers by registered name (registry.py); importing the package registers every family."""
 
 from . import prior, swin  # noqa: F401  (each registers its family and models)
-from .registry import DEFAULT_MODEL, create_model, deprecated_models, get_config, list_models, pipeline_of, register
+from .registry import (
+    DEFAULT_MODEL,
+    check_stages,
+    create_model,
+    deprecated_models,
+    get_config,
+    list_models,
+    pipeline_of,
+    register,
+)
 from .swin import ScorerConfig, SwinScorer
 from .twin import TwinScorer
 
@@ -10,6 +19,7 @@ __all__ = [
     "ScorerConfig",
     "SwinScorer",
     "TwinScorer",
+    "check_stages",
     "create_model",
     "deprecated_models",
     "get_config",

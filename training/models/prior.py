@@ -272,7 +272,7 @@ class PriorSwinScorer(nn.Module):
         return self.half()
 
 
-@register_family(PriorSwinConfig, pipeline="prior")
+@register_family(PriorSwinConfig, pipeline="prior", stages=("prior",))
 def build_prior_swin(cfg: PriorSwinConfig, pretrained: bool = True) -> PriorSwinScorer:
     """The prior family (trained by training/prior/ on the trunk's cached outputs)."""
     return PriorSwinScorer(cfg, pretrained=pretrained)

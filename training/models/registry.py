@@ -23,6 +23,7 @@ DEFAULT_MODEL = "lite0_swin"  # the shipped model (training/weights/, biq2021_de
 class Family:
     pipeline: str  # the training pipeline's package under training/: "prior" | "pixel"
     build: Callable[[Any, bool], nn.Module]  # (config, pretrained) -> a scorer
+    stages: tuple[str, ...]  # the stage kinds its pipeline trains
 
 
 _FAMILIES: dict[type, Family] = {}
@@ -30,11 +31,11 @@ _REGISTRY: dict[str, Any] = {}
 _deprecated_models: dict[str, str] = {}  # retired name -> the model to use instead
 
 
-def register_family(config_type: type, pipeline: str):
-    """Decorator for a family's builder: `@register_family(ScorerConfig, pipeline="pixel")`."""
+def register_family(config_type: type, pipeline: str, stages: tuple[str, ...]):
+    """Decorator for a family's builder: `@register_family(ScorerConfig, pipeline="pixel", stages=(...))`."""
 
     def decorate(build: Callable[[Any, bool], nn.Module]):
-        _FAMILIES[config_type] = Family(pipeline, build)
+        _FAMILIES[config_type] = Family(pipeline, build, stages)
         return build
 
     return decorate
@@ -73,6 +74,15 @@ def family_of(name: str) -> Family:
 def pipeline_of(name: str) -> str:
     """The training pipeline of a registered model: "prior" or "pixel"."""
     return family_of(name).pipeline
+
+
+def check_stages(name: str, stages) -> None:
+    """A run's stages are kinds that the model's pipeline trains; ValueError naming the others."""
+    family = family_of(name)
+    wrong = [s.name for s in stages if s.kind not in family.stages]
+    if wrong:
+        kinds = "/".join(family.stages)
+        raise ValueError(f"stages {wrong}: a {family.pipeline} model ({name}) trains {kinds} stages")
 
 
 def create_model(name: str = DEFAULT_MODEL, twin: bool = False, pretrained: bool = True, **overrides) -> nn.Module:

@@ -110,7 +110,7 @@ class SwinScorer(nn.Module):
         return self
 
 
-@register_family(ScorerConfig, pipeline="pixel")
+@register_family(ScorerConfig, pipeline="pixel", stages=("mos", "synthetic", "stats"))
 def build_swin(cfg: ScorerConfig, pretrained: bool = True) -> SwinScorer:
     """The from-scratch pixel family (trained by training/pixel/); nothing is pretrained."""
     return SwinScorer(cfg)

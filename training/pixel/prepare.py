@@ -16,14 +16,12 @@ import torch
 from ..config import TrainConfig
 from ..data.cache import CachedSet, build_cache
 from ..data.datasets import LabelledSet, create_dataset
-from ..models import SwinScorer, TwinScorer, create_model
+from ..models import SwinScorer, TwinScorer, check_stages, create_model
 from ..resample import ResampleResult, plot_histograms, resample
 from .distributed import Distributed
 from .stats_stage import cross_fit_folds, fit_stats, fold_count
 
 log = logging.getLogger(__name__)
-
-PIXEL_KINDS = ("mos", "synthetic", "stats")
 
 
 def fresh_state() -> dict:
@@ -113,9 +111,7 @@ def prepare_model(cfg: TrainConfig, dist: Distributed, out: Path, train_data: Ca
 
 def prepare_run(cfg: TrainConfig, resume: bool = False, dist: Distributed | None = None) -> PixelRun:
     """Everything a pixel run needs before its first stage (`resume`: from OUT_DIR/last.pt)."""
-    wrong = [s.name for s in cfg.stages if s.kind not in PIXEL_KINDS]
-    if wrong:
-        raise ValueError(f"stages {wrong}: a pixel model ({cfg.model}) trains {'/'.join(PIXEL_KINDS)} stages")
+    check_stages(cfg.model, cfg.stages)
     dist = dist or Distributed()
     torch.manual_seed(cfg.seed)
     if dist.device.type == "cpu":

@@ -37,7 +37,7 @@ from ..data.features import FeatureSet, build_features
 from ..ema import WeightAverage
 from ..losses import twin_loss
 from ..metrics import evaluate_scores, format_result, headline
-from ..models import create_model
+from ..models import check_stages, create_model
 from ..models.prior import PriorSwinScorer, PriorTop
 from ..pairs import epoch_pairs
 from ..plots import plot_history
@@ -192,9 +192,7 @@ class PriorRun:
 def prepare_run(cfg: TrainConfig) -> PriorRun:
     """The model, its trunk's outputs for the training and validation photos (cached),
     re-sampling, the output folder, and the top's label scale and standardisation."""
-    wrong = [s.name for s in cfg.stages if s.kind != "prior"]
-    if wrong:
-        raise ValueError(f'stages {wrong}: a prior model ({cfg.model}) trains with kind = "prior" stages')
+    check_stages(cfg.model, cfg.stages)
     torch.manual_seed(cfg.seed)
     torch.set_num_threads(cfg.threads or os.cpu_count() or 1)
     out = Path(cfg.out_dir)
