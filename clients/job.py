@@ -22,25 +22,27 @@ class JobError(ValueError):
 
 @dataclass(frozen=True)
 class ScoreJob:
+    """Every field comes from the flags (job_from_args): their defaults are the parser's alone."""
+
     engine: str  # "local" (this process) or "ray" (a Ray cluster)
     inputs: tuple[str, ...]  # files, folders (and, on Ray, URIs); the bundled samples when none
     out: str  # local: one CSV/JSONL file; Ray: a folder or URI of shards
     format: str  # csv | jsonl (| parquet on Ray)
-    recursive: bool = False
-    resume: bool = False
-    overwrite: bool = False
-    urls: tuple[str, ...] = ()  # servers; none: an embedded server started for the run
-    repository: str | Path = ""  # the embedded server's model repository
-    server_log: str | None = None  # the embedded server's log file
-    tls: TLSConfig | None = None
-    timeout_s: float = 60.0  # per request
-    retry_seconds: float = 60.0  # an unreachable server is retried this long
-    concurrency: int = 8  # requests in flight (per actor on Ray)
-    batch_size: int = 1  # images per request
-    shard_size: int = 200  # Ray: files per shard
-    ray_address: str | None = None  # Ray: the cluster to join; None: a local one for the run
-    ray_actors: int = 2
-    ray_actor_cpus: float = 1.0
+    recursive: bool
+    resume: bool
+    overwrite: bool
+    urls: tuple[str, ...]  # servers; none: an embedded server started for the run
+    repository: str | Path  # the embedded server's model repository
+    server_log: str | None  # the embedded server's log file
+    tls: TLSConfig | None
+    timeout_s: float  # per request
+    retry_seconds: float  # an unreachable server is retried this long
+    concurrency: int  # requests in flight (per actor on Ray)
+    batch_size: int  # images per request
+    shard_size: int  # Ray: files per shard
+    ray_address: str | None  # Ray: the cluster to join; None: a local one for the run
+    ray_actors: int
+    ray_actor_cpus: float
 
 
 def job_from_args(args) -> ScoreJob:
